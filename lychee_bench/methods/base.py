@@ -1,0 +1,154 @@
+"""What a method is: a config, a capability declaration, and a decode-attention function."""
+
+from __future__ import annotations
+
+import dataclasses
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+
+from lychee_bench.harness.attention import DecodeState
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a method supports; `check` turns a mismatch into a human-readable reason."""
+
+    architectures: tuple[str, ...] = ("llama", "qwen2", "qwen3")
+    group_sizes: tuple[int, ...] | None = None  # query heads per KV head; None = any
+    head_dims: tuple[int, ...] | None = None  # None = any
+    dtypes: tuple[str, ...] = ("float32", "bfloat16", "float16")
+    batch: bool = True  # more than one sequence per forward
+    needs_gpu: bool = False
+
+
+@dataclass(frozen=True)
+class RunShape:
+    """The parts of a run a method may refuse, known before any weights are loaded."""
+
+    model_type: str
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    dtype: str
+    device: str
+    batch_size: int
+    ctx: int
+
+    @classmethod
+    def from_config(cls, config: Any, dtype: str, device: str, batch_size: int, ctx: int) -> RunShape:
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        return cls(
+            model_type=config.model_type,
+            num_layers=config.num_hidden_layers,
+            num_heads=config.num_attention_heads,
+            num_kv_heads=config.num_key_value_heads,
+            head_dim=head_dim,
+            dtype=dtype,
+            device=device,
+            batch_size=batch_size,
+            ctx=ctx,
+        )
+
+    @property
+    def group_size(self) -> int:
+        return self.num_heads // self.num_kv_heads
+
+
+class Method(ABC):
+    """A decode-attention method. Subclasses set `name`, `description`, `Config`, `capabilities`."""
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+    Config: ClassVar[type]
+    capabilities: ClassVar[Capabilities] = Capabilities()
+
+    def __init__(self, config: Any = None):
+        self.config = config if config is not None else self.Config()
+
+    @classmethod
+    def from_options(cls, options: dict[str, Any]) -> Method:
+        """Build from CLI options (strings are converted to the field types); unknown keys are refused."""
+        fields = {f.name: f for f in dataclasses.fields(cls.Config)}
+        unknown = sorted(set(options) - set(fields))
+        if unknown:
+            allowed = ", ".join(fields) or "none"
+            raise ValueError(f"method {cls.name!r} has no option {', '.join(unknown)}; its options: {allowed}.")
+        values = {}
+        for key, raw in options.items():
+            values[key] = _convert(raw, fields[key].type, f"{cls.name} option {key}")
+        return cls(cls.Config(**values))
+
+    def check(self, shape: RunShape) -> list[str]:
+        """Reasons this method refuses the run (empty list: accepted). Called before loading weights."""
+        caps = self.capabilities
+        reasons = []
+        if shape.model_type not in caps.architectures:
+            reasons.append(f"{self.name} supports architectures {caps.architectures}, not {shape.model_type!r}")
+        if caps.group_sizes is not None and shape.group_size not in caps.group_sizes:
+            reasons.append(f"{self.name} supports GQA group sizes {caps.group_sizes}, not {shape.group_size}")
+        if caps.head_dims is not None and shape.head_dim not in caps.head_dims:
+            reasons.append(f"{self.name} supports head dims {caps.head_dims}, not {shape.head_dim}")
+        if shape.dtype not in caps.dtypes:
+            reasons.append(f"{self.name} supports dtypes {caps.dtypes}, not {shape.dtype!r}")
+        if shape.batch_size > 1 and not caps.batch:
+            reasons.append(f"{self.name} runs one sequence at a time; use --batch-size 1")
+        if caps.needs_gpu and not shape.device.startswith("cuda"):
+            reasons.append(f"{self.name} needs a CUDA GPU (device is {shape.device!r})")
+        return reasons + self.check_config(shape)
+
+    def check_config(self, shape: RunShape) -> list[str]:
+        """Method-specific reasons to refuse; override where needed."""
+        return []
+
+    def prepare(self, model: torch.nn.Module) -> None:
+        """Load per-model artifacts (head roles, ...) once the model is loaded."""
+
+    def describe(self) -> dict[str, Any]:
+        """The method config recorded in every result, including which implementation path runs."""
+        return {"name": self.name, "path": self.path, **dataclasses.asdict(self.config)}
+
+    @property
+    def path(self) -> str:
+        return "reference"
+
+    @abstractmethod
+    def decode_attention(
+        self,
+        layer_idx: int,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        valid: torch.Tensor,
+        scaling: float,
+        state: DecodeState,
+    ) -> torch.Tensor:
+        """One decode step of one layer: query [B, Hq, 1, D], key/value [B, Hkv, S, D] (whole cache),
+        valid [B, S] (real tokens). Returns [B, Hq, 1, D]."""
+
+
+def _convert(raw: Any, annotation: Any, what: str) -> Any:
+    """Read a CLI string as the dataclass field's type (fields are annotated as strings here)."""
+    if not isinstance(raw, str):
+        return raw
+    text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
+    if "None" in text and raw.lower() in ("none", ""):
+        return None
+    base = text.replace("| None", "").replace("None |", "").strip()
+    try:
+        if base == "int":
+            return int(raw)
+        if base == "float":
+            return float(raw)
+        if base == "bool":
+            if raw.lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+    except ValueError as error:
+        raise ValueError(f"{what}: cannot read {raw!r} as {base}") from error
+    return raw
