@@ -76,7 +76,8 @@ class InputFormatter:
         if question_tail_start < 0:  # the template changed the prompt text; fall back to the answer prefix
             question_tail_start = len(text) - len(answer_prefix)
         first = next(
-            (i for i, (start, end) in enumerate(offsets) if end > question_tail_start and end > start), len(ids)
+            (i for i, (start, end) in enumerate(offsets) if end > question_tail_start and end > start),
+            len(ids),
         )
         # Keep at least one token in the prefill so the cache is never empty.
         exercise = min(len(ids) - first, len(ids) - 1)
@@ -90,7 +91,9 @@ class InputFormatter:
         """Identity of the tokenizer and the input format (for sample caches and results)."""
         digest = hashlib.sha256()
         backend = getattr(self.tokenizer, "backend_tokenizer", None)
-        digest.update((backend.to_str() if backend is not None else repr(self.tokenizer.get_vocab())).encode())
+        digest.update(
+            (backend.to_str() if backend is not None else repr(self.tokenizer.get_vocab())).encode()
+        )
         digest.update(str(getattr(self.tokenizer, "chat_template", "")).encode())
         digest.update(f"chat={self.use_chat_template}".encode())
         return digest.hexdigest()[:16]
@@ -122,7 +125,9 @@ class Engine:
         self.method = method
         self.device = next(model.parameters()).device
         self.stop_ids = _stop_token_ids(model, tokenizer)
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.stop_ids or {0})
+        self.pad_id = (
+            tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.stop_ids or {0})
+        )
         self.cache_keyword = _cache_keyword(model)
         self.state = DecodeState(method=method)
 
@@ -151,7 +156,9 @@ class Engine:
             mask[row, width - len(ids) :] = 1
         input_ids, mask = input_ids.to(self.device), mask.to(self.device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        generators = [_generator(settings.seed, row) for row in range(batch)] if settings.temperature > 0 else []
+        generators = (
+            [_generator(settings.seed, row) for row in range(batch)] if settings.temperature > 0 else []
+        )
 
         cache = DynamicCache(config=self.model.config)
         generated: list[list[int]] = [[] for _ in range(batch)]

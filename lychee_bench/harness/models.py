@@ -185,7 +185,9 @@ def apply_rope_scaling(config: Any, spec: str) -> None:
     except ValueError:
         factor = 0.0
     if kind not in allowed or factor <= 1.0:
-        raise ModelError(f"bad --rope-scaling {spec!r}: use one of {', '.join(allowed)} with a factor > 1, e.g. yarn:2")
+        raise ModelError(
+            f"bad --rope-scaling {spec!r}: use one of {', '.join(allowed)} with a factor > 1, e.g. yarn:2"
+        )
     original = config.max_position_embeddings
     params = dict(getattr(config, "rope_parameters", None) or {})
     params.update(rope_type=kind, factor=factor, original_max_position_embeddings=original)

@@ -54,9 +54,7 @@ class Registry:
         self._aliases: dict[str, str] = {}
         self._plugins_loaded = entry_point_group is None
 
-    def register(
-        self, name: str, target: str | Any, description: str, aliases: tuple[str, ...] = ()
-    ) -> None:
+    def register(self, name: str, target: str | Any, description: str, aliases: tuple[str, ...] = ()) -> None:
         for key in (name, *aliases):
             if key in self._entries or key in self._aliases:
                 owner = self._aliases.get(key, key)

@@ -65,6 +65,8 @@ class Method(ABC):
     description: ClassVar[str]
     Config: ClassVar[type]
     capabilities: ClassVar[Capabilities] = Capabilities()
+    # Decode-only methods change nothing in prefill, so the harness decodes the question's tail by default.
+    decode_only: ClassVar[bool] = True
 
     def __init__(self, config: Any = None):
         self.config = config if config is not None else self.Config()
@@ -76,7 +78,9 @@ class Method(ABC):
         unknown = sorted(set(options) - set(fields))
         if unknown:
             allowed = ", ".join(fields) or "none"
-            raise ValueError(f"method {cls.name!r} has no option {', '.join(unknown)}; its options: {allowed}.")
+            raise ValueError(
+                f"method {cls.name!r} has no option {', '.join(unknown)}; its options: {allowed}."
+            )
         values = {}
         for key, raw in options.items():
             values[key] = _convert(raw, fields[key].type, f"{cls.name} option {key}")
@@ -87,7 +91,9 @@ class Method(ABC):
         caps = self.capabilities
         reasons = []
         if shape.model_type not in caps.architectures:
-            reasons.append(f"{self.name} supports architectures {caps.architectures}, not {shape.model_type!r}")
+            reasons.append(
+                f"{self.name} supports architectures {caps.architectures}, not {shape.model_type!r}"
+            )
         if caps.group_sizes is not None and shape.group_size not in caps.group_sizes:
             reasons.append(f"{self.name} supports GQA group sizes {caps.group_sizes}, not {shape.group_size}")
         if caps.head_dims is not None and shape.head_dim not in caps.head_dims:

@@ -23,6 +23,7 @@ class FullAttention(Method):
     name: ClassVar[str] = "full"
     description: ClassVar[str] = "dense attention over the whole cache (torch SDPA); the baseline"
     Config: ClassVar[type] = FullConfig
+    decode_only: ClassVar[bool] = False
 
     @property
     def path(self) -> str:
@@ -40,4 +41,6 @@ class FullAttention(Method):
     ) -> torch.Tensor:
         state.count("kv_tokens_read", valid.sum().item() * key.shape[1])
         mask = None if bool(valid.all()) else valid[:, None, None, :]
-        return F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scaling, enable_gqa=True)
+        return F.scaled_dot_product_attention(
+            query, key, value, attn_mask=mask, scale=scaling, enable_gqa=True
+        )

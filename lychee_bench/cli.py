@@ -1,0 +1,181 @@
+"""The `lychee-bench` command line."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(
+    help="Benchmark and evaluate long-context sparse decoding methods (LycheeDecode and baselines).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+EXIT_BAD_INPUT = 2
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(EXIT_BAD_INPUT)
+
+
+def _parse_options(pairs: list[str]) -> dict[str, str]:
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            _fail(f"bad --option {pair!r}: write key=value, e.g. --option sink=64")
+        options[key.strip().replace("-", "_")] = value.strip()
+    return options
+
+
+@app.command("list")
+def list_cmd() -> None:
+    """Methods, tasks and models, each with a one-line description."""
+    from lychee_bench.harness.catalog import METHODS, TASKS
+    from lychee_bench.harness.models import DEFAULT_MODEL, EMBEDDED_MODELS
+
+    typer.echo("methods:")
+    for entry in METHODS.entries():
+        aliases = f" (alias: {', '.join(entry.aliases)})" if entry.aliases else ""
+        typer.echo(f"  {entry.name:<14} {entry.description}{aliases}")
+    typer.echo("tasks:")
+    for entry in TASKS.entries():
+        typer.echo(f"  {entry.name:<14} {entry.description}")
+        try:
+            subtasks = entry.load()().subtasks()
+            typer.echo(f"  {'':<14} subtasks ({entry.name}/<name>): {', '.join(subtasks)}")
+        except Exception as error:  # a broken plugin must not hide the rest of the list
+            typer.echo(f"  {'':<14} (cannot list subtasks: {error})")
+    typer.echo("models:")
+    for name, model in EMBEDDED_MODELS.items():
+        default = " [default]" if name == DEFAULT_MODEL else ""
+        typer.echo(f"  {name:<14} {model.description}{default}")
+    typer.echo(f"  {'<folder>':<14} any local transformers causal-LM folder (llama, qwen2, qwen3)")
+    typer.echo(f"  {'<owner/name>':<14} a hub id (needs network or a filled local hub cache)")
+
+
+@app.command()
+def run(
+    method: Annotated[str, typer.Option(help="method name, or a comma list (see `list`)")] = "full",
+    task: Annotated[
+        str, typer.Option(help="'ruler' (all subtasks) or 'ruler/<subtask>', comma lists allowed")
+    ] = "ruler",
+    ctx: Annotated[
+        int, typer.Option(help="context length in tokens, including the tokens to generate")
+    ] = 4096,
+    model: Annotated[str | None, typer.Option(help="embedded model name, a local folder or a hub id")] = None,
+    samples: Annotated[int, typer.Option(min=1, help="samples per subtask")] = 5,
+    seed: Annotated[int, typer.Option(help="seed for sample generation and sampling")] = 42,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N")] = "auto",
+    dtype: Annotated[str, typer.Option(help="auto, float32, bfloat16 or float16")] = "auto",
+    batch_size: Annotated[int, typer.Option(min=0, help="sequences per forward; 0 = 1 on CPU, 8 on GPU")] = 0,
+    budget: Annotated[int | None, typer.Option(help="token budget for sparse methods")] = None,
+    option: Annotated[
+        list[str], typer.Option("--option", "-o", help="method option key=value (repeatable)")
+    ] = [],  # noqa: B006
+    decode_exercise: Annotated[
+        bool | None,
+        typer.Option(
+            "--decode-exercise/--no-decode-exercise",
+            help="decode the question's tail token by token (default: on when a decode-only method runs)",
+        ),
+    ] = None,
+    exercise_chars: Annotated[
+        int, typer.Option(help="characters of the question decoded by the exercise")
+    ] = 100,
+    chat_template: Annotated[
+        bool | None,
+        typer.Option("--chat-template/--no-chat-template", help="default: use it when the tokenizer has one"),
+    ] = None,
+    rope_scaling: Annotated[str | None, typer.Option(help="extend the context, e.g. yarn:2")] = None,
+    temperature: Annotated[float, typer.Option(min=0.0, help="0 = greedy")] = 0.0,
+    top_p: Annotated[float, typer.Option(min=0.0, max=1.0)] = 1.0,
+    out: Annotated[
+        Path | None, typer.Option(help="run folder (default: runs/<methods>_<task>_<ctx>_<model>_s<seed>)")
+    ] = None,
+) -> None:
+    """Run methods over a task and print per-subtask scores. Re-running the same command resumes."""
+    from lychee_bench.harness.models import ModelError
+    from lychee_bench.harness.records import average_rows
+    from lychee_bench.harness.registry import UnknownNameError
+    from lychee_bench.harness.runner import PlanError, RunPlan
+    from lychee_bench.harness.runner import run as run_plan
+    from lychee_bench.harness.tables import score_table
+
+    options = _parse_options(option)
+    if budget is not None:
+        options["budget"] = str(budget)
+    plan = RunPlan(
+        methods=[m.strip() for m in method.split(",") if m.strip()],
+        task=task,
+        ctx=ctx,
+        model=model,
+        samples=samples,
+        seed=seed,
+        device=device,
+        dtype=dtype,
+        batch_size=batch_size,
+        method_options=options,
+        decode_exercise=decode_exercise,
+        exercise_chars=exercise_chars,
+        chat_template=chat_template,
+        rope_scaling=rope_scaling,
+        temperature=temperature,
+        top_p=top_p,
+        out=out,
+    )
+    try:
+        rows = run_plan(plan, log=lambda text: typer.echo(text, err=True))
+    except PlanError as error:
+        _fail("this run cannot start:\n" + str(error))
+    except (UnknownNameError, ModelError) as error:
+        _fail(str(error))
+    except ValueError as error:
+        _fail(str(error))
+    typer.echo(score_table(rows + average_rows(rows)))
+
+
+@app.command()
+def report(
+    path: Annotated[Path, typer.Argument(help="a run folder, a records .jsonl file, or a folder of runs")],
+    format: Annotated[str, typer.Option("--format", help="table or json")] = "table",
+) -> None:
+    """Summarise results: per-subtask scores with the average (table), or machine-readable rows (json)."""
+    from lychee_bench.harness.records import average_rows, read_records, summarize
+    from lychee_bench.harness.tables import score_table
+
+    if format not in ("table", "json"):
+        _fail(f"unknown --format {format!r}; use table or json")
+    if not path.exists():
+        _fail(f"{path} does not exist; give a run folder (see `run --out`) or a records .jsonl file")
+    problems: list = []
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        rows = summarize(read_records(path, problems))
+    for problem in problems:
+        typer.echo(f"warning: {problem}", err=True)
+    rows = rows + average_rows(rows)
+    if format == "json":
+        clean = [
+            {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()} for r in rows
+        ]
+        typer.echo(json.dumps(clean, indent=1))
+    else:
+        typer.echo(score_table(rows))
+
+
+def main() -> None:
+    sys.exit(app())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,188 @@
+"""The result store: append-only, schema-versioned JSONL, one record per sample plus summaries.
+
+A run folder holds `manifest.json` (what the folder is: schema, plan, provenance) and `records.jsonl`. Each
+record is written with one `write` on an O_APPEND descriptor and fsync'd, so a crash can at worst leave one
+partial last line; readers report any unreadable line with its number and use all the others, and a
+resumed run skips every sample whose record is already there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import warnings
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+RECORDS_FILE = "records.jsonl"
+MANIFEST_FILE = "manifest.json"
+
+
+def config_hash(value: Any) -> str:
+    """Stable short hash of a JSON-able value (dict key order does not matter)."""
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+@dataclass
+class BadLine:
+    path: Path
+    line: int
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}: unreadable record skipped ({self.reason})"
+
+
+def read_records(path: Path, problems: list[BadLine] | None = None) -> list[dict[str, Any]]:
+    """All records of a file, or of every records file under a folder. Bad lines are reported, not fatal."""
+    files = [path] if path.is_file() else sorted(path.rglob("*.jsonl"))
+    records: list[dict[str, Any]] = []
+    for file in files:
+        with open(file, encoding="utf-8", errors="replace") as handle:
+            for number, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                    if not isinstance(record, dict) or "kind" not in record:
+                        raise ValueError("not a lychee-bench record")
+                except ValueError as error:
+                    bad = BadLine(file, number, str(error)[:80])
+                    if problems is not None:
+                        problems.append(bad)
+                    warnings.warn(str(bad), stacklevel=2)
+                    continue
+                if record.get("schema", SCHEMA_VERSION) > SCHEMA_VERSION:
+                    bad = BadLine(file, number, f"schema {record['schema']} is newer than {SCHEMA_VERSION}")
+                    if problems is not None:
+                        problems.append(bad)
+                    warnings.warn(str(bad) + "; upgrade lychee-bench", stacklevel=2)
+                    continue
+                records.append(record)
+    return records
+
+
+class RecordWriter:
+    """Appends records atomically to a run folder's records.jsonl."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.path = folder / RECORDS_FILE
+        folder.mkdir(parents=True, exist_ok=True)
+        self._repair_partial_tail()
+
+    def _repair_partial_tail(self) -> None:
+        # A crash mid-write leaves a line without "\n"; start a fresh line so the next record stays readable.
+        if self.path.exists() and self.path.stat().st_size > 0:
+            with open(self.path, "rb") as handle:
+                handle.seek(-1, os.SEEK_END)
+                if handle.read(1) != b"\n":
+                    self._write_bytes(b"\n")
+
+    def _write_bytes(self, data: bytes) -> None:
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def append(self, record: dict[str, Any]) -> None:
+        record = {"schema": SCHEMA_VERSION, **record}
+        self._write_bytes((json.dumps(record, ensure_ascii=False, default=str) + "\n").encode())
+
+
+def write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
+    """Write manifest.json atomically; keep the history of plans that wrote into this folder."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / MANIFEST_FILE
+    previous = json.loads(path.read_text()) if path.exists() else {}
+    history = previous.get("runs", [])
+    data = {"schema": SCHEMA_VERSION, "kind": "lychee-bench-run", "runs": [*history, manifest]}
+    staging = path.with_suffix(".json.tmp")
+    staging.write_text(json.dumps(data, indent=2, default=str))
+    os.replace(staging, path)
+
+
+def sample_key(record: dict[str, Any]) -> tuple:
+    """What makes two sample records the same piece of work (for resuming)."""
+    return (record.get("run_key"), record.get("subtask"), record.get("index"))
+
+
+def done_keys(records: Iterable[dict[str, Any]]) -> set[tuple]:
+    return {sample_key(r) for r in records if r.get("kind") == "sample"}
+
+
+GROUP_FIELDS = ("method", "task", "subtask", "ctx", "batch", "model", "metric")
+
+
+def summarize(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (method, task, subtask, ctx, batch, model, metric): mean, standard error, count.
+
+    Rows are built from sample records (the truth), using the latest record when a sample appears twice.
+    """
+    latest: dict[tuple, dict[str, Any]] = {}
+    for record in records:
+        if record.get("kind") == "sample":
+            latest[sample_key(record)] = record
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for record in latest.values():
+        groups.setdefault(tuple(record.get(f) for f in GROUP_FIELDS), []).append(record)
+    rows = []
+    for key, items in sorted(groups.items(), key=lambda kv: tuple(str(v) for v in kv[0])):
+        values = [float(item["value"]) for item in items]
+        rows.append({**dict(zip(GROUP_FIELDS, key, strict=True)), **_stats(values), "samples": len(values)})
+    return rows
+
+
+def _stats(values: list[float]) -> dict[str, float]:
+    count = len(values)
+    mean = sum(values) / count
+    if count < 2:
+        return {"value": mean, "stderr": float("nan")}
+    variance = sum((v - mean) ** 2 for v in values) / (count - 1)
+    return {"value": mean, "stderr": math.sqrt(variance / count)}
+
+
+def average_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per (method, task, ctx, batch, model, metric-family): the unweighted mean over subtasks."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(
+            (row["method"], row["task"], row["ctx"], row.get("batch"), row["model"]), []
+        ).append(row)
+    averages = []
+    for (method, task, ctx, batch, model), items in groups.items():
+        if len(items) < 2:
+            continue
+        values = [item["value"] for item in items]
+        errors = [item["stderr"] for item in items]
+        stderr = (
+            math.sqrt(sum(e * e for e in errors)) / len(errors)
+            if not any(map(math.isnan, errors))
+            else float("nan")
+        )
+        averages.append(
+            {
+                "method": method,
+                "task": task,
+                "subtask": "average",
+                "ctx": ctx,
+                "batch": batch,
+                "model": model,
+                "metric": "mean of subtasks",
+                "value": sum(values) / len(values),
+                "stderr": stderr,
+                "samples": sum(item["samples"] for item in items),
+            }
+        )
+    return averages
+
+
+def iter_sample_records(records: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    return (r for r in records if r.get("kind") == "sample")

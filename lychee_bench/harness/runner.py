@@ -1,0 +1,248 @@
+"""`lychee-bench run`: plan, check, generate samples, run every method over them, record, summarise."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from lychee_bench.harness import models, provenance, records
+from lychee_bench.harness.catalog import METHODS, TASKS
+from lychee_bench.harness.engine import Engine, GenerationSettings, InputFormatter
+from lychee_bench.harness.sample_cache import cached_samples
+from lychee_bench.methods.base import Method, RunShape
+
+
+class PlanError(ValueError):
+    """A run that cannot start; carries every reason so the user can fix them all at once."""
+
+    def __init__(self, reasons: list[str]):
+        self.reasons = reasons
+        super().__init__("\n".join(f"- {reason}" for reason in reasons))
+
+
+@dataclass
+class RunPlan:
+    methods: list[str]
+    task: str  # "ruler" or "ruler/<subtask>" (comma lists allowed)
+    ctx: int
+    model: str | None = None
+    samples: int = 5
+    seed: int = 42
+    device: str = "auto"
+    dtype: str = "auto"
+    batch_size: int = 0  # 0: automatic
+    method_options: dict[str, Any] = field(default_factory=dict)
+    decode_exercise: bool | None = None  # None: on when any method is decode-only
+    exercise_chars: int = 100
+    chat_template: bool | None = None  # None: use the tokenizer's template when it has one
+    rope_scaling: str | None = None
+    temperature: float = 0.0
+    top_p: float = 1.0
+    out: Path | None = None
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise PlanError([f"device {device!r} was asked for but no CUDA GPU is visible; use --device cpu"])
+    if not (device == "cpu" or device.startswith("cuda")):
+        raise PlanError([f"unknown device {device!r}; use cpu, cuda or cuda:N"])
+    return device
+
+
+def resolve_dtype(dtype: str, device: str) -> str:
+    allowed = ("float32", "bfloat16", "float16")
+    aliases = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+    if dtype == "auto":
+        return "bfloat16" if device.startswith("cuda") else "float32"
+    dtype = aliases.get(dtype, dtype)
+    if dtype not in allowed:
+        raise PlanError([f"unknown dtype {dtype!r}; use one of {', '.join(allowed)} (or auto)"])
+    return dtype
+
+
+def parse_tasks(spec: str) -> list[tuple[str, list[str]]]:
+    """'ruler' -> all subtasks; 'ruler/niah_single_1,ruler/vt' -> those. Unknown names raise with hints."""
+    chosen: dict[str, list[str]] = {}
+    for part in [p.strip() for p in spec.split(",") if p.strip()]:
+        family, _, subtask = part.partition("/")
+        name = TASKS.resolve(family)
+        task = TASKS.get(name)()
+        subtasks = task.subtasks()
+        if subtask:
+            if subtask not in subtasks:
+                from lychee_bench.harness.registry import UnknownNameError
+
+                raise UnknownNameError(f"{name} subtask", subtask, subtasks)
+            chosen.setdefault(name, [])
+            if subtask not in chosen[name]:
+                chosen[name].append(subtask)
+        else:
+            chosen[name] = list(subtasks)
+    if not chosen:
+        raise PlanError([f"no task given in {spec!r}; e.g. --task ruler or --task ruler/niah_single_1"])
+    return list(chosen.items())
+
+
+def build_methods(names: list[str], options: dict[str, Any]) -> list[Method]:
+    methods = []
+    for name in names:
+        cls = METHODS.get(name)
+        import dataclasses
+
+        accepted = {f.name for f in dataclasses.fields(cls.Config)}
+        # Shared CLI options (like --budget) go to the methods that have them.
+        mine = {k: v for k, v in options.items() if k in accepted}
+        extra = {k: v for k, v in options.items() if k not in accepted and len(names) == 1}
+        methods.append(cls.from_options({**mine, **extra}))
+    return methods
+
+
+def default_out(plan: RunPlan, model_name: str) -> Path:
+    task = plan.task.replace("/", "-").replace(",", "+")
+    methods = "+".join(plan.methods)
+    return Path("runs") / f"{methods}_{task}_{plan.ctx}_{Path(model_name).name}_s{plan.seed}"
+
+
+def run(plan: RunPlan, log: Any = print) -> list[dict[str, Any]]:
+    """Execute a plan; returns the summary rows (also written as summary records)."""
+    device = resolve_device(plan.device)
+    dtype = resolve_dtype(plan.dtype, device)
+    methods = build_methods(plan.methods, plan.method_options)
+    task_list = parse_tasks(plan.task)
+    tasks = {name: TASKS.get(name)() for name, _ in task_list}
+
+    reasons: list[str] = []
+    for task in tasks.values():
+        reasons += task.check_assets()
+    source = models.resolve_model(plan.model)
+    config = models.load_config(source, plan.rope_scaling)
+    reasons += models.check_architecture(config)
+    reasons += models.check_context(config, plan.ctx, source.name)
+    batch_size = plan.batch_size or (8 if device.startswith("cuda") else 1)
+    shape = RunShape.from_config(config, dtype, device, batch_size, plan.ctx)
+    for method in methods:
+        reasons += method.check(shape)
+    if reasons:
+        raise PlanError(reasons)
+
+    decode_exercise = plan.decode_exercise
+    if decode_exercise is None:
+        decode_exercise = any(getattr(m, "decode_only", False) for m in methods)
+    tokenizer = models.load_tokenizer(source)
+    formatter = InputFormatter(tokenizer, plan.chat_template, plan.exercise_chars if decode_exercise else 0)
+    out = plan.out or default_out(plan, source.name)
+    prov = provenance.collect(device)
+    model_info = {**source.provenance(), "dtype": dtype, "rope_scaling": plan.rope_scaling}
+    input_format = {
+        "chat_template": formatter.use_chat_template,
+        "tokenizer": formatter.fingerprint(),
+        "decode_exercise": decode_exercise,
+        "exercise_chars": plan.exercise_chars if decode_exercise else 0,
+    }
+    records.write_manifest(
+        out,
+        {
+            "started": datetime.now(UTC).isoformat(),
+            "plan": {**asdict(plan), "out": str(out)},
+            "model": model_info,
+            "input_format": input_format,
+            "provenance": prov,
+        },
+    )
+    existing = (
+        records.read_records(out / records.RECORDS_FILE) if (out / records.RECORDS_FILE).exists() else []
+    )
+    done = records.done_keys(existing)
+    writer = records.RecordWriter(out)
+
+    work = []  # (task, subtask, samples)
+    for name, subtasks in task_list:
+        for subtask in subtasks:
+            samples = cached_samples(tasks[name], subtask, plan.ctx, plan.samples, plan.seed, formatter)
+            work.append((name, subtask, samples))
+
+    log(f"loading {source.name} on {device} ({dtype}) ...")
+    model = models.load_model(source, config, device, dtype)
+    settings_base = {"temperature": plan.temperature, "top_p": plan.top_p}
+    total = len(methods) * sum(len(s) for _, _, s in work)
+    progress = tqdm(total=total, desc="samples", unit="sample", dynamic_ncols=True)
+    for method in methods:
+        method.prepare(model)
+        engine = Engine(model, tokenizer, method)
+        for name, subtask, samples in work:
+            task = tasks[name]
+            run_key = records.config_hash(
+                {
+                    "method": method.describe(),
+                    "task": name,
+                    "task_config": task.config(),
+                    "ctx": plan.ctx,
+                    "seed": plan.seed,
+                    "model": model_info,
+                    "input_format": input_format,
+                    "generation": settings_base,
+                }
+            )
+            todo = [s for s in samples if (run_key, subtask, s.index) not in done]
+            progress.update(len(samples) - len(todo))
+            progress.set_postfix_str(f"{method.name} {subtask}")
+            for start in range(0, len(todo), batch_size):
+                chunk = todo[start : start + batch_size]
+                inputs = [formatter.format(s.prompt, s.answer_prefix) for s in chunk]
+                settings = GenerationSettings(
+                    max_new_tokens=max(s.max_new_tokens for s in chunk), seed=plan.seed, **settings_base
+                )
+                began = time.perf_counter()
+                outputs = engine.generate(inputs, settings)
+                elapsed = time.perf_counter() - began
+                for sample, output in zip(chunk, outputs, strict=True):
+                    writer.append(
+                        {
+                            "kind": "sample",
+                            "run_key": run_key,
+                            "method": method.name,
+                            "method_config": method.describe(),
+                            "path": method.path,
+                            "task": name,
+                            "subtask": subtask,
+                            "ctx": plan.ctx,
+                            "batch": len(chunk),
+                            "model": source.name,
+                            "model_fingerprint": source.fingerprint,
+                            "seed": plan.seed,
+                            "index": sample.index,
+                            "metric": sample.metric,
+                            "value": task.score(sample, output.text),
+                            "prediction": output.text,
+                            "references": sample.references,
+                            "input_tokens": len(inputs[chunk.index(sample)].input_ids),
+                            "new_tokens": output.new_tokens,
+                            "stop_reason": output.stop_reason,
+                            "exercise_tokens": output.exercise_tokens,
+                            "input_format": input_format,
+                            "elapsed_s": round(elapsed / len(chunk), 4),
+                            "code": prov["code"],
+                            "time": datetime.now(UTC).isoformat(),
+                        }
+                    )
+                progress.update(len(chunk))
+    progress.close()
+
+    rows = records.summarize(records.read_records(out / records.RECORDS_FILE))
+    wanted = {(m.name, n, s) for m in methods for n, subs in task_list for s in subs}
+    rows = [r for r in rows if (r["method"], r["task"], r["subtask"]) in wanted and r["ctx"] == plan.ctx]
+    for row in rows:
+        writer.append(
+            {"kind": "summary", **row, "provenance": prov, "model_info": model_info, "out": str(out)}
+        )
+    log(f"results: {out / records.RECORDS_FILE}")
+    return rows
