@@ -67,9 +67,7 @@ def run(
     task: Annotated[
         str, typer.Option(help="'ruler' (all subtasks) or 'ruler/<subtask>', comma lists allowed")
     ] = "ruler",
-    ctx: Annotated[
-        int, typer.Option(help="context length in tokens, including the tokens to generate")
-    ] = 4096,
+    ctx: Annotated[int, typer.Option(help="context length in tokens, including the tokens to generate")] = 4096,
     model: Annotated[str | None, typer.Option(help="embedded model name, a local folder or a hub id")] = None,
     samples: Annotated[int, typer.Option(min=1, help="samples per subtask")] = 5,
     seed: Annotated[int, typer.Option(help="seed for sample generation and sampling")] = 42,
@@ -77,9 +75,7 @@ def run(
     dtype: Annotated[str, typer.Option(help="auto, float32, bfloat16 or float16")] = "auto",
     batch_size: Annotated[int, typer.Option(min=0, help="sequences per forward; 0 = 1 on CPU, 8 on GPU")] = 0,
     budget: Annotated[int | None, typer.Option(help="token budget for sparse methods")] = None,
-    option: Annotated[
-        list[str], typer.Option("--option", "-o", help="method option key=value (repeatable)")
-    ] = [],  # noqa: B006
+    option: Annotated[list[str], typer.Option("--option", "-o", help="method option key=value (repeatable)")] = [],  # noqa: B006
     decode_exercise: Annotated[
         bool | None,
         typer.Option(
@@ -87,9 +83,7 @@ def run(
             help="decode the question's tail token by token (default: on when a decode-only method runs)",
         ),
     ] = None,
-    exercise_chars: Annotated[
-        int, typer.Option(help="characters of the question decoded by the exercise")
-    ] = 100,
+    exercise_chars: Annotated[int, typer.Option(help="characters of the question decoded by the exercise")] = 100,
     chat_template: Annotated[
         bool | None,
         typer.Option("--chat-template/--no-chat-template", help="default: use it when the tokenizer has one"),
@@ -165,9 +159,7 @@ def report(
         typer.echo(f"warning: {problem}", err=True)
     rows = rows + average_rows(rows)
     if format == "json":
-        clean = [
-            {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()} for r in rows
-        ]
+        clean = [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()} for r in rows]
         typer.echo(json.dumps(clean, indent=1))
     else:
         typer.echo(score_table(rows))

@@ -54,9 +54,7 @@ class DecodeState:
         self.counters[name] = self.counters.get(name, 0.0) + float(value)
 
 
-def key_validity(
-    attention_mask: torch.Tensor | None, batch: int, kv_len: int, device: torch.device
-) -> torch.Tensor:
+def key_validity(attention_mask: torch.Tensor | None, batch: int, kv_len: int, device: torch.device) -> torch.Tensor:
     """[batch, kv_len] bool: which cache positions hold real tokens (left padding is False).
 
     For a single decode query the 4-D mask row of the query is exactly the set of keys it may see.
@@ -89,13 +87,9 @@ def lychee_bench_attention(
     if scaling is None:
         scaling = query.shape[-1] ** -0.5
     if query.shape[2] > 1 or lychee_state.phase == "prefill":
-        return sdpa_attention_forward(
-            module, query, key, value, attention_mask, scaling=scaling, dropout=dropout
-        )
+        return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout)
     valid = key_validity(attention_mask, query.shape[0], key.shape[2], key.device)
-    output = lychee_state.method.decode_attention(
-        module.layer_idx, query, key, value, valid, scaling, lychee_state
-    )
+    output = lychee_state.method.decode_attention(module.layer_idx, query, key, value, valid, scaling, lychee_state)
     return output.transpose(1, 2).contiguous(), None
 
 

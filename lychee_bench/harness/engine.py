@@ -91,9 +91,7 @@ class InputFormatter:
         """Identity of the tokenizer and the input format (for sample caches and results)."""
         digest = hashlib.sha256()
         backend = getattr(self.tokenizer, "backend_tokenizer", None)
-        digest.update(
-            (backend.to_str() if backend is not None else repr(self.tokenizer.get_vocab())).encode()
-        )
+        digest.update((backend.to_str() if backend is not None else repr(self.tokenizer.get_vocab())).encode())
         digest.update(str(getattr(self.tokenizer, "chat_template", "")).encode())
         digest.update(f"chat={self.use_chat_template}".encode())
         return digest.hexdigest()[:16]
@@ -125,9 +123,7 @@ class Engine:
         self.method = method
         self.device = next(model.parameters()).device
         self.stop_ids = _stop_token_ids(model, tokenizer)
-        self.pad_id = (
-            tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.stop_ids or {0})
-        )
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.stop_ids or {0})
         self.cache_keyword = _cache_keyword(model)
         self.state = DecodeState(method=method)
 
@@ -156,9 +152,7 @@ class Engine:
             mask[row, width - len(ids) :] = 1
         input_ids, mask = input_ids.to(self.device), mask.to(self.device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        generators = (
-            [_generator(settings.seed, row) for row in range(batch)] if settings.temperature > 0 else []
-        )
+        generators = [_generator(settings.seed, row) for row in range(batch)] if settings.temperature > 0 else []
 
         cache = DynamicCache(config=self.model.config)
         generated: list[list[int]] = [[] for _ in range(batch)]

@@ -98,13 +98,10 @@ def _convert_embedded(model: EmbeddedModel, target: Path) -> None:
     source_folder = package_folder(model.module)
     if source_folder is None or not (source_folder / model.gguf_file).exists():
         raise ModelError(
-            f"the default model file {model.gguf_file} is not installed. Install it with: "
-            f"{model.install_hint()}"
+            f"the default model file {model.gguf_file} is not installed. Install it with: {model.install_hint()}"
         )
     tokenizer = AutoTokenizer.from_pretrained(source_folder, gguf_file=model.gguf_file)
-    loaded = AutoModelForCausalLM.from_pretrained(
-        source_folder, gguf_file=model.gguf_file, dtype=torch.float32
-    )
+    loaded = AutoModelForCausalLM.from_pretrained(source_folder, gguf_file=model.gguf_file, dtype=torch.float32)
     # The weights are already dequantised; drop the GGUF marker so the folder loads as a plain model.
     del loaded.config.quantization_config
     loaded.hf_quantizer = None
@@ -185,9 +182,7 @@ def apply_rope_scaling(config: Any, spec: str) -> None:
     except ValueError:
         factor = 0.0
     if kind not in allowed or factor <= 1.0:
-        raise ModelError(
-            f"bad --rope-scaling {spec!r}: use one of {', '.join(allowed)} with a factor > 1, e.g. yarn:2"
-        )
+        raise ModelError(f"bad --rope-scaling {spec!r}: use one of {', '.join(allowed)} with a factor > 1, e.g. yarn:2")
     original = config.max_position_embeddings
     params = dict(getattr(config, "rope_parameters", None) or {})
     params.update(rope_type=kind, factor=factor, original_max_position_embeddings=original)

@@ -153,9 +153,7 @@ def average_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per (method, task, ctx, batch, model, metric-family): the unweighted mean over subtasks."""
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for row in rows:
-        groups.setdefault(
-            (row["method"], row["task"], row["ctx"], row.get("batch"), row["model"]), []
-        ).append(row)
+        groups.setdefault((row["method"], row["task"], row["ctx"], row.get("batch"), row["model"]), []).append(row)
     averages = []
     for (method, task, ctx, batch, model), items in groups.items():
         if len(items) < 2:
@@ -163,9 +161,7 @@ def average_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         values = [item["value"] for item in items]
         errors = [item["stderr"] for item in items]
         stderr = (
-            math.sqrt(sum(e * e for e in errors)) / len(errors)
-            if not any(map(math.isnan, errors))
-            else float("nan")
+            math.sqrt(sum(e * e for e in errors)) / len(errors) if not any(map(math.isnan, errors)) else float("nan")
         )
         averages.append(
             {

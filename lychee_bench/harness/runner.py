@@ -158,9 +158,7 @@ def run(plan: RunPlan, log: Any = print) -> list[dict[str, Any]]:
             "provenance": prov,
         },
     )
-    existing = (
-        records.read_records(out / records.RECORDS_FILE) if (out / records.RECORDS_FILE).exists() else []
-    )
+    existing = records.read_records(out / records.RECORDS_FILE) if (out / records.RECORDS_FILE).exists() else []
     done = records.done_keys(existing)
     writer = records.RecordWriter(out)
 
@@ -241,8 +239,6 @@ def run(plan: RunPlan, log: Any = print) -> list[dict[str, Any]]:
     wanted = {(m.name, n, s) for m in methods for n, subs in task_list for s in subs}
     rows = [r for r in rows if (r["method"], r["task"], r["subtask"]) in wanted and r["ctx"] == plan.ctx]
     for row in rows:
-        writer.append(
-            {"kind": "summary", **row, "provenance": prov, "model_info": model_info, "out": str(out)}
-        )
+        writer.append({"kind": "summary", **row, "provenance": prov, "model_info": model_info, "out": str(out)})
     log(f"results: {out / records.RECORDS_FILE}")
     return rows

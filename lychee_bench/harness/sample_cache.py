@@ -52,9 +52,7 @@ def cached_samples(
 
     samples = task.build_samples(subtask, ctx, num_samples, seed, formatter.count_tokens, formatter.tokenizer)
     file_name = f"{subtask}-{ctx}-{key}.jsonl"
-    _write_atomic(
-        folder / file_name, "".join(json.dumps(asdict(s), ensure_ascii=False) + "\n" for s in samples)
-    )
+    _write_atomic(folder / file_name, "".join(json.dumps(asdict(s), ensure_ascii=False) + "\n" for s in samples))
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
     manifest[key] = {"file": file_name, **key_fields}
     _write_atomic(manifest_path, json.dumps(manifest, indent=1, default=str))

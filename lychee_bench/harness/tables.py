@@ -26,9 +26,7 @@ def score_table(rows: list[dict[str, Any]]) -> str:
         # Several batch sizes of the same sample set are one score; keep the row with most samples.
         group = group.sort_values("samples").drop_duplicates(["method", "subtask"], keep="last")
         table = group.pivot(index="subtask", columns="method", values="cell")
-        order = sorted(i for i in table.index if i != "average") + (
-            ["average"] if "average" in table.index else []
-        )
+        order = sorted(i for i in table.index if i != "average") + (["average"] if "average" in table.index else [])
         table = table.loc[order]
         counts = group.groupby("subtask")["samples"].max()
         table.insert(0, "n", counts.loc[order].astype(int))

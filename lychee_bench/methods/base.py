@@ -78,9 +78,7 @@ class Method(ABC):
         unknown = sorted(set(options) - set(fields))
         if unknown:
             allowed = ", ".join(fields) or "none"
-            raise ValueError(
-                f"method {cls.name!r} has no option {', '.join(unknown)}; its options: {allowed}."
-            )
+            raise ValueError(f"method {cls.name!r} has no option {', '.join(unknown)}; its options: {allowed}.")
         values = {}
         for key, raw in options.items():
             values[key] = _convert(raw, fields[key].type, f"{cls.name} option {key}")
@@ -91,9 +89,7 @@ class Method(ABC):
         caps = self.capabilities
         reasons = []
         if shape.model_type not in caps.architectures:
-            reasons.append(
-                f"{self.name} supports architectures {caps.architectures}, not {shape.model_type!r}"
-            )
+            reasons.append(f"{self.name} supports architectures {caps.architectures}, not {shape.model_type!r}")
         if caps.group_sizes is not None and shape.group_size not in caps.group_sizes:
             reasons.append(f"{self.name} supports GQA group sizes {caps.group_sizes}, not {shape.group_size}")
         if caps.head_dims is not None and shape.head_dim not in caps.head_dims:
@@ -112,6 +108,7 @@ class Method(ABC):
 
     def prepare(self, model: torch.nn.Module) -> None:
         """Load per-model artifacts (head roles, ...) once the model is loaded."""
+        return None
 
     def describe(self) -> dict[str, Any]:
         """The method config recorded in every result, including which implementation path runs."""

@@ -41,6 +41,4 @@ class FullAttention(Method):
     ) -> torch.Tensor:
         state.count("kv_tokens_read", valid.sum().item() * key.shape[1])
         mask = None if bool(valid.all()) else valid[:, None, None, :]
-        return F.scaled_dot_product_attention(
-            query, key, value, attn_mask=mask, scale=scaling, enable_gqa=True
-        )
+        return F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scaling, enable_gqa=True)

@@ -30,9 +30,7 @@ class StreamingConfig:
                 )
             self.recent = self.budget - self.sink
         if self.sink < 0 or self.recent < 1:
-            raise ValueError(
-                f"streaming needs sink >= 0 and recent >= 1 (got sink={self.sink}, recent={self.recent})"
-            )
+            raise ValueError(f"streaming needs sink >= 0 and recent >= 1 (got sink={self.sink}, recent={self.recent})")
 
 
 class StreamingAttention(Method):
@@ -57,6 +55,4 @@ class StreamingAttention(Method):
     ) -> torch.Tensor:
         keep = sink_and_recent(valid, self.config.sink, self.config.recent)
         state.count("kv_tokens_read", keep.sum().item() * key.shape[1])
-        return masked_decode_attention(
-            query, key, value, keep[:, None, :].expand(-1, key.shape[1], -1), scaling
-        )
+        return masked_decode_attention(query, key, value, keep[:, None, :].expand(-1, key.shape[1], -1), scaling)
