@@ -1,0 +1,61 @@
+"""Shared fixtures: tiny randomly initialised models of each supported architecture, and the real tokenizer."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+ARCHITECTURES = ("llama", "qwen2", "qwen3")
+
+
+def tiny_config(arch: str, vocab_size: int = 256, num_heads: int = 6, num_kv_heads: int = 2, head_dim: int = 16):
+    from transformers import LlamaConfig, Qwen2Config, Qwen3Config
+
+    common = dict(
+        vocab_size=vocab_size,
+        hidden_size=num_heads * head_dim,
+        intermediate_size=2 * num_heads * head_dim,
+        num_hidden_layers=3,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_kv_heads,
+        max_position_embeddings=2048,
+        tie_word_embeddings=False,
+    )
+    if arch == "llama":
+        return LlamaConfig(**common)
+    if arch == "qwen2":
+        return Qwen2Config(**common)
+    if arch == "qwen3":
+        return Qwen3Config(head_dim=head_dim, **common)
+    raise ValueError(arch)
+
+
+def tiny_model(arch: str, seed: int = 0, **kwargs) -> torch.nn.Module:
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(tiny_config(arch, **kwargs), attn_implementation="sdpa")
+    # Larger-than-default weights make attention peaky, so a wrong key set changes the output visibly.
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "proj" in name and param.dim() == 2:
+                param.mul_(4.0)
+    return model.eval()
+
+
+@pytest.fixture(params=ARCHITECTURES)
+def arch(request) -> str:
+    return request.param
+
+
+@pytest.fixture(scope="session")
+def smol_tokenizer():
+    """The default model's real tokenizer (converted once into the lychee-bench cache)."""
+    from lychee_bench.harness import models
+
+    source = models.resolve_model(None)
+    return models.load_tokenizer(source)

@@ -1,0 +1,78 @@
+from __future__ import annotations
+
+import json
+import warnings
+
+from lychee_bench.harness.records import (
+    RecordWriter,
+    average_rows,
+    done_keys,
+    read_records,
+    summarize,
+    write_manifest,
+)
+
+
+def _sample(index: int, value: float, subtask: str = "vt") -> dict:
+    return {
+        "kind": "sample",
+        "run_key": "k1",
+        "method": "full",
+        "task": "ruler",
+        "subtask": subtask,
+        "ctx": 1024,
+        "batch": 1,
+        "model": "m",
+        "metric": "string_match_all",
+        "index": index,
+        "value": value,
+    }
+
+
+def test_append_read_and_summarize(tmp_path):
+    writer = RecordWriter(tmp_path)
+    for i, v in enumerate([100.0, 0.0, 50.0]):
+        writer.append(_sample(i, v))
+    writer.append(_sample(0, 100.0, "cwe"))
+    records = read_records(tmp_path)
+    assert all(r["schema"] == 1 for r in records)
+    rows = {r["subtask"]: r for r in summarize(records)}
+    assert rows["vt"]["value"] == 50.0 and rows["vt"]["samples"] == 3
+    assert abs(rows["vt"]["stderr"] - 28.8675) < 1e-3
+    average = average_rows(list(rows.values()))
+    assert average[0]["subtask"] == "average" and average[0]["value"] == 75.0
+
+
+def test_corrupt_line_is_reported_with_its_number_and_the_rest_is_used(tmp_path):
+    writer = RecordWriter(tmp_path)
+    writer.append(_sample(0, 100.0))
+    with open(tmp_path / "records.jsonl", "a") as handle:
+        handle.write("{not json\n")
+    writer.append(_sample(1, 0.0))
+    problems = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        records = read_records(tmp_path, problems)
+    assert len(records) == 2
+    assert problems[0].line == 2 and "records.jsonl:2" in str(caught[0].message)
+
+
+def test_partial_last_line_is_repaired_before_appending(tmp_path):
+    writer = RecordWriter(tmp_path)
+    writer.append(_sample(0, 100.0))
+    with open(tmp_path / "records.jsonl", "a") as handle:
+        handle.write('{"kind": "sample", "run_key": "k1", "subt')  # a crash mid-write
+    resumed = RecordWriter(tmp_path)
+    resumed.append(_sample(1, 0.0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        records = read_records(tmp_path)
+    assert [r["index"] for r in records] == [0, 1]
+    assert done_keys(records) == {("k1", "vt", 0), ("k1", "vt", 1)}
+
+
+def test_manifest_keeps_history(tmp_path):
+    write_manifest(tmp_path, {"plan": 1})
+    write_manifest(tmp_path, {"plan": 2})
+    data = json.loads((tmp_path / "manifest.json").read_text())
+    assert [r["plan"] for r in data["runs"]] == [1, 2] and data["schema"] == 1
