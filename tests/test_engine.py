@@ -48,21 +48,25 @@ def test_batched_generation_equals_one_at_a_time(smol_tokenizer):
     inputs = [formatter.format(PROMPT[i * 37 :], PREFIX) for i in range(3)]
     assert len({len(x.input_ids) for x in inputs}) == 3  # different lengths -> left padding
     settings = GenerationSettings(max_new_tokens=6)
-    for method in (FullAttention(), StreamingAttention(StreamingConfig(sink=4, recent=32))):
-        engine = Engine(model, smol_tokenizer, method)
-        batched = engine.generate(inputs, settings)
-        single = [engine.generate([x], settings)[0] for x in inputs]
-        assert [g.text for g in batched] == [g.text for g in single]
+    methods = [FullAttention(), StreamingAttention(StreamingConfig(sink=4, recent=32))]
+    engine = Engine(model, smol_tokenizer)
+    shared = engine.generate(inputs, settings, methods)  # one prefill, two methods
+    for method in methods:
+        batched = engine.generate(inputs, settings, [method])[method.name]
+        single = [engine.generate([x], settings, [method])[method.name][0] for x in inputs]
+        assert [g.text for g in batched] == [g.text for g in single] == [g.text for g in shared[method.name]]
         assert all(g.exercise_tokens > 0 for g in batched)
+    assert [g.text for g in shared["full"]] != [g.text for g in shared["streaming"]]
 
 
 def test_sampling_is_reproducible_with_a_seed(smol_tokenizer):
     model = tiny_model("qwen2", vocab_size=len(smol_tokenizer))
     formatter = InputFormatter(smol_tokenizer)
     inputs = [formatter.format("Tell me a story.", "")]
-    engine = Engine(model, smol_tokenizer, FullAttention())
-    first = engine.generate(inputs, GenerationSettings(max_new_tokens=8, temperature=1.0, top_p=0.9, seed=3))
-    second = engine.generate(inputs, GenerationSettings(max_new_tokens=8, temperature=1.0, top_p=0.9, seed=3))
-    other = engine.generate(inputs, GenerationSettings(max_new_tokens=8, temperature=1.0, top_p=0.9, seed=4))
+    engine = Engine(model, smol_tokenizer)
+    method = [FullAttention()]
+    first = engine.generate(inputs, GenerationSettings(8, temperature=1.0, top_p=0.9, seed=3), method)["full"]
+    second = engine.generate(inputs, GenerationSettings(8, temperature=1.0, top_p=0.9, seed=3), method)["full"]
+    other = engine.generate(inputs, GenerationSettings(8, temperature=1.0, top_p=0.9, seed=4), method)["full"]
     assert first[0].text == second[0].text
     assert first[0].text != other[0].text

@@ -9,6 +9,7 @@ after them, one token at a time through the decode path instead of the dense pre
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import inspect
 from dataclasses import dataclass
@@ -115,35 +116,40 @@ def _stop_token_ids(model: torch.nn.Module, tokenizer: Any) -> set[int]:
 
 
 class Engine:
-    """Dense prefill, then token-by-token decode with the method plugged into attention."""
+    """Dense prefill, then token-by-token decode with a method plugged into attention.
 
-    def __init__(self, model: torch.nn.Module, tokenizer: Any, method: Method):
+    Prefill is dense in every method, so one prefill serves all the methods compared on a batch: each method
+    decodes from its own copy of the prefilled cache. That halves the CPU cost of comparing two methods and
+    guarantees they start from bit-identical caches.
+    """
+
+    def __init__(self, model: torch.nn.Module, tokenizer: Any):
         self.model = model
         self.tokenizer = tokenizer
-        self.method = method
         self.device = next(model.parameters()).device
         self.stop_ids = _stop_token_ids(model, tokenizer)
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.stop_ids or {0})
+        fallback_pad = min(self.stop_ids or {0})
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else fallback_pad
         self.cache_keyword = _cache_keyword(model)
-        self.state = DecodeState(method=method)
 
-    def _forward(self, input_ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: Any):
+    def _forward(self, input_ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: Any, state):
         return self.model(
             input_ids=input_ids,
             attention_mask=mask,
             position_ids=positions,
             use_cache=True,
             logits_to_keep=1,
-            lychee_state=self.state,
+            lychee_state=state,
             **{self.cache_keyword: cache},
         )
 
     @torch.inference_mode()
-    def generate(self, inputs: list[FormattedInput], settings: GenerationSettings) -> list[Generation]:
-        """Generate for a batch of inputs (left-padded; each sequence keeps its own forced tail)."""
+    def generate(
+        self, inputs: list[FormattedInput], settings: GenerationSettings, methods: list[Method]
+    ) -> dict[str, list[Generation]]:
+        """Generate for a batch of inputs (left-padded) with each method; results keyed by method name."""
         batch = len(inputs)
         prefill = [item.input_ids[: len(item.input_ids) - item.exercise_tokens] for item in inputs]
-        forced = [item.input_ids[len(item.input_ids) - item.exercise_tokens :] for item in inputs]
         width = max(len(ids) for ids in prefill)
         input_ids = torch.full((batch, width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((batch, width), dtype=torch.long)
@@ -152,40 +158,53 @@ class Engine:
             mask[row, width - len(ids) :] = 1
         input_ids, mask = input_ids.to(self.device), mask.to(self.device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        generators = [_generator(settings.seed, row) for row in range(batch)] if settings.temperature > 0 else []
 
         cache = DynamicCache(config=self.model.config)
+        with method_attention(self.model):
+            state = DecodeState(method=methods[0])
+            state.begin_step("prefill")
+            logits = self._forward(input_ids, mask, positions, cache, state).logits[:, -1, :]
+            results = {}
+            for index, method in enumerate(methods):
+                # The last method may consume the prefilled cache itself; the others decode from copies.
+                own_cache = cache if index == len(methods) - 1 else copy.deepcopy(cache)
+                results[method.name] = self._decode(inputs, settings, method, own_cache, logits, mask, positions)
+        return results
+
+    def _decode(self, inputs, settings, method, cache, logits, mask, positions) -> list[Generation]:
+        batch = len(inputs)
+        forced = [item.input_ids[len(item.input_ids) - item.exercise_tokens :] for item in inputs]
+        generators = [_generator(settings.seed, row) for row in range(batch)] if settings.temperature > 0 else []
+        state = DecodeState(method=method)
         generated: list[list[int]] = [[] for _ in range(batch)]
         done = [False] * batch
         stop_reason = ["length"] * batch
-        with method_attention(self.model):
-            self.state.begin_step("prefill")
-            logits = self._forward(input_ids, mask, positions, cache).logits[:, -1, :]
-            next_positions = positions[:, -1:] + 1
-            while True:
-                next_tokens = []
-                for row in range(batch):
-                    if forced[row]:
-                        next_tokens.append(forced[row].pop(0))
-                        continue
-                    if done[row]:
-                        next_tokens.append(self.pad_id)
-                        continue
-                    token = _choose(logits[row], settings, generators[row] if generators else None)
-                    if token in self.stop_ids:
-                        done[row], stop_reason[row] = True, "eos"
-                    else:
-                        generated[row].append(token)
-                        if len(generated[row]) >= settings.max_new_tokens:
-                            done[row] = True
-                    next_tokens.append(token)
-                if all(done):
-                    break
-                step_ids = torch.tensor(next_tokens, device=self.device)[:, None]
-                mask = torch.cat([mask, torch.ones((batch, 1), dtype=mask.dtype, device=self.device)], dim=1)
-                self.state.begin_step("decode")
-                logits = self._forward(step_ids, mask, next_positions, cache).logits[:, -1, :]
-                next_positions = next_positions + 1
+        next_positions = positions[:, -1:] + 1
+        while True:
+            next_tokens = []
+            for row in range(batch):
+                if forced[row]:
+                    next_tokens.append(forced[row].pop(0))
+                    continue
+                if done[row]:
+                    next_tokens.append(self.pad_id)
+                    continue
+                token = _choose(logits[row], settings, generators[row] if generators else None)
+                if token in self.stop_ids:
+                    done[row], stop_reason[row] = True, "eos"
+                else:
+                    generated[row].append(token)
+                    if len(generated[row]) >= settings.max_new_tokens:
+                        done[row] = True
+                next_tokens.append(token)
+            if all(done):
+                break
+            step_ids = torch.tensor(next_tokens, device=self.device)[:, None]
+            mask = torch.cat([mask, torch.ones((batch, 1), dtype=mask.dtype, device=self.device)], dim=1)
+            state.begin_step("decode")
+            logits = self._forward(step_ids, mask, next_positions, cache, state).logits[:, -1, :]
+            next_positions = next_positions + 1
+        self.last_counters = dict(state.counters)
         return [
             Generation(
                 text=self.tokenizer.decode(generated[row], skip_special_tokens=True),

@@ -171,68 +171,41 @@ def run(plan: RunPlan, log: Any = print) -> list[dict[str, Any]]:
     log(f"loading {source.name} on {device} ({dtype}) ...")
     model = models.load_model(source, config, device, dtype)
     settings_base = {"temperature": plan.temperature, "top_p": plan.top_p}
-    total = len(methods) * sum(len(s) for _, _, s in work)
-    progress = tqdm(total=total, desc="samples", unit="sample", dynamic_ncols=True)
     for method in methods:
         method.prepare(model)
-        engine = Engine(model, tokenizer, method)
-        for name, subtask, samples in work:
-            task = tasks[name]
-            run_key = records.config_hash(
-                {
-                    "method": method.describe(),
-                    "task": name,
-                    "task_config": task.config(),
-                    "ctx": plan.ctx,
-                    "seed": plan.seed,
-                    "model": model_info,
-                    "input_format": input_format,
-                    "generation": settings_base,
-                }
+    engine = Engine(model, tokenizer)
+    total = len(methods) * sum(len(s) for _, _, s in work)
+    progress = tqdm(total=total, desc="samples", unit="sample", dynamic_ncols=True)
+    for name, subtask, samples in work:
+        task = tasks[name]
+        run_keys = {
+            method.name: _run_key(method, name, task, plan, model_info, input_format, settings_base)
+            for method in methods
+        }
+        todo = {m.name: {s.index for s in samples if (run_keys[m.name], subtask, s.index) not in done} for m in methods}
+        progress.update(sum(len(samples) - len(todo[m.name]) for m in methods))
+        pending = [s for s in samples if any(s.index in todo[m.name] for m in methods)]
+        for start in range(0, len(pending), batch_size):
+            chunk = pending[start : start + batch_size]
+            active = [m for m in methods if any(s.index in todo[m.name] for s in chunk)]
+            progress.set_postfix_str(f"{subtask} ({', '.join(m.name for m in active)})")
+            inputs = [formatter.format(s.prompt, s.answer_prefix) for s in chunk]
+            settings = GenerationSettings(
+                max_new_tokens=max(s.max_new_tokens for s in chunk), seed=plan.seed, **settings_base
             )
-            todo = [s for s in samples if (run_key, subtask, s.index) not in done]
-            progress.update(len(samples) - len(todo))
-            progress.set_postfix_str(f"{method.name} {subtask}")
-            for start in range(0, len(todo), batch_size):
-                chunk = todo[start : start + batch_size]
-                inputs = [formatter.format(s.prompt, s.answer_prefix) for s in chunk]
-                settings = GenerationSettings(
-                    max_new_tokens=max(s.max_new_tokens for s in chunk), seed=plan.seed, **settings_base
-                )
-                began = time.perf_counter()
-                outputs = engine.generate(inputs, settings)
-                elapsed = time.perf_counter() - began
-                for sample, output in zip(chunk, outputs, strict=True):
+            began = time.perf_counter()
+            outputs = engine.generate(inputs, settings, active)
+            elapsed = (time.perf_counter() - began) / (len(chunk) * len(active))
+            for method in active:
+                for sample, formatted, output in zip(chunk, inputs, outputs[method.name], strict=True):
+                    if sample.index not in todo[method.name]:
+                        continue
                     writer.append(
-                        {
-                            "kind": "sample",
-                            "run_key": run_key,
-                            "method": method.name,
-                            "method_config": method.describe(),
-                            "path": method.path,
-                            "task": name,
-                            "subtask": subtask,
-                            "ctx": plan.ctx,
-                            "batch": len(chunk),
-                            "model": source.name,
-                            "model_fingerprint": source.fingerprint,
-                            "seed": plan.seed,
-                            "index": sample.index,
-                            "metric": sample.metric,
-                            "value": task.score(sample, output.text),
-                            "prediction": output.text,
-                            "references": sample.references,
-                            "input_tokens": len(inputs[chunk.index(sample)].input_ids),
-                            "new_tokens": output.new_tokens,
-                            "stop_reason": output.stop_reason,
-                            "exercise_tokens": output.exercise_tokens,
-                            "input_format": input_format,
-                            "elapsed_s": round(elapsed / len(chunk), 4),
-                            "code": prov["code"],
-                            "time": datetime.now(UTC).isoformat(),
-                        }
+                        _sample_record(method, task, sample, formatted, output, plan, source, run_keys[method.name])
+                        | {"batch": len(chunk), "input_format": input_format, "elapsed_s": round(elapsed, 4)}
+                        | {"code": prov["code"]}
                     )
-                progress.update(len(chunk))
+                    progress.update(1)
     progress.close()
 
     rows = records.summarize(records.read_records(out / records.RECORDS_FILE))
@@ -242,3 +215,45 @@ def run(plan: RunPlan, log: Any = print) -> list[dict[str, Any]]:
         writer.append({"kind": "summary", **row, "provenance": prov, "model_info": model_info, "out": str(out)})
     log(f"results: {out / records.RECORDS_FILE}")
     return rows
+
+
+def _run_key(method, task_name, task, plan, model_info, input_format, generation) -> str:
+    """Everything that decides a sample's result, hashed: equal keys mean the work is already done."""
+    return records.config_hash(
+        {
+            "method": method.describe(),
+            "task": task_name,
+            "task_config": task.config(),
+            "ctx": plan.ctx,
+            "seed": plan.seed,
+            "model": model_info,
+            "input_format": input_format,
+            "generation": generation,
+        }
+    )
+
+
+def _sample_record(method, task, sample, formatted, output, plan, source, run_key) -> dict[str, Any]:
+    return {
+        "kind": "sample",
+        "run_key": run_key,
+        "method": method.name,
+        "method_config": method.describe(),
+        "path": method.path,
+        "task": task.name,
+        "subtask": sample.subtask,
+        "ctx": plan.ctx,
+        "model": source.name,
+        "model_fingerprint": source.fingerprint,
+        "seed": plan.seed,
+        "index": sample.index,
+        "metric": sample.metric,
+        "value": task.score(sample, output.text),
+        "prediction": output.text,
+        "references": sample.references,
+        "input_tokens": len(formatted.input_ids),
+        "new_tokens": output.new_tokens,
+        "stop_reason": output.stop_reason,
+        "exercise_tokens": output.exercise_tokens,
+        "time": datetime.now(UTC).isoformat(),
+    }

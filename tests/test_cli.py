@@ -1,0 +1,57 @@
+"""Bad input: exit code 2, the closest names, the limit and the fix; nothing is loaded before the checks."""
+
+from __future__ import annotations
+
+from typer.testing import CliRunner
+
+from lychee_bench.cli import app
+
+runner = CliRunner()
+
+
+def _run(*args: str):
+    return runner.invoke(app, list(args))
+
+
+def test_list_shows_methods_tasks_models():
+    result = _run("list")
+    assert result.exit_code == 0
+    for word in ("full", "streaming", "ruler", "smollm2-135m"):
+        assert word in result.output
+
+
+def test_unknown_method_exits_2_with_suggestion():
+    result = _run("run", "--method", "streamin", "--task", "ruler/vt", "--ctx", "1024")
+    assert result.exit_code == 2
+    assert "Did you mean 'streaming'" in result.output
+
+
+def test_unknown_task_and_subtask_exit_2():
+    result = _run("run", "--task", "rulr", "--ctx", "1024")
+    assert result.exit_code == 2 and "'ruler'" in result.output
+    result = _run("run", "--task", "ruler/niah_single1", "--ctx", "1024")
+    assert result.exit_code == 2 and "niah_single_1" in result.output
+
+
+def test_unknown_model_exits_2():
+    result = _run("run", "--task", "ruler/vt", "--ctx", "1024", "--model", "smollm3")
+    assert result.exit_code == 2 and "smollm2-135m" in result.output
+
+
+def test_context_beyond_the_model_names_limit_and_fix(tmp_path):
+    result = _run("run", "--task", "ruler/vt", "--ctx", "16384", "--out", str(tmp_path / "x"))
+    assert result.exit_code == 2
+    assert "8192" in result.output and "--rope-scaling yarn:2" in result.output
+    assert not (tmp_path / "x").exists(), "nothing may be written when the plan is refused"
+
+
+def test_bad_method_option_exits_2():
+    result = _run("run", "--method", "streaming", "--task", "ruler/vt", "--ctx", "1024", "-o", "window=3")
+    assert result.exit_code == 2 and "sink" in result.output
+    result = _run("run", "--method", "streaming", "--task", "ruler/vt", "--ctx", "1024", "--budget", "100")
+    assert result.exit_code == 2 and "budget" in result.output
+
+
+def test_report_on_missing_path_exits_2(tmp_path):
+    result = _run("report", str(tmp_path / "nothing"))
+    assert result.exit_code == 2
