@@ -18,6 +18,13 @@ METHODS.register(
     aliases=("streamingllm",),
 )
 
+METHODS.register(
+    "lychee",
+    "lychee_bench.methods.lychee:LycheeDecode",
+    "LycheeDecode: retrieval heads pick top-k tokens, sparse heads reuse them (SPEC §2)",
+    aliases=("lycheedecode",),
+)
+
 TASKS = Registry("task", entry_point_group="lychee_bench.tasks")
 TASKS.register(
     "ruler",

@@ -128,7 +128,7 @@ def run(plan: RunPlan, log: Any = print) -> list[dict[str, Any]]:
     reasons += models.check_architecture(config)
     reasons += models.check_context(config, plan.ctx, source.name)
     batch_size = plan.batch_size or (8 if device.startswith("cuda") else 1)
-    shape = RunShape.from_config(config, dtype, device, batch_size, plan.ctx)
+    shape = RunShape.from_config(config, dtype, device, batch_size, plan.ctx, source.name)
     for method in methods:
         reasons += method.check(shape)
     if reasons:

@@ -37,9 +37,12 @@ class RunShape:
     device: str
     batch_size: int
     ctx: int
+    model_name: str = ""
 
     @classmethod
-    def from_config(cls, config: Any, dtype: str, device: str, batch_size: int, ctx: int) -> RunShape:
+    def from_config(
+        cls, config: Any, dtype: str, device: str, batch_size: int, ctx: int, model_name: str = ""
+    ) -> RunShape:
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
         return cls(
             model_type=config.model_type,
@@ -51,6 +54,7 @@ class RunShape:
             device=device,
             batch_size=batch_size,
             ctx=ctx,
+            model_name=model_name,
         )
 
     @property

@@ -1,0 +1,135 @@
+"""LycheeDecode (arXiv 2602.04541): hybrid-head sparse decoding.
+
+A few retrieval heads attend to the whole cache and pick the important tokens (top-k of the raw logit of the
+group-mean query); the many sparse heads reuse the set picked by the nearest earlier retrieval head with the
+same KV-head index ("slot h"). Sets are rebuilt at every decode step; layer 0 is all retrieval heads, so every
+slot is filled before it is read. Retrieval heads always read the whole cache (the public code's block model
+lets later retrieval heads see only earlier-selected blocks; here they never do). SPEC §2.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+
+from lychee_bench.harness.attention import DecodeState
+from lychee_bench.methods.base import Method, RunShape
+from lychee_bench.methods.common import masked_decode_attention, valid_rank
+from lychee_bench.methods.roles import HeadRoles, RolesError, resolve_roles
+from lychee_bench.methods.selection import select_blocks, select_tokens
+
+GRANULARITIES = ("token", "block")
+
+
+@dataclass
+class LycheeConfig:
+    """`budget` tokens per sparse head (or `budget_ratio` of the context); `roles`: see methods/roles.py."""
+
+    roles: str | None = None
+    budget: int | None = 4096
+    budget_ratio: float | None = None
+    granularity: str = "block"
+    block_size: int = 64
+    sink: int = 128
+    recent: int = 256
+    correction_period: int = 0  # 0: off; T: every T decoded tokens, recompute their K/V densely
+
+    def __post_init__(self) -> None:
+        if self.granularity not in GRANULARITIES:
+            raise ValueError(f"lychee granularity {self.granularity!r}: use one of {', '.join(GRANULARITIES)}")
+        if self.budget_ratio is not None:
+            if not 0.0 < self.budget_ratio <= 1.0:
+                raise ValueError(f"lychee budget_ratio {self.budget_ratio} must be in (0, 1]")
+            self.budget = None
+        elif self.budget is None or self.budget < 1:
+            raise ValueError("lychee needs --budget N (tokens) or --option budget_ratio=R")
+        if self.granularity == "token" and self.budget is not None and self.budget < self.sink + self.recent:
+            raise ValueError(
+                f"lychee token budget {self.budget} must hold the {self.sink} sink + {self.recent} recent tokens; "
+                f"raise --budget or lower the sink/recent options"
+            )
+        if self.granularity == "block" and self.budget is not None and self.budget < self.block_size:
+            raise ValueError(f"lychee block budget {self.budget} is below one block of {self.block_size} tokens")
+        if self.correction_period < 0:
+            raise ValueError("lychee correction_period must be >= 0 (0 turns it off)")
+
+
+class LycheeDecode(Method):
+    """Retrieval heads: full attention + selection into their slot. Sparse heads: attention over their slot."""
+
+    name: ClassVar[str] = "lychee"
+    description: ClassVar[str] = "LycheeDecode: retrieval heads pick tokens (top-k), sparse heads reuse them"
+    Config: ClassVar[type] = LycheeConfig
+
+    def __init__(self, config: LycheeConfig | None = None):
+        super().__init__(config)
+        self.roles: HeadRoles | None = None
+
+    def check_config(self, shape: RunShape) -> list[str]:
+        try:
+            self.roles = resolve_roles(self.config.roles, shape.num_layers, shape.num_kv_heads, shape.model_name)
+        except RolesError as error:
+            return [str(error)]
+        return []
+
+    def prepare(self, model: torch.nn.Module) -> None:
+        if self.roles is None:
+            config = model.config
+            name = getattr(config, "_name_or_path", "")
+            self.roles = resolve_roles(self.config.roles, config.num_hidden_layers, config.num_key_value_heads, name)
+
+    def describe(self) -> dict[str, Any]:
+        described = super().describe()
+        if self.roles is not None:
+            described["roles_used"] = self.roles.describe()
+        return described
+
+    def budget_for(self, valid: torch.Tensor) -> torch.Tensor:
+        """Token budget per sequence [B]."""
+        _, count = valid_rank(valid)
+        if self.config.budget_ratio is not None:
+            return torch.clamp((count[:, 0].float() * self.config.budget_ratio).round().long(), min=1)
+        return torch.full_like(count[:, 0], self.config.budget)
+
+    def select(self, scores: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """Selected positions [B, R, S] from the retrieval heads' scores [B, R, S]."""
+        budget = self.budget_for(valid)
+        cfg = self.config
+        if cfg.granularity == "token":
+            return select_tokens(scores, valid, budget, cfg.sink, cfg.recent)
+        return select_blocks(scores, valid, torch.clamp(budget // cfg.block_size, min=1), cfg.block_size)
+
+    def decode_attention(
+        self,
+        layer_idx: int,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        valid: torch.Tensor,
+        scaling: float,
+        state: DecodeState,
+    ) -> torch.Tensor:
+        assert self.roles is not None, "prepare() loads the roles before decoding"
+        batch, num_heads, _, head_dim = query.shape
+        num_kv_heads = key.shape[1]
+        retrieval = self.roles.retrieval[layer_idx].tolist()
+        keep = torch.empty(batch, num_kv_heads, key.shape[2], dtype=torch.bool, device=key.device)
+        retrieval_heads = [h for h in range(num_kv_heads) if retrieval[h]]
+        if retrieval_heads:
+            group = num_heads // num_kv_heads
+            mean_query = query.float().view(batch, num_kv_heads, group, head_dim).mean(dim=2)  # [B, Hkv, D]
+            heads = torch.tensor(retrieval_heads, device=key.device)
+            scores = torch.einsum("bhd,bhsd->bhs", mean_query[:, heads], key[:, heads].float())
+            chosen = self.select(scores, valid)
+            for i, h in enumerate(retrieval_heads):
+                keep[:, h] = valid  # a retrieval head reads the whole cache, always
+                state.slots[h] = chosen[:, i]
+        for h in range(num_kv_heads):
+            if not retrieval[h]:
+                if h not in state.slots:
+                    raise RuntimeError(f"sparse head {h} of layer {layer_idx} has an empty slot; layer 0 must fill it")
+                keep[:, h] = state.slots[h]
+        state.count("kv_tokens_read", keep.sum().item())
+        return masked_decode_attention(query, key, value, keep, scaling)

@@ -1,0 +1,123 @@
+"""LycheeDecode's reference path: roles, selection, slot semantics, and agreement with full attention."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from lychee_bench.harness.attention import DecodeState
+from lychee_bench.harness.engine import Engine, GenerationSettings, InputFormatter
+from lychee_bench.methods.common import masked_decode_attention
+from lychee_bench.methods.full import FullAttention
+from lychee_bench.methods.lychee import LycheeConfig, LycheeDecode
+from lychee_bench.methods.roles import RolesError, resolve_roles, roles_to_json, uniform_roles
+from lychee_bench.methods.selection import select_blocks, select_tokens
+from tests.conftest import tiny_model
+
+
+def test_uniform_roles_count_includes_layer_zero():
+    table = uniform_roles(11, 30, 3)
+    assert int(table.sum()) == 11 and bool(table[0].all())
+    assert len({int(i) for i in torch.nonzero(table[1:])[:, 0]}) == 8  # spread over 8 different layers
+    with pytest.raises(RolesError, match="layer 0"):
+        uniform_roles(2, 30, 3)
+
+
+def test_roles_file_round_trip_and_checksum(tmp_path):
+    table = uniform_roles(5, 4, 2)
+    path = tmp_path / "roles.json"
+    path.write_text(json.dumps(roles_to_json(table, {"name": "m"}, threshold_rule="test")))
+    roles = resolve_roles(str(path), 4, 2, "m")
+    assert torch.equal(roles.retrieval, table)
+    data = json.loads(path.read_text())
+    data["retrieval"][1] = [0, 1]
+    path.write_text(json.dumps(data))
+    with pytest.raises(RolesError, match="checksum"):
+        resolve_roles(str(path), 4, 2, "m")
+    with pytest.raises(RolesError, match="uniform:N"):
+        resolve_roles(None, 4, 2, "no-such-model")
+
+
+def test_token_selection_keeps_sink_recent_and_top_scores():
+    length, sink, recent, budget = 40, 3, 5, 12
+    valid = torch.ones(1, length, dtype=torch.bool)
+    valid_padded = torch.cat([torch.zeros(1, 7, dtype=torch.bool), valid], dim=1)  # left padding
+    scores = torch.randn(1, 2, length)
+    for v, s in ((valid, scores), (valid_padded, torch.cat([torch.randn(1, 2, 7), scores], dim=-1))):
+        keep = select_tokens(s, v, torch.tensor([budget]), sink, recent)
+        offset = v.shape[1] - length
+        kept = keep[..., offset:]
+        assert kept.sum(-1).tolist() == [[budget, budget]]
+        assert bool(kept[..., :sink].all()) and bool(kept[..., -recent:].all())
+        assert not bool(keep[..., :offset].any())
+        middle = scores[..., sink : length - recent]
+        top = torch.topk(middle, budget - sink - recent, dim=-1).indices + sink
+        for head in range(2):
+            assert set(top[0, head].tolist()) <= set(torch.nonzero(kept[0, head]).flatten().tolist())
+
+
+def test_block_selection_keeps_whole_top_blocks():
+    length, block = 200, 64  # 4 blocks, the last one partial (8 tokens)
+    valid = torch.ones(1, length, dtype=torch.bool)
+    scores = torch.randn(1, 1, length)
+    scores[0, 0, 195] = 50.0  # the partial last block must win
+    keep = select_blocks(scores, valid, torch.tensor([2]), block)
+    kept = torch.nonzero(keep[0, 0]).flatten()
+    assert 195 in kept.tolist() and len(kept) in (64 + 8, 2 * 64)
+    blocks = {int(i) // block for i in kept}
+    assert len(blocks) == 2
+
+
+def test_retrieval_head_reads_the_whole_cache_and_sparse_heads_read_their_slot():
+    """Layer 1 has one retrieval head; the slots hold tiny sets from 'layer 0'. The retrieval head's output must
+    equal dense attention (a skipped part of the cache would change it) and refill its slot; sparse heads must
+    attend only to their slots."""
+    batch, num_kv, group, dim, length = 2, 3, 2, 16, 150
+    method = LycheeDecode(LycheeConfig(roles="uniform:4", budget=64, granularity="block"))
+    method.roles = resolve_roles("uniform:4", 2, num_kv, "m")
+    method.roles.retrieval[1] = torch.tensor([False, True, False])
+    query = torch.randn(batch, num_kv * group, 1, dim)
+    key, value = torch.randn(batch, num_kv, length, dim), torch.randn(batch, num_kv, length, dim)
+    key[:, 1, 3] = query[:, 2:4, 0].mean(1) * 4  # a key the retrieval head must find, far outside its slot
+    valid = torch.ones(batch, length, dtype=torch.bool)
+    valid[1, :20] = False
+    state = DecodeState(method=method, phase="decode")
+    old_slots = {h: torch.zeros(batch, length, dtype=torch.bool) for h in range(num_kv)}
+    for h in range(num_kv):
+        old_slots[h][:, 100 + h * 10 : 110 + h * 10] = True
+    state.slots.update({h: s.clone() for h, s in old_slots.items()})
+    out = method.decode_attention(1, query, key, value, valid, 0.25, state)
+
+    dense = masked_decode_attention(query, key, value, valid[:, None, :].expand(-1, num_kv, -1), 0.25)
+    torch.testing.assert_close(out[:, 2:4], dense[:, 2:4])
+    assert not torch.equal(state.slots[1], old_slots[1]), "the retrieval head refills its slot"
+    assert bool(state.slots[1][0, 3]), "the planted key's block is selected"
+    expected_sparse = masked_decode_attention(query, key, value, torch.stack([old_slots[h] for h in range(3)], 1), 0.25)
+    torch.testing.assert_close(out[:, 0:2], expected_sparse[:, 0:2])
+    torch.testing.assert_close(out[:, 4:6], expected_sparse[:, 4:6])
+
+
+@pytest.mark.parametrize("granularity", ["token", "block"])
+def test_all_retrieval_heads_give_exactly_full_tokens(smol_tokenizer, arch, granularity):
+    model = tiny_model(arch, vocab_size=len(smol_tokenizer))
+    formatter = InputFormatter(smol_tokenizer, exercise_chars=60)
+    text = "The quick brown fox jumps over the lazy dog. " * 40 + "What does the fox jump over?"
+    inputs = [formatter.format(text, " Answer:"), formatter.format(text[200:], " Answer:")]
+    lychee = LycheeDecode(LycheeConfig(roles="all", budget=512, granularity=granularity))
+    lychee.prepare(model)
+    outputs = Engine(model, smol_tokenizer).generate(inputs, GenerationSettings(12), [FullAttention(), lychee])
+    assert [g.text for g in outputs["lychee"]] == [g.text for g in outputs["full"]]
+
+
+def test_small_budget_changes_the_output(smol_tokenizer):
+    model = tiny_model("llama", vocab_size=len(smol_tokenizer))
+    formatter = InputFormatter(smol_tokenizer, exercise_chars=60)
+    text = "The quick brown fox jumps over the lazy dog. " * 40 + "What does the fox jump over?"
+    inputs = [formatter.format(text, " Answer:")]
+    lychee = LycheeDecode(LycheeConfig(roles="uniform:4", budget=64, granularity="block"))
+    lychee.prepare(model)
+    engine = Engine(model, smol_tokenizer)
+    outputs = engine.generate(inputs, GenerationSettings(12), [FullAttention(), lychee])
+    assert outputs["lychee"][0].text != outputs["full"][0].text
