@@ -121,3 +121,24 @@ def test_small_budget_changes_the_output(smol_tokenizer):
     engine = Engine(model, smol_tokenizer)
     outputs = engine.generate(inputs, GenerationSettings(12), [FullAttention(), lychee])
     assert outputs["lychee"][0].text != outputs["full"][0].text
+
+
+def test_cache_correction_rewrites_sparse_kv_densely(smol_tokenizer):
+    model = tiny_model("qwen3", vocab_size=len(smol_tokenizer))
+    formatter = InputFormatter(smol_tokenizer, exercise_chars=60)
+    text = "The quick brown fox jumps over the lazy dog. " * 40 + "What does the fox jump over?"
+    inputs = [formatter.format(text, " Answer:")]
+    engine = Engine(model, smol_tokenizer)
+    dense_roles = LycheeDecode(LycheeConfig(roles="all", budget=64, correction_period=4))
+    dense_roles.prepare(model)
+    outputs = engine.generate(inputs, GenerationSettings(16), [FullAttention(), dense_roles])
+    assert outputs["lychee"][0].text == outputs["full"][0].text  # correcting dense K/V changes nothing
+    assert engine.last_counters["corrections"] >= 4
+
+    sparse = LycheeDecode(LycheeConfig(roles="uniform:2", budget=64, correction_period=4))
+    sparse.prepare(model)
+    plain = LycheeDecode(LycheeConfig(roles="uniform:2", budget=64))
+    plain.prepare(model)
+    corrected = engine.generate(inputs, GenerationSettings(32), [sparse])["lychee"][0].text
+    uncorrected = engine.generate(inputs, GenerationSettings(32), [plain])["lychee"][0].text
+    assert corrected != uncorrected

@@ -180,6 +180,8 @@ class Engine:
         done = [False] * batch
         stop_reason = ["length"] * batch
         next_positions = positions[:, -1:] + 1
+        period = int(getattr(method.config, "correction_period", 0) or 0)
+        sparse_inputs: list[torch.Tensor] = []  # tokens decoded sparsely since the last correction
         while True:
             next_tokens = []
             for row in range(batch):
@@ -204,6 +206,11 @@ class Engine:
             state.begin_step("decode")
             logits = self._forward(step_ids, mask, next_positions, cache, state).logits[:, -1, :]
             next_positions = next_positions + 1
+            if period:
+                sparse_inputs.append(step_ids)
+                if len(sparse_inputs) == period:
+                    self._correct_cache(cache, sparse_inputs, mask, next_positions, state)
+                    sparse_inputs.clear()
         self.last_counters = dict(state.counters)
         return [
             Generation(
@@ -214,6 +221,17 @@ class Engine:
             )
             for row in range(batch)
         ]
+
+    def _correct_cache(self, cache, sparse_inputs, mask, next_positions, state) -> None:
+        """Cache correction (LycheeDecode): recompute, with dense attention, the K/V of the tokens decoded
+        sparsely since the last correction and overwrite them. The next-token logits stay the sparse ones."""
+        count = len(sparse_inputs)
+        cache.crop(-count)  # negative: remove that many tokens (accepted by old and new transformers)
+        tokens = torch.cat(sparse_inputs, dim=1)
+        positions = next_positions - count + torch.arange(count, device=self.device)[None, :]
+        state.begin_step("prefill")  # dense in every head
+        self._forward(tokens, mask, positions, cache, state)
+        state.count("corrections", 1)
 
 
 def _generator(seed: int, row: int) -> torch.Generator:
