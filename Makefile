@@ -25,6 +25,7 @@ demo: setup
 	$(BIN)/lychee-bench run --method full,streaming --task ruler --ctx 2048 --samples 3 --out runs/demo
 
 test: setup
+	$(BIN)/ruff check lychee_bench tests
 	$(BIN)/python -m pytest -q
 
 lint: setup
