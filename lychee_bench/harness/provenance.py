@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import platform
 import subprocess
 from importlib.metadata import PackageNotFoundError, version
@@ -26,6 +27,9 @@ def package_versions() -> dict[str, str | None]:
 def code_version() -> dict[str, Any]:
     """The git commit of the lychee-bench source in use, and whether it had uncommitted changes."""
     root = Path(__file__).resolve().parents[2]
+    if not (root / ".git").exists() and os.environ.get("LYCHEE_BENCH_COMMIT"):
+        # A copied tree without git (e.g. a remote GPU machine): the launcher states the commit it sent.
+        return {"commit": os.environ["LYCHEE_BENCH_COMMIT"], "dirty": None, "source": "LYCHEE_BENCH_COMMIT"}
     try:
         commit = subprocess.run(
             ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
