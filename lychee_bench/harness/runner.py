@@ -165,7 +165,12 @@ def run(plan: RunPlan, log: Any = print) -> list[dict[str, Any]]:
     work = []  # (task, subtask, samples)
     for name, subtasks in task_list:
         for subtask in subtasks:
-            samples = cached_samples(tasks[name], subtask, plan.ctx, plan.samples, plan.seed, formatter)
+            try:
+                samples = cached_samples(tasks[name], subtask, plan.ctx, plan.samples, plan.seed, formatter)
+            except ValueError as error:
+                raise PlanError(
+                    [f"{name}/{subtask} cannot be built at --ctx {plan.ctx}: {error}. Use a larger --ctx."]
+                ) from error
             work.append((name, subtask, samples))
 
     log(f"loading {source.name} on {device} ({dtype}) ...")
