@@ -75,6 +75,9 @@ def run(
     dtype: Annotated[str, typer.Option(help="auto, float32, bfloat16 or float16")] = "auto",
     batch_size: Annotated[int, typer.Option(min=0, help="sequences per forward; 0 = 1 on CPU, 8 on GPU")] = 0,
     budget: Annotated[int | None, typer.Option(help="token budget for sparse methods")] = None,
+    roles: Annotated[
+        str | None, typer.Option(help="lychee head roles: a roles file, a shipped name, uniform:N or all")
+    ] = None,
     option: Annotated[list[str], typer.Option("--option", "-o", help="method option key=value (repeatable)")] = [],  # noqa: B006
     decode_exercise: Annotated[
         bool | None,
@@ -106,6 +109,8 @@ def run(
     options = _parse_options(option)
     if budget is not None:
         options["budget"] = str(budget)
+    if roles is not None:
+        options["roles"] = roles
     plan = RunPlan(
         methods=[m.strip() for m in method.split(",") if m.strip()],
         task=task,

@@ -60,8 +60,23 @@ def test_lychee_runs_on_the_default_model(tmp_path):
     out = tmp_path / "lychee"
     result = runner.invoke(
         app,
-        ["run", "--method", "lychee", "-o", "roles=uniform:11", "--budget", "256", "--task", "ruler/niah_single_1",
-         "--ctx", "1024", "--samples", "1", "--out", str(out)],
+        [
+            "run",
+            "--method",
+            "lychee",
+            "--roles",
+            "uniform:11",
+            "--budget",
+            "256",
+            "--task",
+            "ruler/niah_single_1",
+            "--ctx",
+            "1024",
+            "--samples",
+            "1",
+            "--out",
+            str(out),
+        ],
     )
     assert result.exit_code == 0, result.output
     record = [r for r in _records(out) if r["kind"] == "sample"][0]
