@@ -21,6 +21,7 @@ from lychee_bench.methods.roles import HeadRoles, RolesError, resolve_roles
 from lychee_bench.methods.selection import select_blocks, select_tokens
 
 GRANULARITIES = ("token", "block")
+PATHS = ("auto", "reference", "triton")
 
 
 @dataclass
@@ -35,8 +36,11 @@ class LycheeConfig:
     sink: int = 128
     recent: int = 256
     correction_period: int = 0  # 0: off; T: every T decoded tokens, recompute their K/V densely
+    path: str = "auto"  # auto: Triton kernels on CUDA for block granularity, the torch reference elsewhere
 
     def __post_init__(self) -> None:
+        if self.path not in PATHS:
+            raise ValueError(f"lychee path {self.path!r}: use one of {', '.join(PATHS)}")
         if self.granularity not in GRANULARITIES:
             raise ValueError(f"lychee granularity {self.granularity!r}: use one of {', '.join(GRANULARITIES)}")
         if self.budget_ratio is not None:
@@ -66,19 +70,57 @@ class LycheeDecode(Method):
     def __init__(self, config: LycheeConfig | None = None):
         super().__init__(config)
         self.roles: HeadRoles | None = None
+        self._path: str | None = None
 
     def check_config(self, shape: RunShape) -> list[str]:
+        reasons = []
         try:
             self.roles = resolve_roles(self.config.roles, shape.num_layers, shape.num_kv_heads, shape.model_name)
         except RolesError as error:
-            return [str(error)]
-        return []
+            reasons.append(str(error))
+        triton_reasons = self._triton_refusals(shape.device, shape.head_dim)
+        if self.config.path == "triton" and triton_reasons:
+            reasons += [f"lychee path=triton: {reason}" for reason in triton_reasons]
+        self._path = self._choose_path(shape.device, shape.head_dim)
+        return reasons
+
+    def _triton_refusals(self, device: str, head_dim: int) -> list[str]:
+        """Why the Triton kernels cannot run here (empty: they can)."""
+        import importlib.util
+        import os
+
+        from lychee_bench.kernels.lychee_plan import SUPPORTED_HEAD_DIMS
+
+        reasons = []
+        if self.config.granularity != "block":
+            reasons.append("the kernels implement block granularity only; use --option granularity=block")
+        if head_dim not in SUPPORTED_HEAD_DIMS:
+            reasons.append(f"the kernels support head dims {SUPPORTED_HEAD_DIMS}, not {head_dim}")
+        if self.config.block_size != 64:
+            reasons.append("the kernels use 64-token blocks; leave block_size at 64")
+        if importlib.util.find_spec("triton") is None:
+            reasons.append("triton is not installed (pip install triton)")
+        if not device.startswith("cuda") and os.environ.get("TRITON_INTERPRET") != "1":
+            reasons.append("the kernels need a CUDA GPU (or TRITON_INTERPRET=1 for slow CPU checks)")
+        return reasons
+
+    def _choose_path(self, device: str, head_dim: int) -> str:
+        if self.config.path != "auto":
+            return self.config.path
+        usable = device.startswith("cuda") and not self._triton_refusals(device, head_dim)
+        return "triton" if usable else "reference"
 
     def prepare(self, model: torch.nn.Module) -> None:
+        config = model.config
         if self.roles is None:
-            config = model.config
             name = getattr(config, "_name_or_path", "")
             self.roles = resolve_roles(self.config.roles, config.num_hidden_layers, config.num_key_value_heads, name)
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        self._path = self._choose_path(str(next(model.parameters()).device), head_dim)
+
+    @property
+    def path(self) -> str:
+        return self._path or "reference"
 
     def describe(self) -> dict[str, Any]:
         described = super().describe()
@@ -112,6 +154,8 @@ class LycheeDecode(Method):
         state: DecodeState,
     ) -> torch.Tensor:
         assert self.roles is not None, "prepare() loads the roles before decoding"
+        if self.path == "triton":
+            return self._decode_triton(layer_idx, query, key, value, valid, scaling, state)
         batch, num_heads, _, head_dim = query.shape
         num_kv_heads = key.shape[1]
         retrieval = self.roles.retrieval[layer_idx].tolist()
@@ -133,3 +177,58 @@ class LycheeDecode(Method):
                 keep[:, h] = state.slots[h]
         state.count("kv_tokens_read", keep.sum().item())
         return masked_decode_attention(query, key, value, keep, scaling)
+
+    def _decode_triton(
+        self,
+        layer_idx: int,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        valid: torch.Tensor,
+        scaling: float,
+        state: DecodeState,
+    ) -> torch.Tensor:
+        """The efficient path: one split-KV launch for all heads (kernels/lychee_triton.py). Slots hold block
+        indices [B, Hkv, W] counted from each sequence's first real token, exactly the reference's blocks."""
+        from lychee_bench.kernels.lychee_plan import plan_decode_work
+        from lychee_bench.kernels.lychee_triton import lychee_decode_layer
+
+        step = state.layer_data.get("lychee")
+        if step is None:  # once per decode step: lengths on the host (one sync), plans per role pattern
+            count = valid.sum(-1)
+            lengths_host = count.tolist()
+            if self.config.budget_ratio is not None:
+                budget = max(1, round(max(lengths_host) * self.config.budget_ratio))
+            else:
+                budget = self.config.budget
+            step = {
+                "lengths": count.to(torch.int32),
+                "lengths_host": lengths_host,
+                "starts": (valid.shape[1] - count).to(torch.int32),  # left padding: real tokens are at the end
+                "budget_blocks": max(1, budget // self.config.block_size),
+                "plans": {},
+            }
+            state.layer_data["lychee"] = step
+        roles = self.roles.retrieval[layer_idx]
+        pattern = tuple(roles.tolist())
+        if pattern not in step["plans"]:
+            step["plans"][pattern] = plan_decode_work(
+                step["lengths_host"], roles, key.shape[2], step["budget_blocks"], key.device
+            )
+        out, slots = lychee_decode_layer(
+            query[:, :, 0],
+            key,
+            value,
+            step["lengths"],
+            roles,
+            state.slots.get("blocks"),
+            step["budget_blocks"],
+            scaling,
+            plan=step["plans"][pattern],
+            starts=step["starts"],
+        )
+        state.slots["blocks"] = slots
+        read_sparse = sum(min(n, step["budget_blocks"] * self.config.block_size) for n in step["lengths_host"])
+        retrieval = sum(pattern)
+        state.count("kv_tokens_read", retrieval * sum(step["lengths_host"]) + (len(pattern) - retrieval) * read_sparse)
+        return out[:, :, None, :]

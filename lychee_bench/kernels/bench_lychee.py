@@ -1,0 +1,329 @@
+"""Kernel-level benchmark: one LycheeDecode decode layer against torch SDPA (SPEC §6; LycheeDecode, arXiv 2602.04541).
+
+Usage (GPU only; CI runs the CPU tests in tests/test_kernels_lychee.py instead)::
+
+    python -m lychee_bench.kernels.bench_lychee --out results/kernels/h200
+
+Llama-3-8B attention shape (32 query heads, 8 KV heads, head dim 128, bf16), one query token per sequence,
+every sequence at the full context. For each context × batch × number of retrieval KV heads it reports the
+median time (CUDA-graph replay, cold L2: inputs rotate over enough copies to exceed the L2 cache), the bytes
+that must be read, the achieved bandwidth as a fraction of the device-to-device copy bandwidth measured in the
+same run, and the speedup over the fastest SDPA variant. Breakdown rows time each step of the layer alone.
+Correctness is checked against the plain-torch reference first, on fresh random inputs; a mismatch stops
+the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import functools
+import json
+import math
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+HQ, HKV, HEAD_DIM, DTYPE = 32, 8, 128, torch.bfloat16
+CONTEXTS = (8192, 32768, 65536, 131072)
+BATCHES = (1, 4, 8)
+RETRIEVAL_HEADS = (0, 1, 2, 8)
+BUDGET_TOKENS = 4096
+BLOCK = 64
+DEVICE = "cuda"  # a module constant so the logic can be dry-run elsewhere; the timings need CUDA
+ELEMENT = 2  # bytes per bf16 element
+
+
+def require_cuda() -> None:
+    if not torch.cuda.is_available():
+        sys.exit(
+            "bench_lychee measures GPU kernels and needs a CUDA device, but torch.cuda.is_available() is False "
+            f"(torch {torch.__version__}). On CPU run the correctness tests instead: "
+            "TRITON_INTERPRET=1 pytest tests/test_kernels_lychee.py"
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class Timing:
+    median_ms: float
+    p10_ms: float
+    p90_ms: float
+    reps: int
+
+
+def time_in_graph(calls: list[Callable[[], Any]], reps: int, warmup: int = 3) -> Timing:
+    """Time one pass over ``calls`` captured in a CUDA graph; report per-call times (pass time / len(calls)).
+
+    Eager warm-up compiles the kernels; a graph removes launch overhead as a decode engine with CUDA graphs
+    would; each replay is timed with CUDA events and synchronised before its time is read.
+    """
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(warmup):
+            for call in calls:
+                call()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for call in calls:
+            call()
+    for _ in range(warmup):
+        graph.replay()
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / len(calls))
+    times.sort()
+    pick = lambda f: times[min(len(times) - 1, int(f * len(times)))]  # noqa: E731
+    return Timing(median_ms=pick(0.5), p10_ms=pick(0.1), p90_ms=pick(0.9), reps=reps)
+
+
+def l2_bytes() -> int:
+    props = torch.cuda.get_device_properties(torch.cuda.current_device())
+    return int(getattr(props, "L2_cache_size", 0) or 64 << 20)
+
+
+def copies_for(kv_bytes: int) -> int:
+    """Enough rotated input copies that one pass streams at least 4x the L2 cache (so timings are cold-L2)."""
+    return max(1, min(16, math.ceil(4 * l2_bytes() / kv_bytes)))
+
+
+def copy_bandwidth(reps: int) -> tuple[Timing, int]:
+    """Device-to-device copy of 2 GiB: the practical ceiling every kernel's bandwidth is compared with."""
+    src = torch.empty(1 << 30, dtype=torch.int16, device="cuda").random_()
+    dst = torch.empty_like(src)
+    timing = time_in_graph([lambda: dst.copy_(src)], reps)
+    return timing, 2 * src.numel() * src.element_size()  # read + written
+
+
+def random_inputs(batch: int, context: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    generator = torch.Generator(device=DEVICE).manual_seed(seed)
+    shape = (batch, HKV, context, HEAD_DIM)
+    q = torch.randn(batch, HQ, HEAD_DIM, device=DEVICE, dtype=DTYPE, generator=generator)
+    k = torch.randn(shape, device=DEVICE, dtype=DTYPE, generator=generator)
+    v = torch.randn(shape, device=DEVICE, dtype=DTYPE, generator=generator)
+    return q, k, v
+
+
+def roles(num_retrieval: int) -> torch.Tensor:
+    return torch.arange(HKV, device=DEVICE) < num_retrieval
+
+
+def check_correctness(seed: int, log: Callable[[str], None]) -> list[dict[str, Any]]:
+    """Triton layer vs the fp32 reference on a small mixed-length case and one 128K case; stop on mismatch."""
+    from lychee_bench.kernels import reference as ref
+    from lychee_bench.kernels.lychee_triton import lychee_decode_layer
+
+    cases = [(3, 5000, [5000, 4031, 1337], 2, 16), (1, 131072, [131071], 2, BUDGET_TOKENS // BLOCK)]
+    checks = []
+    for batch, max_len, lengths_list, num_retrieval, budget_blocks in cases:
+        q, k, v = random_inputs(batch, max_len, seed)
+        lengths = torch.tensor(lengths_list, device=DEVICE, dtype=torch.int32)
+        scale = HEAD_DIM**-0.5
+        _, slots = lychee_decode_layer(q, k, v, lengths, roles(HKV), None, budget_blocks, scale)
+        mixed = torch.randperm(HKV, device=DEVICE) < num_retrieval
+        out, new_slots = lychee_decode_layer(q, k, v, lengths, mixed, slots, budget_blocks, scale)
+        want_out, want_slots = ref.lychee_decode_layer_reference(q, k, v, lengths, mixed, slots, budget_blocks, scale)
+        error = (out.float() - want_out).abs().max().item()
+        problems = ref.block_set_mismatches(new_slots, want_slots, ref.block_max_scores(q, k, lengths))
+        record = dict(batch=batch, max_len=max_len, lengths=lengths_list, max_abs_error=error, slot_problems=problems)
+        log(f"correctness {record}")
+        if not error <= 2e-2 or problems:
+            raise SystemExit(f"the Triton layer disagrees with the reference: {record}")
+        checks.append(record)
+        del q, k, v
+    return checks
+
+
+def kv_bytes(batch: int, heads: int, tokens: int) -> int:
+    return 2 * batch * heads * tokens * HEAD_DIM * ELEMENT  # K and V
+
+
+def bench_config(
+    context: int, batch: int, reps: int, copy_bw: float, seed: int, programs_per_sm: int = 4
+) -> list[dict[str, Any]]:
+    """All rows for one context × batch: SDPA variants, then the lychee layer and its steps per role mix."""
+    copies = copies_for(kv_bytes(batch, HKV, context))
+    inputs = [random_inputs(batch, context, seed + i) for i in range(copies)]
+    lengths = torch.full((batch,), context, device=DEVICE, dtype=torch.int32)
+    scale = HEAD_DIM**-0.5
+    group = HQ // HKV
+    qo_bytes = 2 * batch * HQ * HEAD_DIM * ELEMENT
+    base = dict(context=context, batch=batch, budget_tokens=BUDGET_TOKENS, copies=copies)
+    rows: list[dict[str, Any]] = []
+
+    def row(kind: str, timing: Timing, nbytes: int, **extra: Any) -> dict[str, Any]:
+        achieved = nbytes / (timing.median_ms * 1e-3)
+        record = dict(base, kind=kind, **dataclasses.asdict(timing), bytes=nbytes, **extra)
+        record.update(tb_per_s=achieved / 1e12, bw_fraction=achieved / copy_bw)
+        rows.append(record)
+        return record
+
+    # Dense baselines. With one query token, folding a KV head's G query heads into G "query positions" is
+    # exact (no causal mask between them) and lets SDPA's flash kernel read each KV head once.
+    def sdpa_gqa(q, k, v):
+        return lambda: F.scaled_dot_product_attention(q[:, :, None], k, v, scale=scale, enable_gqa=True)
+
+    def sdpa_fold(q, k, v):
+        return lambda: F.scaled_dot_product_attention(q.view(batch, HKV, group, HEAD_DIM), k, v, scale=scale)
+
+    dense_bytes = kv_bytes(batch, HKV, context) + qo_bytes
+    best_dense = math.inf
+    for name, make in (("sdpa_enable_gqa", sdpa_gqa), ("sdpa_fold_group", sdpa_fold)):
+        try:
+            timing = time_in_graph([make(*x) for x in inputs], reps)
+        except RuntimeError as error:  # a backend refusing a layout is a result, not a crash
+            rows.append(dict(base, kind=name, error=str(error).splitlines()[0]))
+            continue
+        row(name, timing, dense_bytes)
+        best_dense = min(best_dense, timing.median_ms)
+
+    for num_retrieval in RETRIEVAL_HEADS:
+        lychee_rows(inputs, lengths, num_retrieval, reps, row, best_dense, programs_per_sm)
+    return rows
+
+
+def lychee_rows(
+    inputs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+    lengths: torch.Tensor,
+    num_retrieval: int,
+    reps: int,
+    row: Callable[..., dict[str, Any]],
+    best_dense_ms: float,
+    programs_per_sm: int = 4,
+) -> None:
+    """The whole lychee layer, then each of its steps alone (same plan and buffers), for one role mix."""
+    from lychee_bench.kernels import lychee_triton as lt
+    from lychee_bench.kernels.lychee_plan import ITEM_RETRIEVAL, plan_decode_work
+
+    batch, _, context, _ = inputs[0][1].shape
+    scale = HEAD_DIM**-0.5
+    budget_blocks = BUDGET_TOKENS // BLOCK
+    is_retrieval = roles(num_retrieval)
+    sms = torch.cuda.get_device_properties(0).multi_processor_count if torch.cuda.is_available() else 4
+    plan = plan_decode_work(
+        [context] * batch, is_retrieval.tolist(), context, budget_blocks, DEVICE, target_programs=programs_per_sm * sms
+    )
+    buffers = lt.DecodeBuffers.allocate(plan, inputs[0][0])
+    # Realistic slots: what a layer-0 (all retrieval) pass selects on the same cache.
+    slots = [lt.lychee_decode_layer(q, k, v, lengths, roles(HKV), None, budget_blocks, scale)[1] for q, k, v in inputs]
+    retrieval_bytes = kv_bytes(batch, num_retrieval, context)
+    sparse_bytes = kv_bytes(batch, HKV - num_retrieval, min(BUDGET_TOKENS, context))
+    qo_bytes = 2 * batch * HQ * HEAD_DIM * ELEMENT
+    extra = dict(retrieval_heads=num_retrieval, chunk_blocks=plan.chunk_blocks, programs=plan.num_items)
+    extra.update(programs_per_sm=programs_per_sm)
+
+    layer = [
+        functools.partial(
+            lt.lychee_decode_layer, q, k, v, lengths, is_retrieval, s, budget_blocks, scale, plan=plan, buffers=buffers
+        )
+        for (q, k, v), s in zip(inputs, slots, strict=True)
+    ]
+    timing = time_in_graph(layer, reps)
+    row(
+        "lychee_layer",
+        timing,
+        retrieval_bytes + sparse_bytes + qo_bytes,
+        speedup_vs_sdpa=best_dense_ms / timing.median_ms,
+        **extra,
+    )
+
+    for kind, flag, nbytes in (("step:retrieval_kernel", 1, retrieval_bytes), ("step:sparse_kernel", 0, sparse_bytes)):
+        items = plan.items[plan.items[:, ITEM_RETRIEVAL] == flag].contiguous()
+        if len(items):
+            sub = dataclasses.replace(plan, items=items)
+            calls = [
+                functools.partial(lt.attention_partials, q, k, v, lengths, s, sub, buffers, scale)
+                for (q, k, v), s in zip(inputs, slots, strict=True)
+            ]
+            row(kind, time_in_graph(calls, reps), nbytes, **extra)
+    if num_retrieval:
+
+        def topk() -> torch.Tensor:
+            return lt.write_slots(slots[0], plan, lt.select_retrieval_blocks(buffers.scores, plan.slot_width))
+
+        row("step:topk", time_in_graph([topk], reps), buffers.scores.numel() * 4, **extra)
+    partial_bytes = sum(t.numel() * 4 for t in (buffers.part_acc, buffers.part_m, buffers.part_l))
+    merge = functools.partial(lt.merge_partials, plan, buffers)
+    row("step:merge", time_in_graph([merge], reps), partial_bytes, **extra)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, required=True, help="folder for the JSON and CSV results")
+    parser.add_argument("--contexts", type=int, nargs="+", default=list(CONTEXTS))
+    parser.add_argument("--batches", type=int, nargs="+", default=list(BATCHES))
+    parser.add_argument("--reps", type=int, default=50, help="timed graph replays per row")
+    parser.add_argument("--seed", type=int, default=None, help="input seed (default: fresh, recorded)")
+    parser.add_argument("--programs-per-sm", type=int, default=4, help="split-KV work items per SM (tuning knob)")
+    args = parser.parse_args(argv)
+    require_cuda()
+
+    import pandas as pd
+    import triton
+    from tqdm import tqdm
+
+    from lychee_bench.harness import provenance
+    from lychee_bench.harness.records import write_manifest
+
+    seed = args.seed if args.seed is not None else int(time.time()) % 2**31
+    log = lambda message: print(message, file=sys.stderr)  # noqa: E731
+    checks = check_correctness(seed, log)
+    copy_timing, copy_bytes = copy_bandwidth(args.reps)
+    copy_bw = copy_bytes / (copy_timing.median_ms * 1e-3)
+    log(f"copy bandwidth {copy_bw / 1e12:.2f} TB/s")
+
+    rows: list[dict[str, Any]] = [
+        dict(kind="copy", **dataclasses.asdict(copy_timing), bytes=copy_bytes, tb_per_s=copy_bw / 1e12, bw_fraction=1.0)
+    ]
+    configs = [(c, b) for c in args.contexts for b in args.batches]
+    for context, batch in tqdm(configs, desc="configs", file=sys.stderr):
+        rows += bench_config(context, batch, args.reps, copy_bw, seed, args.programs_per_sm)
+        torch.cuda.empty_cache()
+
+    result = dict(
+        kind="lychee-kernel-bench",
+        provenance=provenance.collect("cuda"),
+        triton_version=triton.__version__,
+        torch_version=torch.__version__,
+        device_name=torch.cuda.get_device_name(),
+        shape=dict(hq=HQ, hkv=HKV, head_dim=HEAD_DIM, dtype=str(DTYPE), block=BLOCK, budget_tokens=BUDGET_TOKENS),
+        seed=seed,
+        programs_per_sm=args.programs_per_sm,
+        timing="CUDA graph replay, CUDA events, median over reps; inputs rotated over copies (cold L2)",
+        correctness=checks,
+        rows=rows,
+    )
+    args.out.mkdir(parents=True, exist_ok=True)
+    json_path, csv_path = args.out / "lychee_kernel_bench.json", args.out / "lychee_kernel_bench.csv"
+    json_path.write_text(json.dumps(result, indent=2, default=str))
+    columns = sorted({key for r in rows for key in r})
+    with csv_path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+
+    write_manifest(args.out, dict(kind="lychee-kernel-bench", files=[json_path.name, csv_path.name], seed=seed))
+    log(f"wrote {json_path} and {csv_path}")
+    table = pd.DataFrame(rows)
+    table["median_us"] = table["median_ms"] * 1e3
+    for column in ("context", "batch", "retrieval_heads"):
+        table[column] = table[column].astype("Int64")
+    shown = ["context", "batch", "retrieval_heads", "kind", "median_us", "tb_per_s", "bw_fraction", "speedup_vs_sdpa"]
+    with pd.option_context("display.max_rows", None, "display.width", 160, "display.float_format", "{:.3f}".format):
+        print(table[[c for c in shown if c in table]].to_string(index=False))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,132 @@
+"""The work list of one LycheeDecode layer: which program reads which KV blocks (workload pooling).
+
+LycheeDecode (arXiv 2602.04541) runs all heads of a layer in one split-KV ("flash-decoding") launch. A
+retrieval head reads the whole cache, a sparse head only its selected blocks, so splitting every head into the
+same number of pieces would leave the sparse heads' programs idle while the retrieval heads' ones run. Here
+every (sequence, KV head) is cut into chunks of at most ``chunk_blocks`` 64-token blocks, whatever its kind:
+a retrieval head of a 128K sequence becomes hundreds of chunks, a sparse head with a 4096-token budget a few,
+and every program handles about the same number of blocks.
+
+The plan depends only on the lengths, the head roles and the budget, all known on the host before a decode step
+(and the same for every layer with the same roles), so it is built once on the host, copied to the device, and
+reused; nothing in the launch needs a device-to-host sync, which keeps the layer capturable in a CUDA graph.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+BLOCK_SIZE = 64
+SUPPORTED_HEAD_DIMS = (64, 128)  # what the Triton kernels are built and tested for
+
+# Item columns in DecodePlan.items.
+ITEM_BATCH, ITEM_HEAD, ITEM_FIRST, ITEM_COUNT, ITEM_RETRIEVAL = range(5)
+
+
+@dataclass(frozen=True)
+class DecodePlan:
+    """Flat work list for one layer's attention launch, plus what the merge and top-k steps need.
+
+    ``items`` [n_items, 5] int32 rows (b, kv_head, first, count, is_retrieval): a retrieval item reads blocks
+    ``first .. first+count-1`` of the cache; a sparse item reads the blocks listed in slot entries
+    ``first .. first+count-1``. Items of one (b, kv_head) are contiguous, starting at ``offsets[b*Hkv + h]``,
+    ``counts[b*Hkv + h]`` of them. ``retrieval_row`` [Hkv] int32 maps a retrieval KV head to its row in the
+    block-score buffer (-1 for sparse heads); ``retrieval_heads`` [R] int64 is the inverse.
+    """
+
+    items: torch.Tensor
+    offsets: torch.Tensor
+    counts: torch.Tensor
+    retrieval_row: torch.Tensor
+    retrieval_heads: torch.Tensor
+    batch: int
+    num_kv_heads: int
+    num_blocks: int  # blocks in the cache, ceil(S_max / block_size): width of the score buffer
+    slot_width: int  # selected blocks per slot, min(budget_blocks, num_blocks)
+    chunk_blocks: int
+    block_size: int
+
+    @property
+    def num_items(self) -> int:
+        return int(self.items.shape[0])
+
+    @property
+    def num_retrieval(self) -> int:
+        return int(self.retrieval_heads.numel())
+
+
+def default_target_programs(device: torch.device | str) -> int:
+    """About four programs per streaming multiprocessor keeps every SM busy with room for imbalance."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return 4 * torch.cuda.get_device_properties(device).multi_processor_count
+    return 16  # interpreter runs: a few chunks per head exercise the merge without being slow
+
+
+def plan_decode_work(
+    lengths: Sequence[int] | torch.Tensor,
+    is_retrieval: Sequence[bool] | torch.Tensor,
+    max_len: int,
+    budget_blocks: int,
+    device: torch.device | str = "cpu",
+    *,
+    block_size: int = BLOCK_SIZE,
+    chunk_blocks: int | None = None,
+    target_programs: int | None = None,
+) -> DecodePlan:
+    """Cut every (sequence, KV head) into chunks of at most ``chunk_blocks`` blocks.
+
+    ``lengths`` are the valid tokens per sequence (host values; a device tensor is copied, which syncs),
+    ``is_retrieval`` the layer's head roles, ``max_len`` the cache's S_max. A retrieval head covers
+    ``ceil(length / block_size)`` blocks, a sparse head ``min(slot_width, ceil(length / block_size))`` slot
+    entries (selection puts the valid entries first). Without ``chunk_blocks`` the chunk is chosen so that about
+    ``target_programs`` programs run (default: :func:`default_target_programs`).
+    """
+    lengths_t = torch.as_tensor(lengths).to("cpu", torch.int64).flatten()
+    roles = torch.as_tensor(is_retrieval).to("cpu", torch.bool).flatten()
+    if budget_blocks < 1:
+        raise ValueError(f"budget_blocks must be >= 1, got {budget_blocks}")
+    if lengths_t.numel() == 0 or int(lengths_t.min()) < 1 or int(lengths_t.max()) > max_len:
+        raise ValueError(f"lengths must lie in [1, {max_len}] (the cache size), got {lengths_t.tolist()}")
+    batch, hkv = lengths_t.numel(), roles.numel()
+    num_blocks = -(-max_len // block_size)
+    slot_width = min(budget_blocks, num_blocks)
+
+    valid_blocks = (lengths_t + block_size - 1) // block_size  # [B]
+    per_head = torch.where(
+        roles[None, :], valid_blocks[:, None], valid_blocks[:, None].clamp(max=slot_width)
+    )  # [B, Hkv] blocks (or slot entries) each (b, h) must read
+    if chunk_blocks is None:
+        target = target_programs or default_target_programs(device)
+        chunk_blocks = max(1, -(-int(per_head.sum()) // target))
+    if chunk_blocks < 1:
+        raise ValueError(f"chunk_blocks must be >= 1, got {chunk_blocks}")
+
+    counts = (per_head + chunk_blocks - 1) // chunk_blocks  # chunks per (b, h), all >= 1
+    flat_counts = counts.flatten()
+    offsets = torch.cumsum(flat_counts, 0) - flat_counts
+    owner = torch.repeat_interleave(torch.arange(batch * hkv), flat_counts)  # (b, h) of each item
+    chunk = torch.arange(owner.numel()) - offsets[owner]
+    first = chunk * chunk_blocks
+    count = torch.minimum(per_head.flatten()[owner] - first, torch.tensor(chunk_blocks))
+    items = torch.stack([owner // hkv, owner % hkv, first, count, roles[owner % hkv].long()], dim=1)
+
+    retrieval_heads = torch.nonzero(roles).flatten()
+    retrieval_row = torch.full((hkv,), -1, dtype=torch.int64)
+    retrieval_row[retrieval_heads] = torch.arange(retrieval_heads.numel())
+    return DecodePlan(
+        items=items.to(device=device, dtype=torch.int32).contiguous(),
+        offsets=offsets.to(device=device, dtype=torch.int32),
+        counts=flat_counts.to(device=device, dtype=torch.int32),
+        retrieval_row=retrieval_row.to(device=device, dtype=torch.int32),
+        retrieval_heads=retrieval_heads.to(device=device),
+        batch=batch,
+        num_kv_heads=hkv,
+        num_blocks=num_blocks,
+        slot_width=slot_width,
+        chunk_blocks=chunk_blocks,
+        block_size=block_size,
+    )

@@ -1,0 +1,329 @@
+"""Head-role training: gate math, the passkey data, the hybrid forward, the trainer (fast, CPU, tiny models)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from lychee_bench.methods.roles import resolve_roles
+from lychee_bench.training import density_target, train_heads
+from lychee_bench.training.data import PasskeyConfig, PasskeyData
+from lychee_bench.training.gates import ContinuousGate, HardConcreteGate, HardKumaGate, make_gate
+from lychee_bench.training.hybrid import (
+    HybridState,
+    SparseConfig,
+    decoder,
+    distillation_loss,
+    prefill,
+    segment_hidden,
+    select_keys,
+    sparse_attention,
+)
+from lychee_bench.training.trainer import final_roles, lr_factor
+from tests.conftest import tiny_model
+
+DRAWS = 40_000
+SMALL_DATA = PasskeyConfig(num_passkeys=3, passkey_words=4)
+SMALL_SPARSE = SparseConfig(ratio=0.3, sink=4, recent=8)
+
+
+# ---------------------------------------------------------------- gates
+
+
+def _hardkuma_columns(pairs: list[tuple[float, float]], rows: int = DRAWS) -> HardKumaGate:
+    """A gate whose rows repeat the same (a, b) per column: one sample() is `rows` Monte Carlo draws."""
+    gate = HardKumaGate(rows, len(pairs))
+    with torch.no_grad():
+        for column, (a, b) in enumerate(pairs):
+            gate.log_a[:, column] = math.log(a)
+            gate.log_b[:, column] = math.log(b)
+    return gate
+
+
+def test_hardkuma_samples_and_closed_forms_match_monte_carlo():
+    pairs = [(1.0, 1.0), (0.4, 0.6), (3.0, 0.5), (0.7, 4.0)]
+    gate = _hardkuma_columns(pairs)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        x = gate.sample_unit(generator)
+        z = gate.sample(torch.Generator().manual_seed(0))
+    assert torch.equal(z, (-0.1 + 1.2 * x).clamp(0, 1))
+    assert float(z.min()) == 0.0 and float(z.max()) == 1.0  # both ends carry mass
+    tolerance = 4.0 / math.sqrt(DRAWS)  # about 4 standard errors of a probability
+    with torch.no_grad():
+        assert torch.allclose((z != 0).float().mean(0), gate.prob_nonzero()[0], atol=tolerance)
+        assert torch.allclose((z == 1).float().mean(0), gate.score("p_one")[0], atol=tolerance)
+        assert torch.allclose(x.mean(0), gate.kuma_mean()[0], atol=tolerance)
+        expected_z = _hardkuma_columns(pairs, rows=2).score("expected_z")[0]  # quadrature: a small table
+        assert torch.allclose(z.mean(0), expected_z, atol=tolerance)
+        assert torch.allclose(gate.score()[0], gate.kuma_mean()[0])  # the default rule is the public code's
+        # a = b = 1: x is uniform, P(z != 0) = 1 - F(1/12) = 11/12 and E[x] = 1/2.
+        assert gate.prob_nonzero()[0, 0].item() == pytest.approx(11 / 12, abs=1e-6)
+        assert gate.kuma_mean()[0, 0].item() == pytest.approx(0.5, abs=1e-6)
+
+
+def test_hardkuma_gradients_reach_a_and_b():
+    gate = HardKumaGate(3, 2)
+    z = gate.sample(torch.Generator().manual_seed(1))
+    (z.sum() + gate.prob_nonzero().sum()).backward()
+    assert gate.log_a.grad is not None and gate.log_a.grad.abs().sum() > 0
+    assert gate.log_b.grad is not None and gate.log_b.grad.abs().sum() > 0
+
+
+def test_hardconcrete_closed_forms_match_monte_carlo_and_gradients_flow():
+    gate = HardConcreteGate(DRAWS, 3)
+    with torch.no_grad():
+        gate.log_alpha[:, 0], gate.log_alpha[:, 1], gate.log_alpha[:, 2] = 0.0, -1.5, 2.0
+        z = gate.sample(torch.Generator().manual_seed(2))
+    assert float(z.min()) == 0.0 and float(z.max()) == 1.0
+    tolerance = 4.0 / math.sqrt(DRAWS)
+    with torch.no_grad():
+        assert torch.allclose((z != 0).float().mean(0), gate.prob_nonzero()[0], atol=tolerance)
+        assert torch.allclose((z == 1).float().mean(0), gate.score("p_one")[0], atol=tolerance)
+        small = HardConcreteGate(2, 3)
+        small.log_alpha.copy_(gate.log_alpha[:2])
+        assert torch.allclose(z.mean(0), small.score("expected_z")[0], atol=tolerance)
+        # Louizos: P(z != 0) = sigmoid(log_alpha - beta log(-gamma / zeta)).
+        expected = torch.sigmoid(torch.tensor([0.0, -1.5, 2.0]) - (2 / 3) * math.log(0.1 / 1.1))
+        assert torch.allclose(gate.prob_nonzero()[0], expected, atol=1e-6)
+    small = HardConcreteGate(2, 2)
+    small.sample(torch.Generator().manual_seed(0)).sum().backward()
+    assert small.log_alpha.grad.abs().sum() > 0
+
+
+def test_continuous_gate_is_deterministic_and_rounded():
+    gate = ContinuousGate(3, 2)
+    assert torch.equal(gate.sample(torch.Generator()), gate.sample(torch.Generator().manual_seed(5)))
+    assert gate.prob_nonzero()[0, 0].item() == pytest.approx(11 / 12, abs=1e-6)
+    with torch.no_grad():
+        gate.logit[1, 0] = -1.0
+    roles = gate.roles()
+    assert roles[0].all() and not roles[1, 0] and roles[1, 1]
+    with pytest.raises(ValueError, match="use one of"):
+        make_gate("hardkuma", 3, 2).score("round")
+
+
+def test_density_target_and_final_roles_give_exactly_n():
+    assert density_target(3, 30, 3) == 0.0 and density_target(90, 30, 3) == 1.0
+    assert density_target(27, 30, 3) == pytest.approx(24 / 87)
+    with pytest.raises(ValueError, match="3..90"):
+        density_target(2, 30, 3)
+    scores = torch.tensor([[0.1, 0.2], [0.9, 0.4], [0.45, 0.8], [0.7, 0.3]])
+    table, selection, counted = final_roles(scores.clone(), None)
+    assert selection == "threshold" and counted == 5 and table[0].all()
+    table, selection, counted = final_roles(scores.clone(), 4)
+    assert selection == "top-n" and counted == 5 and int(table.sum()) == 4
+    assert table[0].all() and table[1, 0] and table[2, 1] and not table[3, 0]
+
+
+def test_lr_schedule_warms_up_holds_and_decays():
+    factors = [lr_factor(step, 100, 0.1) for step in range(100)]
+    assert factors[0] == 0.1 and factors[19] == 1.0 and factors[50] == 1.0
+    assert factors[-1] == 0.1 and factors[85] == pytest.approx(0.75)
+    assert all(a <= b for a, b in zip(factors[:20], factors[1:21], strict=True))
+
+
+# ---------------------------------------------------------------- data
+
+
+def test_passkey_samples_are_deterministic_and_exact(smol_tokenizer):
+    data = PasskeyData(smol_tokenizer, PasskeyConfig(ctx_min=300, ctx_max=500, num_passkeys=3, passkey_words=5))
+    first, again, other = data.sample(7), data.sample(7), data.sample(8)
+    assert torch.equal(first.context_ids, again.context_ids) and first.passkeys == again.passkeys
+    assert first.passkeys != other.passkeys
+    for sample in (first, other):
+        assert 300 <= sample.context_length <= 500
+        assert all(0.05 <= d <= 0.95 for d in sample.depths) and sample.depths == sorted(sample.depths)
+        context = smol_tokenizer.decode(sample.context_ids)
+        positions = [context.index(key) for key in sample.passkeys]
+        assert positions == sorted(positions)
+        answers = smol_tokenizer.decode(sample.segment_ids[sample.loss_mask])
+        assert answers.split() == " ".join(sample.passkeys).split()
+        assert all(len(key.split()) == 5 for key in sample.passkeys)
+
+
+# ---------------------------------------------------------------- hybrid forward
+
+
+def _brute_force_keep(query, key, config):
+    """Per query row: sort the other visible keys by q̄·k, keep the budget after sink and recent (reference)."""
+    batch, num_heads, q_len, _ = query.shape
+    num_kv, kv_len = key.shape[1], key.shape[2]
+    group = num_heads // num_kv
+    heads = num_kv if config.granularity == "kv_group" else num_heads
+    keep = torch.zeros(batch, heads, q_len, kv_len, dtype=torch.bool)
+    for h in range(heads):
+        kv = h if config.granularity == "kv_group" else h // group
+        q = query[0, kv * group : (kv + 1) * group].double().mean(0) if heads == num_kv else query[0, h].double()
+        for row in range(q_len):
+            p = kv_len - q_len + row
+            always = [j for j in range(p + 1) if j < config.sink or j > p - config.recent]
+            budget = math.floor(config.ratio * (p + 1))
+            rest = sorted(
+                (j for j in range(p + 1) if j not in always), key=lambda j: -float(q[row] @ key[0, kv, j].double())
+            )
+            for j in always + rest[: max(0, budget - len(always))]:
+                keep[0, h, row, j] = True
+    return keep
+
+
+@pytest.mark.parametrize("granularity", ["kv_group", "query_head"])
+def test_select_keys_matches_brute_force(granularity):
+    torch.manual_seed(0)
+    query, key = torch.randn(1, 6, 5, 8), torch.randn(1, 2, 60, 8)
+    config = SparseConfig(ratio=0.3, sink=3, recent=4, granularity=granularity)
+    keep = select_keys(query, key, config)
+    assert torch.equal(keep, _brute_force_keep(query, key, config))
+    assert keep.sum(-1).tolist()[0][0] == [max(7, math.floor(0.3 * (p + 1))) for p in range(55, 60)]
+
+
+def test_sparse_attention_is_softmax_over_kept_keys():
+    torch.manual_seed(1)
+    query, key, value = torch.randn(1, 6, 3, 8), torch.randn(1, 2, 20, 8), torch.randn(1, 2, 20, 8)
+    keep = torch.rand(1, 2, 3, 20) < 0.4
+    keep[..., 0] = True
+    out = sparse_attention(query, key, value, keep, 0.3)
+    for h in range(6):
+        kv = h // 3
+        logits = (query[0, h] @ key[0, kv].T * 0.3).masked_fill(~keep[0, kv], float("-inf"))
+        expected = torch.softmax(logits, -1) @ value[0, kv]
+        assert torch.allclose(out[0, h], expected, atol=1e-5)
+
+
+def _context_and_segment(vocab: int, seed: int = 0, ctx: int = 120, seg: int = 24):
+    generator = torch.Generator().manual_seed(seed)
+    return (
+        torch.randint(0, vocab, (1, ctx), generator=generator),
+        torch.randint(0, vocab, (1, seg), generator=generator),
+    )
+
+
+def test_hybrid_limits_equal_full_and_sparse_paths(arch):
+    model = tiny_model(arch)
+    context, segment = _context_and_segment(256)
+    cache = prefill(model, context)
+    teacher = segment_hidden(model, cache, segment, None)
+    assert cache.get_seq_length() == context.shape[1]  # the cache is left as it was
+    shape = (model.config.num_hidden_layers, model.config.num_key_value_heads)
+    all_full = segment_hidden(model, cache, segment, HybridState(torch.ones(shape), SMALL_SPARSE))
+    assert torch.allclose(all_full, teacher, atol=1e-5)
+    all_sparse = segment_hidden(model, cache, segment, HybridState(torch.zeros(shape), SMALL_SPARSE))
+    sparse_only = segment_hidden(model, cache, segment, HybridState(None, SMALL_SPARSE, mode="sparse"))
+    assert torch.allclose(all_sparse, sparse_only, atol=1e-5)
+    assert not torch.allclose(all_sparse, teacher, atol=1e-3)  # 30% of the keys really changes the output
+    keep_all = segment_hidden(model, cache, segment, HybridState(None, SparseConfig(ratio=1.0), mode="sparse"))
+    assert torch.allclose(keep_all, teacher, atol=1e-5)  # keeping every key is full attention
+    assert model.config._attn_implementation == "sdpa"  # restored
+
+
+def test_hybrid_kept_fraction_and_gradient_to_z():
+    model = tiny_model("llama")
+    context, segment = _context_and_segment(256, ctx=300)
+    cache = prefill(model, context, chunk=64)
+    teacher = segment_hidden(model, cache, segment, None)
+    z = torch.full((3, 2), 0.5, requires_grad=True)
+    state = HybridState(z, SMALL_SPARSE)
+    student = segment_hidden(model, cache, segment, state)
+    loss = distillation_loss(student, teacher, torch.ones(segment.shape[1], dtype=torch.bool))
+    loss.backward()
+    assert state.kept_fraction == pytest.approx(0.3, abs=0.01)
+    assert torch.all(z.grad[0] == 0) and torch.all(z.grad[1:] != 0)  # layer 0 is always full
+
+
+def test_decoder_output_is_after_the_final_norm():
+    model = tiny_model("llama")
+    context, _ = _context_and_segment(256)
+    seen = {}
+    handle = decoder(model).norm.register_forward_hook(lambda module, args, out: seen.setdefault("norm", out))
+    try:
+        last = decoder(model)(input_ids=context).last_hidden_state
+    finally:
+        handle.remove()
+    assert torch.equal(last, seen["norm"])
+    assert torch.equal(last, model(input_ids=context, output_hidden_states=True).hidden_states[-1])
+
+
+# ---------------------------------------------------------------- trainer
+
+
+def _train(model, tokenizer, out_dir, **overrides):
+    settings = dict(
+        out_dir=out_dir,
+        num_retrieval_heads=3,
+        steps=6,
+        ctx_min=200,
+        ctx_max=300,
+        lr=0.05,
+        seed=3,
+        data=SMALL_DATA,
+        sparse=SMALL_SPARSE,
+        checkpoint_every=2,
+        progress=False,
+    )
+    settings.update(overrides)
+    return train_heads(model, tokenizer, **settings)
+
+
+def _records(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_training_moves_density_to_target_and_writes_loadable_roles(smol_tokenizer, tmp_path):
+    model = tiny_model("llama", vocab_size=len(smol_tokenizer))
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    result = _train(model, smol_tokenizer, tmp_path / "run", steps=8, lr=0.1)
+    records = _records(result.log_path)
+    assert [r["step"] for r in records] == list(range(1, 9))
+    densities = [r["density"] for r in records]
+    assert densities[-1] < densities[0] - 0.1  # λ·c pulls the density down towards the target
+    assert records[0]["target"] == pytest.approx(1 / 4)  # (N - H) / ((L - 1) H) = (3 - 2) / 4
+    assert all(torch.equal(before[name], p) for name, p in model.named_parameters())  # model untouched
+    assert all(p.requires_grad for p in model.parameters())  # flags restored
+    roles = resolve_roles(str(result.roles_path), 3, 2, "tiny")
+    assert roles.num_retrieval == 3 and bool(roles.retrieval[0].all())
+    document = json.loads(result.roles_path.read_text())
+    assert document["threshold_rule"]["name"] == "kuma_mean"
+    assert document["training"]["selection"] in ("threshold", "top-n")
+    assert result.plot_path.stat().st_size > 0
+
+
+def test_checkpoint_resume_equals_uninterrupted_run(smol_tokenizer, tmp_path):
+    model = tiny_model("llama", vocab_size=len(smol_tokenizer))
+    straight = _train(model, smol_tokenizer, tmp_path / "straight")
+    partial = _train(model, smol_tokenizer, tmp_path / "resumed", stop_after=3)
+    assert partial.roles_path is None and partial.steps == 3
+    resumed = _train(model, smol_tokenizer, tmp_path / "resumed")
+    a = torch.load(straight.checkpoint_path, weights_only=False)
+    b = torch.load(resumed.checkpoint_path, weights_only=False)
+    assert a["step"] == b["step"] == 6 and a["lambda"] == b["lambda"]
+    assert all(torch.equal(a["gates"][k], b["gates"][k]) for k in a["gates"])
+    drop = ("seconds", "elapsed")
+    assert [{k: v for k, v in r.items() if k not in drop} for r in _records(straight.log_path)] == [
+        {k: v for k, v in r.items() if k not in drop} for r in _records(resumed.log_path)
+    ]
+    assert torch.equal(straight.retrieval, resumed.retrieval)
+    with pytest.raises(ValueError, match="seed"):
+        _train(model, smol_tokenizer, tmp_path / "resumed", seed=4)
+    rethresholded = _train(model, smol_tokenizer, tmp_path / "resumed", threshold_rule="p_one")  # no new steps
+    assert json.loads(rethresholded.roles_path.read_text())["threshold_rule"]["name"] == "p_one"
+    assert resolve_roles(str(rethresholded.roles_path), 3, 2, "tiny").num_retrieval == 3
+
+
+@pytest.mark.parametrize("gate", ["hardconcrete", "continuous"])
+def test_ablation_gates_train(smol_tokenizer, tmp_path, gate):
+    model = tiny_model("qwen3", vocab_size=len(smol_tokenizer))
+    result = _train(model, smol_tokenizer, tmp_path / gate, gate=gate, steps=2, num_retrieval_heads=4)
+    roles = resolve_roles(str(result.roles_path), 3, 2, "tiny")
+    assert roles.num_retrieval == 4
+    assert json.loads(result.roles_path.read_text())["threshold_rule"]["gate"] == gate
+
+
+def test_cli_entry_refuses_a_context_past_the_model_limit(tmp_path):
+    from lychee_bench.harness.models import ModelError
+    from lychee_bench.training.cli_entry import run_train_heads_cli
+
+    with pytest.raises(ModelError, match="yarn"):
+        run_train_heads_cli(None, 9, None, 1, 9000, 10240, "hardkuma", tmp_path / "out")
