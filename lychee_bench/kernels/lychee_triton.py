@@ -335,13 +335,19 @@ def select_retrieval_blocks(scores: torch.Tensor, slot_width: int) -> torch.Tens
     return torch.where(values > float("-inf"), index, -1).to(torch.int32)
 
 
-def write_slots(slot_block_idx: torch.Tensor | None, plan: DecodePlan, chosen: torch.Tensor) -> torch.Tensor:
-    """New slot table: the retrieval heads' rows replaced by ``chosen``, sparse heads' rows passed on."""
+def write_slots(
+    slot_block_idx: torch.Tensor | None, plan: DecodePlan, chosen: torch.Tensor, inplace: bool = False
+) -> torch.Tensor:
+    """Slot table with the retrieval heads' rows replaced by ``chosen`` and sparse heads' rows passed on.
+
+    ``inplace`` overwrites the given table (no copy): safe within a decode step, since a layer's sparse heads
+    read other rows than its retrieval heads write; the default returns a new table."""
     if slot_block_idx is None:
         slot_block_idx = torch.full(
             (plan.batch, plan.num_kv_heads, plan.slot_width), -1, dtype=torch.int32, device=chosen.device
         )
-    new_slots = slot_block_idx.clone()
+        inplace = True
+    new_slots = slot_block_idx if inplace else slot_block_idx.clone()
     if plan.num_retrieval:
         new_slots[:, plan.retrieval_heads] = chosen
     return new_slots
@@ -360,6 +366,7 @@ def lychee_decode_layer(
     plan: DecodePlan | None = None,
     buffers: DecodeBuffers | None = None,
     starts: torch.Tensor | None = None,
+    inplace_slots: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One layer of a LycheeDecode decode step with the Triton kernels (block granularity, 64-token blocks).
 
@@ -371,7 +378,8 @@ def lychee_decode_layer(
     Pass a ``plan`` (from :func:`plan_decode_work`, built from host-side lengths and the same roles; it then
     decides which heads retrieve) to avoid a device-to-host copy of ``lengths``, and ``buffers`` to avoid
     allocations; both are needed for CUDA-graph capture. ``starts`` [B] (default 0) is where each sequence's
-    first real token sits in a left-padded cache; lengths and blocks count from there.
+    first real token sits in a left-padded cache; lengths and blocks count from there. ``inplace_slots``
+    writes the retrieval heads' picks into ``slot_block_idx`` itself instead of a copy (one launch fewer).
     Returns (out [B, Hq, D] in q's dtype, new slots [B, Hkv, min(budget_blocks, NB)] int32).
     """
     if plan is None:
@@ -389,5 +397,7 @@ def lychee_decode_layer(
     attention_partials(q, k_cache, v_cache, lengths, slot_block_idx, plan, buffers, scale, starts=starts)
     out = merge_partials(plan, buffers)
     chosen = select_retrieval_blocks(buffers.scores, plan.slot_width) if plan.num_retrieval else None
-    new_slots = write_slots(slot_block_idx, plan, chosen) if chosen is not None else slot_block_idx.clone()
+    if chosen is None:
+        return out, slot_block_idx if inplace_slots else slot_block_idx.clone()
+    new_slots = write_slots(slot_block_idx, plan, chosen, inplace=inplace_slots)
     return out, new_slots

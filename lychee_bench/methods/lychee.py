@@ -226,6 +226,7 @@ class LycheeDecode(Method):
             scaling,
             plan=step["plans"][pattern],
             starts=step["starts"],
+            inplace_slots=True,
         )
         state.slots["blocks"] = slots
         read_sparse = sum(min(n, step["budget_blocks"] * self.config.block_size) for n in step["lengths_host"])
