@@ -335,3 +335,22 @@ def test_left_padded_cache_equals_unpadded(kernels, seed, group):
     )
     assert_close(out, expected, torch.float32, seed, "left-padded layer")
     assert torch.equal(new_slots[:, :, : expected_slots.shape[2]], expected_slots)
+
+
+def test_triton_top_blocks_match_torch_topk_with_ties_and_short_rows(kernels, seed):
+    from lychee_bench.kernels.lychee_plan import plan_decode_work
+
+    lengths = torch.tensor([64 * 37 + 5, 64 * 3, 64 * 20])  # row 1 has fewer valid blocks than the budget
+    roles = torch.tensor([True, False, True])
+    plan = plan_decode_work(lengths, roles, 64 * 40, 8, target_programs=12)
+    scores = torch.randn(3, 2, plan.num_blocks)
+    scores[0, 0, :10] = 5.0  # a tie across the cut-off
+    scores[0, 1, 7] = -0.0
+    valid_blocks = (lengths + 63) // 64
+    scores = scores.masked_fill(torch.arange(plan.num_blocks)[None, None, :] >= valid_blocks[:, None, None], -torch.inf)
+    slots = torch.full((3, 3, plan.slot_width), 99, dtype=torch.int32)
+    kernels.select_into_slots(scores, slots, plan)
+    expected = ref.select_top_blocks(scores, plan.slot_width)
+    assert_same_blocks(slots[:, [0, 2]], expected, scores, seed)
+    assert bool((slots[:, 1] == 99).all()), "a sparse head's row must be left alone"
+    assert slots[1, 0].tolist()[3:] == [-1] * (plan.slot_width - 3)

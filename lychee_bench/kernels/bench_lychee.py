@@ -161,7 +161,7 @@ def kv_bytes(batch: int, heads: int, tokens: int) -> int:
 
 
 def bench_config(
-    context: int, batch: int, reps: int, copy_bw: float, seed: int, programs_per_sm: int = 4
+    context: int, batch: int, reps: int, copy_bw: float, seed: int, programs_per_sm: int = 2
 ) -> list[dict[str, Any]]:
     """All rows for one context × batch: SDPA variants, then the lychee layer and its steps per role mix."""
     copies = copies_for(kv_bytes(batch, HKV, context))
@@ -211,7 +211,7 @@ def lychee_rows(
     reps: int,
     row: Callable[..., dict[str, Any]],
     best_dense_ms: float,
-    programs_per_sm: int = 4,
+    programs_per_sm: int = 2,
 ) -> None:
     """The whole lychee layer, then each of its steps alone (same plan and buffers), for one role mix."""
     from lychee_bench.kernels import lychee_triton as lt
@@ -272,8 +272,7 @@ def lychee_rows(
     if num_retrieval:
 
         def topk(slot: torch.Tensor) -> torch.Tensor:
-            chosen = lt.select_retrieval_blocks(buffers.scores, plan.slot_width)
-            return lt.write_slots(slot, plan, chosen, inplace=True)
+            return lt.select_into_slots(buffers.scores, slot, plan)
 
         calls = [functools.partial(topk, s) for s in slots]
         row("step:topk", time_in_graph(calls, reps), buffers.scores.numel() * 4, **extra)
@@ -289,7 +288,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=list(BATCHES))
     parser.add_argument("--reps", type=int, default=50, help="timed graph replays per row")
     parser.add_argument("--seed", type=int, default=None, help="input seed (default: fresh, recorded)")
-    parser.add_argument("--programs-per-sm", type=int, default=4, help="split-KV work items per SM (tuning knob)")
+    parser.add_argument("--programs-per-sm", type=int, default=2, help="split-KV work items per SM (tuning knob)")
     args = parser.parse_args(argv)
     require_cuda()
 

@@ -191,6 +191,51 @@ def _merge_partials_kernel(
     tl.store(out_ptr + b.to(tl.int64) * stride_ob + head * stride_oh + d, out.to(out_ptr.dtype.element_ty))
 
 
+@triton.jit
+def _top_blocks_kernel(
+    scores_ptr,
+    slots_ptr,
+    heads_ptr,
+    num_blocks,
+    slot_width,
+    stride_cb,
+    stride_cr,
+    stride_sb,
+    stride_sh,
+    NB_PAD: tl.constexpr,
+    W_PAD: tl.constexpr,
+):
+    # One program per (sequence, retrieval head): the top `slot_width` finite block scores, written in block
+    # order straight into the head's slot row (-1 after them). torch.topk costs ~30 us here whatever the size;
+    # this is a 32-step binary search for the k-th largest score on order-preserving integer keys, then one
+    # prefix sum to place the winners (ties at the cut-off go to the lowest block indices).
+    b = tl.program_id(0).to(tl.int64)
+    r = tl.program_id(1)
+    h = tl.load(heads_ptr + r).to(tl.int64)
+    i = tl.arange(0, NB_PAD)
+    x = tl.load(scores_ptr + b * stride_cb + r * stride_cr + i, mask=i < num_blocks, other=float("-inf"))
+    finite = x > float("-inf")
+    bits = x.to(tl.int32, bitcast=True)
+    key = (bits ^ ((bits >> 31) & 0x7FFFFFFF)).to(tl.int64)  # larger float -> larger integer
+    k = tl.minimum(slot_width, tl.sum(finite.to(tl.int32), axis=0))
+    lo = tl.full([], -2147483648, tl.int64)  # count(key >= lo) >= k always holds
+    hi = tl.full([], 2147483647, tl.int64)
+    for _ in range(32):
+        mid = lo + (hi - lo + 1) // 2
+        enough = tl.sum(((key >= mid) & finite).to(tl.int32), axis=0) >= k
+        lo = tl.where(enough, mid, lo)
+        hi = tl.where(enough, hi, mid - 1)
+    greater = (key > lo) & finite
+    ties = (key == lo) & finite
+    tie_rank = tl.cumsum(ties.to(tl.int32), axis=0)
+    chosen = greater | (ties & (tie_rank <= k - tl.sum(greater.to(tl.int32), axis=0)))
+    place = tl.cumsum(chosen.to(tl.int32), axis=0) - 1
+    row = slots_ptr + b * stride_sb + h * stride_sh
+    tl.store(row + place, i.to(tl.int32), mask=chosen)
+    w = tl.arange(0, W_PAD)
+    tl.store(row + w, tl.full([W_PAD], -1, tl.int32), mask=(w >= k) & (w < slot_width))
+
+
 @dataclass
 class DecodeBuffers:
     """Scratch and output tensors of one layer call; allocate once and reuse (e.g. inside a CUDA graph)."""
@@ -353,6 +398,30 @@ def write_slots(
     return new_slots
 
 
+def select_into_slots(scores: torch.Tensor, slots: torch.Tensor, plan: DecodePlan) -> torch.Tensor:
+    """Top ``plan.slot_width`` blocks of each retrieval head's [B, R, NB] scores, written in place into its row of
+    ``slots`` [B, Hkv, W] in block order, -1 after them (one launch; same sets as :func:`select_retrieval_blocks`
+    up to ties). Returns ``slots``."""
+    batch, num_retrieval, num_blocks = scores.shape
+    if num_retrieval == 0:
+        return slots
+    _top_blocks_kernel[(batch, num_retrieval)](
+        scores,
+        slots,
+        plan.retrieval_heads,
+        num_blocks,
+        plan.slot_width,
+        scores.stride(0),
+        scores.stride(1),
+        slots.stride(0),
+        slots.stride(1),
+        NB_PAD=triton.next_power_of_2(num_blocks),
+        W_PAD=triton.next_power_of_2(plan.slot_width),
+        num_warps=4 if num_blocks <= 4096 else 8,
+    )
+    return slots
+
+
 def lychee_decode_layer(
     q: torch.Tensor,
     k_cache: torch.Tensor,
@@ -396,8 +465,11 @@ def lychee_decode_layer(
         starts = starts.to(device=q.device, dtype=torch.int32)
     attention_partials(q, k_cache, v_cache, lengths, slot_block_idx, plan, buffers, scale, starts=starts)
     out = merge_partials(plan, buffers)
-    chosen = select_retrieval_blocks(buffers.scores, plan.slot_width) if plan.num_retrieval else None
-    if chosen is None:
+    if plan.num_retrieval == 0:
         return out, slot_block_idx if inplace_slots else slot_block_idx.clone()
-    new_slots = write_slots(slot_block_idx, plan, chosen, inplace=inplace_slots)
+    if slot_block_idx is None:
+        new_slots = torch.full((plan.batch, plan.num_kv_heads, plan.slot_width), -1, dtype=torch.int32, device=q.device)
+    else:
+        new_slots = slot_block_idx if inplace_slots else slot_block_idx.clone()
+    select_into_slots(buffers.scores, new_slots, plan)
     return out, new_slots
