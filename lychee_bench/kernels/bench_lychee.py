@@ -288,8 +288,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=list(BATCHES))
     parser.add_argument("--reps", type=int, default=50, help="timed graph replays per row")
     parser.add_argument("--seed", type=int, default=None, help="input seed (default: fresh, recorded)")
+    parser.add_argument("--topk-warps", type=int, default=None, help="tuning knob: warps of the top-k kernel")
+    parser.add_argument("--merge-tile", type=int, default=None, help="tuning knob: partials per merge step")
+    parser.add_argument("--merge-warps", type=int, default=None, help="tuning knob: warps of the merge kernel")
     parser.add_argument("--programs-per-sm", type=int, default=2, help="split-KV work items per SM (tuning knob)")
     args = parser.parse_args(argv)
+    from lychee_bench.kernels import lychee_triton
+
+    for knob, value in (
+        ("TOPK_WARPS", args.topk_warps),
+        ("MERGE_TILE", args.merge_tile),
+        ("MERGE_WARPS", args.merge_warps),
+    ):
+        if value is not None:
+            setattr(lychee_triton, knob, value)
     require_cuda()
 
     import pandas as pd
@@ -323,6 +335,7 @@ def main(argv: list[str] | None = None) -> None:
         shape=dict(hq=HQ, hkv=HKV, head_dim=HEAD_DIM, dtype=str(DTYPE), block=BLOCK, budget_tokens=BUDGET_TOKENS),
         seed=seed,
         programs_per_sm=args.programs_per_sm,
+        knobs={k: getattr(lychee_triton, k) for k in ("TOPK_WARPS", "MERGE_TILE", "MERGE_WARPS")},
         timing="CUDA graph replay, CUDA events, median over reps; inputs rotated over copies (cold L2)",
         correctness=checks,
         rows=rows,

@@ -37,6 +37,11 @@ from lychee_bench.kernels.lychee_plan import (
 )
 
 LOG2E = 1.4426950408889634
+# Launch knobs of the small kernels (the benchmark sweeps them): few warps keep the top-k's 32 dependent
+# reductions cheap; the merge reads MERGE_TILE partials per step.
+TOPK_WARPS = 4
+MERGE_TILE = 32
+MERGE_WARPS = 4
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -364,8 +369,8 @@ def merge_partials(plan: DecodePlan, buffers: DecodeBuffers) -> torch.Tensor:
         HKV=plan.num_kv_heads,
         G=group,
         D=out.shape[2],
-        TILE=32,
-        num_warps=4,
+        TILE=MERGE_TILE,
+        num_warps=MERGE_WARPS,
     )
     return out
 
@@ -417,7 +422,7 @@ def select_into_slots(scores: torch.Tensor, slots: torch.Tensor, plan: DecodePla
         slots.stride(1),
         NB_PAD=triton.next_power_of_2(num_blocks),
         W_PAD=triton.next_power_of_2(plan.slot_width),
-        num_warps=4 if num_blocks <= 4096 else 8,
+        num_warps=TOPK_WARPS,
     )
     return slots
 
