@@ -40,7 +40,7 @@ LOG2E = 1.4426950408889634
 # Launch knobs of the small kernels (the benchmark sweeps them): few warps keep the top-k's 32 dependent
 # reductions cheap; the merge reads MERGE_TILE partials per step.
 TOPK_WARPS = 4
-MERGE_TILE = 32
+MERGE_TILE = 64
 MERGE_WARPS = 4
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
