@@ -141,6 +141,58 @@ def run(
     typer.echo(score_table(rows + average_rows(rows)))
 
 
+@app.command("train-heads")
+def train_heads_cmd(
+    model: Annotated[str | None, typer.Option(help="embedded model name, a local folder or a hub id")] = None,
+    retrieval_heads: Annotated[
+        int | None, typer.Option(help="retrieval KV heads in total, layer 0's included (the file has exactly N)")
+    ] = None,
+    density: Annotated[float | None, typer.Option(help="target density over layers 1.. (instead of N)")] = None,
+    steps: Annotated[int, typer.Option(min=1)] = 3000,
+    ctx_min: Annotated[int, typer.Option(help="shortest training context (tokens)")] = 1000,
+    ctx_max: Annotated[int, typer.Option(help="longest training context (tokens)")] = 10000,
+    gate: Annotated[str, typer.Option(help="hardkuma (default), hardconcrete or continuous")] = "hardkuma",
+    threshold_rule: Annotated[str | None, typer.Option(help="final rule; default: the gate's own")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N")] = "auto",
+    dtype: Annotated[str, typer.Option(help="auto, float32, bfloat16 or float16")] = "auto",
+    seed: int = 0,
+    rope_scaling: Annotated[str | None, typer.Option(help="e.g. yarn:2 for contexts past the model's limit")] = None,
+    checkpoint_every: Annotated[int, typer.Option(min=1)] = 50,
+    out: Annotated[Path, typer.Option(help="training folder; rerunning with the same folder resumes")] = Path(
+        "runs/train-heads"
+    ),
+) -> None:
+    """Learn LycheeDecode head roles with HardKuma gates (SPEC §3); writes roles.json, a log and a plot."""
+    from lychee_bench.harness.models import ModelError
+    from lychee_bench.harness.runner import PlanError, resolve_device, resolve_dtype
+    from lychee_bench.training.cli_entry import run_train_heads_cli
+
+    try:
+        chosen_device = resolve_device(device)
+        chosen_dtype = resolve_dtype(dtype, chosen_device)
+        path = run_train_heads_cli(
+            model,
+            retrieval_heads,
+            density,
+            steps,
+            ctx_min,
+            ctx_max,
+            gate,
+            out,
+            chosen_device,
+            chosen_dtype,
+            seed,
+            rope_scaling,
+            threshold_rule,
+            checkpoint_every=checkpoint_every,
+        )
+    except PlanError as error:
+        _fail("training cannot start:\n" + str(error))
+    except (ModelError, ValueError) as error:
+        _fail(str(error))
+    typer.echo(f"roles: {path}")
+
+
 @app.command()
 def report(
     path: Annotated[Path, typer.Argument(help="a run folder, a records .jsonl file, or a folder of runs")],
