@@ -22,7 +22,7 @@ $(VENV)/.lychee-setup: pyproject.toml Makefile
 
 # The main job: RULER, all 13 subtasks, on the default embedded model, on this CPU.
 demo: setup
-	$(BIN)/lychee-bench run --method full,streaming --task ruler --ctx 2048 --samples 3 --out runs/demo
+	$(BIN)/lychee-bench run --method full,streaming --task ruler --ctx 2048 --samples 2 --out runs/demo
 
 test: setup
 	$(BIN)/ruff check lychee_bench tests
