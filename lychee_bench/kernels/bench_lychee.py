@@ -272,7 +272,7 @@ def lychee_rows(
     if num_retrieval:
 
         def topk(slot: torch.Tensor) -> torch.Tensor:
-            return lt.select_into_slots(buffers.scores, slot, plan, lengths)
+            return lt.select_into_slots(buffers.scores, slot, plan)
 
         calls = [functools.partial(topk, s) for s in slots]
         row("step:topk", time_in_graph(calls, reps), buffers.scores.numel() * 4, **extra)
@@ -289,7 +289,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--reps", type=int, default=50, help="timed graph replays per row")
     parser.add_argument("--seed", type=int, default=None, help="input seed (default: fresh, recorded)")
     parser.add_argument("--topk-warps", type=int, default=None, help="tuning knob: warps of the top-k kernel")
-    parser.add_argument("--topk-ways", type=int, default=None, help="tuning knob: thresholds per top-k step")
     parser.add_argument("--merge-tile", type=int, default=None, help="tuning knob: partials per merge step")
     parser.add_argument("--merge-warps", type=int, default=None, help="tuning knob: warps of the merge kernel")
     parser.add_argument("--programs-per-sm", type=int, default=2, help="split-KV work items per SM (tuning knob)")
@@ -336,7 +335,7 @@ def main(argv: list[str] | None = None) -> None:
         shape=dict(hq=HQ, hkv=HKV, head_dim=HEAD_DIM, dtype=str(DTYPE), block=BLOCK, budget_tokens=BUDGET_TOKENS),
         seed=seed,
         programs_per_sm=args.programs_per_sm,
-        knobs={k: getattr(lychee_triton, k) for k in ("TOPK_WARPS", "TOPK_WAYS", "MERGE_TILE", "MERGE_WARPS")},
+        knobs={k: getattr(lychee_triton, k) for k in ("TOPK_WARPS", "MERGE_TILE", "MERGE_WARPS")},
         timing="CUDA graph replay, CUDA events, median over reps; inputs rotated over copies (cold L2)",
         correctness=checks,
         rows=rows,

@@ -40,7 +40,6 @@ LOG2E = 1.4426950408889634
 # Launch knobs of the small kernels (the benchmark sweeps them): few warps keep the top-k's 32 dependent
 # reductions cheap; the merge reads MERGE_TILE partials per step.
 TOPK_WARPS = 4
-TOPK_WAYS = 8  # thresholds tested per step of the top-k search (a power of two)
 MERGE_TILE = 64
 MERGE_WARPS = 4
 
@@ -202,48 +201,37 @@ def _top_blocks_kernel(
     scores_ptr,
     slots_ptr,
     heads_ptr,
-    lengths_ptr,
     num_blocks,
     slot_width,
     stride_cb,
     stride_cr,
     stride_sb,
     stride_sh,
-    BLOCK: tl.constexpr,
     NB_PAD: tl.constexpr,
     W_PAD: tl.constexpr,
-    WAYS: tl.constexpr,
-    ITERS: tl.constexpr,
 ):
-    # One program per (sequence, retrieval head): the top `slot_width` block scores, written in block order
-    # straight into the head's slot row (-1 after them). torch.topk costs ~30 us here whatever the size. This
-    # finds the k-th largest score by a WAYS-ary search on order-preserving integer keys (each step tests
-    # WAYS-1 thresholds at once, so 32 bits take ITERS = 32 / log2(WAYS) dependent steps), then places the
-    # winners with one prefix sum; ties at the cut-off go to the lowest block indices. Blocks past the
-    # sequence's length are excluded here, so the score buffer never needs resetting.
+    # One program per (sequence, retrieval head): the top `slot_width` finite block scores, written in block
+    # order straight into the head's slot row (-1 after them). torch.topk costs ~30 us here whatever the size;
+    # this is a 32-step binary search for the k-th largest score on order-preserving integer keys, then one
+    # prefix sum to place the winners (ties at the cut-off go to the lowest block indices).
     b = tl.program_id(0).to(tl.int64)
     r = tl.program_id(1)
     h = tl.load(heads_ptr + r).to(tl.int64)
-    valid_blocks = (tl.load(lengths_ptr + b) + BLOCK - 1) // BLOCK
     i = tl.arange(0, NB_PAD)
-    inside = (i < num_blocks) & (i < valid_blocks)
-    x = tl.load(scores_ptr + b * stride_cb + r * stride_cr + i, mask=inside, other=0.0)
+    x = tl.load(scores_ptr + b * stride_cb + r * stride_cr + i, mask=i < num_blocks, other=float("-inf"))
+    finite = x > float("-inf")
     bits = x.to(tl.int32, bitcast=True)
-    key = bits ^ ((bits >> 31) & 0x7FFFFFFF)  # larger float -> larger integer
-    k = tl.minimum(slot_width, tl.sum(inside.to(tl.int32), axis=0))
-    lo = tl.full([], -2147483648, tl.int64)  # invariant: count(key >= lo) >= k
-    hi = tl.full([], 2147483647, tl.int64)  # and count(key >= hi + 1) < k
-    j = tl.arange(0, WAYS).to(tl.int64)
-    for _ in range(ITERS):
-        step = (hi - lo + WAYS) // WAYS
-        thresholds = tl.minimum(lo + j * step, hi)  # j = 0 is lo itself, always enough
-        counts = tl.sum(((key[None, :] >= thresholds[:, None].to(tl.int32)) & inside[None, :]).to(tl.int32), axis=1)
-        new_lo = tl.max(tl.where(counts >= k, thresholds, -2147483649), axis=0)
-        hi = tl.minimum(hi, new_lo + step - 1)
-        lo = new_lo
-    cut = lo.to(tl.int32)
-    greater = (key > cut) & inside
-    ties = (key == cut) & inside
+    key = (bits ^ ((bits >> 31) & 0x7FFFFFFF)).to(tl.int64)  # larger float -> larger integer
+    k = tl.minimum(slot_width, tl.sum(finite.to(tl.int32), axis=0))
+    lo = tl.full([], -2147483648, tl.int64)  # count(key >= lo) >= k always holds
+    hi = tl.full([], 2147483647, tl.int64)
+    for _ in range(32):
+        mid = lo + (hi - lo + 1) // 2
+        enough = tl.sum(((key >= mid) & finite).to(tl.int32), axis=0) >= k
+        lo = tl.where(enough, mid, lo)
+        hi = tl.where(enough, hi, mid - 1)
+    greater = (key > lo) & finite
+    ties = (key == lo) & finite
     tie_rank = tl.cumsum(ties.to(tl.int32), axis=0)
     chosen = greater | (ties & (tie_rank <= k - tl.sum(greater.to(tl.int32), axis=0)))
     place = tl.cumsum(chosen.to(tl.int32), axis=0) - 1
@@ -314,14 +302,15 @@ def attention_partials(
 ) -> None:
     """Launch the split-KV kernel over ``plan.items``: fills the partials and the retrieval block scores.
 
-    Block scores past a sequence's length are never written (the top-k step ignores them by length).
-    ``num_warps``/``num_stages`` are GPU launch knobs (for tuning sweeps).
+    Block scores for blocks past a sequence's length are not visited, so the score buffer is reset to -inf
+    first (a few KB per layer). ``num_warps``/``num_stages`` are GPU launch knobs (for tuning sweeps).
     """
     group = _check_inputs(q, k_cache, v_cache, plan)
     if plan.num_retrieval < plan.num_kv_heads and slot_block_idx is None:
         raise ValueError("slot_block_idx is required when the layer has sparse heads")
     if plan.num_items == 0:
         return
+    buffers.scores.fill_(float("-inf"))
     slots = slot_block_idx if slot_block_idx is not None else plan.items  # never read when all heads retrieve
     scores = buffers.scores if buffers.scores.numel() else buffers.part_m  # never written without retrieval heads
     dot_in_fp32 = _interpreting() or q.dtype == torch.float32
@@ -414,32 +403,25 @@ def write_slots(
     return new_slots
 
 
-def select_into_slots(
-    scores: torch.Tensor, slots: torch.Tensor, plan: DecodePlan, lengths: torch.Tensor
-) -> torch.Tensor:
-    """Top ``plan.slot_width`` blocks of each retrieval head's [B, R, NB] scores among each sequence's valid
-    blocks (``lengths`` [B] int32), written in place into the head's row of ``slots`` [B, Hkv, W] in block
-    order, -1 after them (one launch; the same sets as :func:`select_retrieval_blocks` up to ties)."""
+def select_into_slots(scores: torch.Tensor, slots: torch.Tensor, plan: DecodePlan) -> torch.Tensor:
+    """Top ``plan.slot_width`` blocks of each retrieval head's [B, R, NB] scores, written in place into its row of
+    ``slots`` [B, Hkv, W] in block order, -1 after them (one launch; same sets as :func:`select_retrieval_blocks`
+    up to ties). Returns ``slots``."""
     batch, num_retrieval, num_blocks = scores.shape
     if num_retrieval == 0:
         return slots
-    ways = TOPK_WAYS
     _top_blocks_kernel[(batch, num_retrieval)](
         scores,
         slots,
         plan.retrieval_heads,
-        lengths,
         num_blocks,
         plan.slot_width,
         scores.stride(0),
         scores.stride(1),
         slots.stride(0),
         slots.stride(1),
-        BLOCK=plan.block_size,
         NB_PAD=triton.next_power_of_2(num_blocks),
         W_PAD=triton.next_power_of_2(plan.slot_width),
-        WAYS=ways,
-        ITERS=-(-33 // (ways.bit_length() - 1)),  # 2^32 integer keys, log2(WAYS) bits per step (+1 for safety)
         num_warps=TOPK_WARPS,
     )
     return slots
@@ -494,5 +476,5 @@ def lychee_decode_layer(
         new_slots = torch.full((plan.batch, plan.num_kv_heads, plan.slot_width), -1, dtype=torch.int32, device=q.device)
     else:
         new_slots = slot_block_idx if inplace_slots else slot_block_idx.clone()
-    select_into_slots(buffers.scores, new_slots, plan, lengths)
+    select_into_slots(buffers.scores, new_slots, plan)
     return out, new_slots
