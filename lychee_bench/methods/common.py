@@ -3,29 +3,24 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 
 def masked_decode_attention(
     query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, keep: torch.Tensor, scaling: float
 ) -> torch.Tensor:
-    """Attention of one query token over the kept cache positions, computed in float32.
+    """Attention of one query token over the kept cache positions.
 
     query [B, Hq, 1, D]; key/value [B, Hkv, S, D]; keep [B, Hkv or Hq, S] bool (per KV head or per query
-    head). Returns [B, Hq, 1, D] in the query's dtype.
+    head). Returns [B, Hq, 1, D]. Plain SDPA with a boolean mask: the same function as dense attention with
+    the dropped positions' logits set to -inf (callers keep at least one position per row).
     """
-    batch, num_heads, _, head_dim = query.shape
-    num_kv_heads = key.shape[1]
-    group = num_heads // num_kv_heads
-    q = query.float().view(batch, num_kv_heads, group, head_dim)
-    logits = torch.einsum("bhgd,bhsd->bhgs", q, key.float()) * scaling
-    if keep.shape[1] == num_kv_heads:
-        keep = keep[:, :, None, :]
-    else:
-        keep = keep.view(batch, num_kv_heads, group, -1)
-    logits = logits.masked_fill(~keep, float("-inf"))
-    weights = torch.softmax(logits, dim=-1)
-    out = torch.einsum("bhgs,bhsd->bhgd", weights, value.float())
-    return out.reshape(batch, num_heads, 1, head_dim).to(query.dtype)
+    num_heads, num_kv_heads = query.shape[1], key.shape[1]
+    if keep.shape[1] == num_kv_heads and num_heads != num_kv_heads:
+        keep = keep.repeat_interleave(num_heads // num_kv_heads, dim=1)
+    return F.scaled_dot_product_attention(
+        query, key, value, attn_mask=keep[:, :, None, :], scale=scaling, enable_gqa=True
+    )
 
 
 def valid_rank(valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

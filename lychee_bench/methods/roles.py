@@ -112,8 +112,8 @@ def resolve_roles(spec: str | None, num_layers: int, num_kv_heads: int, model_na
         path = shipped_roles_path(Path(model_name).name)
         if path is None:
             raise RolesError(
-                f"no trained LycheeDecode head roles ship for model {model_name!r}. Give --option roles=<file> "
-                f"(see `lychee-bench train-heads`), or --option roles=uniform:N for N retrieval heads spread "
+                f"no trained LycheeDecode head roles ship for model {model_name!r}. Give --roles <file> "
+                f"(see `lychee-bench train-heads`), or --roles uniform:N for N retrieval heads spread "
                 f"evenly (layer 0's {num_kv_heads} included)."
             )
         roles = load_roles_file(path, f"shipped:{Path(model_name).name}")
