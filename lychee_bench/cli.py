@@ -194,6 +194,85 @@ def train_heads_cmd(
 
 
 @app.command()
+def bench(
+    methods: Annotated[str, typer.Option(help="comma list, e.g. full,lychee")] = "full,lychee",
+    ctx: Annotated[str, typer.Option(help="comma list of contexts")] = "4096,16384,32768,65536,131072",
+    batch: Annotated[str, typer.Option(help="comma list of batch sizes")] = "1,4",
+    model: Annotated[
+        str, typer.Option(help="llama3-8b-synthetic, qwen3-8b-synthetic, a folder or an embedded name")
+    ] = "llama3-8b-synthetic",
+    reps: Annotated[int, typer.Option(min=1)] = 50,
+    warmup: Annotated[int, typer.Option(min=1)] = 5,
+    budget: Annotated[int | None, typer.Option(help="token budget for sparse methods")] = None,
+    roles: Annotated[str | None, typer.Option(help="lychee roles (default uniform: 12.5% of KV heads)")] = None,
+    option: Annotated[list[str], typer.Option("--option", "-o", help="method option key=value")] = [],  # noqa: B006
+    prefill: Annotated[bool, typer.Option("--prefill/--no-prefill", help="fill by a timed chunked prefill")] = False,
+    prefill_chunk: int = 4096,
+    attention: Annotated[bool, typer.Option("--attention/--no-attention", help="also time attention alone")] = True,
+    smoke: Annotated[bool, typer.Option("--smoke", help="CPU smoke mode: tiny model, not a measurement")] = False,
+    device: str = "cuda",
+    seed: int = 0,
+    out: Annotated[Path, typer.Option(help="result folder")] = Path("runs/latency"),
+) -> None:
+    """End-to-end decode latency per method x context x batch against the byte floor (SPEC §6; GPU)."""
+    from lychee_bench.harness.records import read_records
+    from lychee_bench.harness.registry import UnknownNameError
+    from lychee_bench.tasks.latency.bench import BenchError, run_bench
+    from lychee_bench.tasks.latency.plot import latency_table
+
+    options = _parse_options(option)
+    if budget is not None:
+        options["budget"] = str(budget)
+    if roles is not None:
+        options["roles"] = roles
+    try:
+        contexts = [int(c) for c in ctx.split(",") if c.strip()]
+        batches = [int(b) for b in batch.split(",") if b.strip()]
+    except ValueError:
+        _fail(f"--ctx and --batch take comma lists of integers, got {ctx!r} and {batch!r}")
+    try:
+        run_bench(
+            [m.strip() for m in methods.split(",") if m.strip()],
+            contexts,
+            batches,
+            model=model,
+            out=out,
+            device=device,
+            reps=reps,
+            warmup=warmup,
+            options=options,
+            prefill=prefill,
+            prefill_chunk=prefill_chunk,
+            attention=attention,
+            smoke=smoke,
+            seed=seed,
+            log=lambda text: typer.echo(text, err=True),
+        )
+    except BenchError as error:
+        _fail("this bench cannot start:\n" + str(error))
+    except (UnknownNameError, ValueError) as error:
+        _fail(str(error))
+    typer.echo(latency_table(read_records(out)))
+
+
+@app.command()
+def plot(
+    path: Annotated[Path, typer.Argument(help="a bench run folder or records .jsonl")],
+    out: Annotated[Path | None, typer.Option(help="folder for the PNGs (default: <path>/plots)")] = None,
+) -> None:
+    """Latency, speedup over full and time/floor against context, as PNG files."""
+    from lychee_bench.tasks.latency.plot import plot_latency
+
+    if not path.exists():
+        _fail(f"{path} does not exist; give a bench run folder (see `bench --out`)")
+    try:
+        for written in plot_latency(path, out or (path if path.is_dir() else path.parent) / "plots"):
+            typer.echo(str(written))
+    except ValueError as error:
+        _fail(str(error))
+
+
+@app.command()
 def report(
     path: Annotated[Path, typer.Argument(help="a run folder, a records .jsonl file, or a folder of runs")],
     format: Annotated[str, typer.Option("--format", help="table or json")] = "table",

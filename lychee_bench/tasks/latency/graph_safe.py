@@ -1,0 +1,91 @@
+"""Graph-safe variants of the methods: the same attention, with no device-to-host reads inside a decode step.
+
+Until the methods read ``state.static`` themselves (the patches in the issue #5 note), the bench wraps them
+here. A wrapper changes nothing in what the method computes, only where host-known facts come from: the
+lengths of the sequences (all C at a fixed context) and whether every cache slot is valid. Plans, scratch
+buffers and the slot table are built once, during the eager warm-up, and reused by the captured step.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from lychee_bench.harness.attention import DecodeState
+from lychee_bench.methods.base import Method
+from lychee_bench.methods.full import FullAttention
+from lychee_bench.methods.lychee import LycheeDecode
+
+
+class GraphSafeFull(FullAttention):
+    """Dense SDPA with no mask when the state says every slot is valid (no ``.item()``, no ``valid.all()``)."""
+
+    def decode_attention(self, layer_idx, query, key, value, valid, scaling, state: DecodeState) -> torch.Tensor:
+        static = getattr(state, "static", None)
+        if static is None:
+            return super().decode_attention(layer_idx, query, key, value, valid, scaling, state)
+        mask = None if static.all_valid else valid[:, None, None, :]
+        return F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scaling, enable_gqa=True)
+
+
+class GraphSafeLychee(LycheeDecode):
+    """LycheeDecode's Triton path with lengths from ``state.static`` and plans/buffers/slots kept across steps."""
+
+    def _decode_triton(self, layer_idx, query, key, value, valid, scaling, state: DecodeState) -> torch.Tensor:
+        from lychee_bench.kernels.lychee_plan import plan_decode_work
+        from lychee_bench.kernels.lychee_triton import DecodeBuffers, lychee_decode_layer
+
+        static = getattr(state, "static", None)
+        if static is None:
+            return super()._decode_triton(layer_idx, query, key, value, valid, scaling, state)
+        entry = static.method_cache.get("lychee")
+        if entry is None:
+            lengths_host = static.lengths_host
+            if self.config.budget_ratio is not None:
+                budget = max(1, round(max(lengths_host) * self.config.budget_ratio))
+            else:
+                budget = self.config.budget
+            entry = {"budget_blocks": max(1, budget // self.config.block_size), "plans": {}, "buffers": {}}
+            static.method_cache["lychee"] = entry
+        roles = self.roles.retrieval[layer_idx]
+        pattern = tuple(roles.tolist())  # a CPU tensor: no device read
+        q = query[:, :, 0]
+        if pattern not in entry["plans"]:
+            plan = plan_decode_work(static.lengths_host, roles, key.shape[2], entry["budget_blocks"], key.device)
+            entry["plans"][pattern] = plan
+            entry["buffers"][pattern] = DecodeBuffers.allocate(plan, q)
+            if "slots" not in entry:
+                entry["slots"] = torch.full(
+                    (plan.batch, plan.num_kv_heads, plan.slot_width), -1, dtype=torch.int32, device=key.device
+                )
+        out, _ = lychee_decode_layer(
+            q,
+            key,
+            value,
+            static.lengths,
+            roles,
+            entry["slots"],
+            entry["budget_blocks"],
+            scaling,
+            plan=entry["plans"][pattern],
+            buffers=entry["buffers"][pattern],
+            starts=static.starts,
+            inplace_slots=True,
+        )
+        return out[:, :, None, :]
+
+
+def make_graph_safe(method: Method) -> tuple[Method, bool]:
+    """The graph-safe variant of ``method`` (same config and roles) and whether one exists.
+
+    A method without a variant is returned as it is; the bench still tries to capture it and records the
+    failure (with the reason) if it reads the device back inside the step."""
+    if getattr(method, "graph_safe", False):  # a method that declares itself safe (the proposed hook)
+        return method, True
+    if type(method) is FullAttention:
+        return GraphSafeFull(method.config), True
+    if type(method) is LycheeDecode:
+        safe = GraphSafeLychee(method.config)
+        safe.roles, safe._path = method.roles, method._path
+        return safe, True
+    return method, False
