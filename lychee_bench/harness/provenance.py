@@ -25,11 +25,18 @@ def package_versions() -> dict[str, str | None]:
 
 @functools.cache
 def code_version() -> dict[str, Any]:
-    """The git commit of the lychee-bench source in use, and whether it had uncommitted changes."""
+    """The git commit of the lychee-bench source in use, and whether it had uncommitted changes.
+
+    A copied tree without a working git (e.g. a remote GPU machine) takes the commit its launcher states in
+    LYCHEE_BENCH_COMMIT, recorded as such."""
     root = Path(__file__).resolve().parents[2]
-    if not (root / ".git").exists() and os.environ.get("LYCHEE_BENCH_COMMIT"):
-        # A copied tree without git (e.g. a remote GPU machine): the launcher states the commit it sent.
+    found = _git_version(root)
+    if found["commit"] is None and os.environ.get("LYCHEE_BENCH_COMMIT"):
         return {"commit": os.environ["LYCHEE_BENCH_COMMIT"], "dirty": None, "source": "LYCHEE_BENCH_COMMIT"}
+    return found
+
+
+def _git_version(root: Path) -> dict[str, Any]:
     try:
         commit = subprocess.run(
             ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
