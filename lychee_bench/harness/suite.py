@@ -1,0 +1,312 @@
+"""Fixed suites: the CPU smoke suite CI runs on every change and compares with its committed baseline.
+
+`smoke` runs the default model (fp32, greedy, seed 42) on three RULER subtasks at 1K context for `full`,
+`lychee` (uniform roles, 11 retrieval KV heads, since no trained roles ship yet) and `streaming`, both sparse
+methods at a 256-token budget, then checks the Triton LycheeDecode layer against its torch reference in
+interpreter mode on fixed random inputs. Everything lands in one run folder (manifest.json + records.jsonl),
+so `lychee-bench compare` reads it like any other result set.
+
+The kernel check runs in a child process: TRITON_INTERPRET must be set before Triton compiles the kernels,
+and the model run in this process may already have imported them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from lychee_bench.harness import provenance, records
+from lychee_bench.harness.runner import RunPlan
+
+KERNEL_TASK = "kernel-correctness"
+KERNEL_METHOD = "lychee-triton"
+
+
+@dataclass(frozen=True)
+class KernelCase:
+    """One random decode-layer problem: batch, KV heads, query heads per KV head, head dim, cache length."""
+
+    name: str
+    batch: int
+    kv_heads: int
+    group: int
+    head_dim: int
+    max_len: int
+    retrieval: tuple[bool, ...]
+    budget_blocks: int
+    seed: int
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    description: str
+    plan: RunPlan
+    kernel_cases: tuple[KernelCase, ...] = field(default_factory=tuple)
+    kernel_tolerance: float = 2e-4  # fp32, as in tests/test_kernels_lychee.py
+
+
+SMOKE = Suite(
+    name="smoke",
+    description=(
+        "default model, fp32 CPU, seed 42; RULER niah_single_1, niah_multikey_1, vt at ctx 1024, 2 samples each; "
+        "full, lychee (roles uniform:11) and streaming at budget 256; Triton decode layer vs reference "
+        "(TRITON_INTERPRET=1)"
+    ),
+    plan=RunPlan(
+        methods=["full", "lychee", "streaming"],
+        task="ruler/niah_single_1,ruler/niah_multikey_1,ruler/vt",
+        ctx=1024,
+        model=None,
+        samples=2,
+        seed=42,
+        device="cpu",
+        dtype="float32",
+        batch_size=1,
+        method_options={"roles": "uniform:11", "budget": "256"},
+    ),
+    kernel_cases=(
+        KernelCase("layer0_all_retrieval", 2, 2, 4, 64, 300, (True, True), 2, 1),
+        KernelCase("mixed_roles", 3, 2, 3, 64, 450, (True, False), 3, 2),
+        KernelCase("sparse_only", 2, 3, 2, 64, 257, (False, False, False), 2, 3),
+    ),
+)
+
+SUITES = {SMOKE.name: SMOKE}
+
+
+class SuiteError(ValueError):
+    """A suite that cannot run (unknown name, a kernel check that crashed)."""
+
+
+def get_suite(name: str) -> Suite:
+    if name not in SUITES:
+        raise SuiteError(f"unknown suite {name!r}; use one of {', '.join(sorted(SUITES))}")
+    return SUITES[name]
+
+
+def run_suite(suite: Suite, out: Path, log: Any = print) -> Path:
+    """Run a suite into a fresh run folder `out` (an existing folder is replaced). Returns `out`."""
+    from dataclasses import replace
+
+    from lychee_bench.harness.runner import run as run_plan
+
+    if out.exists():
+        shutil.rmtree(out)
+    began = time.perf_counter()
+    run_plan(replace(suite.plan, out=out), log)
+    model_s = time.perf_counter() - began
+    if suite.kernel_cases:
+        log(f"kernel correctness: {len(suite.kernel_cases)} cases, Triton interpreter ...")
+        kernel_began = time.perf_counter()
+        results = kernel_check_subprocess(suite)
+        append_kernel_records(out, suite, results)
+        failed = [r["case"] for r in results if not r["passed"]]
+        log(f"kernel correctness: {'FAILED ' + ', '.join(failed) if failed else 'all passed'}")
+        kernel_s = time.perf_counter() - kernel_began
+    else:
+        kernel_s = 0.0
+    records.write_manifest(
+        out,
+        {
+            "kind": "lychee-bench-suite",
+            "suite": suite.name,
+            "description": suite.description,
+            "finished": datetime.now(UTC).isoformat(),
+            "seconds": {"model": round(model_s, 1), "kernels": round(kernel_s, 1)},
+            "provenance": provenance.collect("cpu"),
+        },
+    )
+    return out
+
+
+def kernel_check_subprocess(suite: Suite) -> list[dict[str, Any]]:
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    code = (
+        "import json; from lychee_bench.harness.suite import check_kernels, get_suite; "
+        f"print(json.dumps(check_kernels(get_suite({suite.name!r}))))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
+    if done.returncode != 0:
+        raise SuiteError(f"the kernel check crashed (exit {done.returncode}):\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def check_kernels(suite: Suite) -> list[dict[str, Any]]:
+    """Triton layer vs torch reference on each case. Needs TRITON_INTERPRET=1 on a machine without a GPU."""
+    import torch
+
+    from lychee_bench.kernels import reference as ref
+
+    try:
+        from lychee_bench.kernels import lychee_triton
+    except ImportError as error:
+        return [
+            {"case": c.name, "passed": False, "max_abs_error": None, "error": str(error)} for c in suite.kernel_cases
+        ]
+    results = []
+    for case in suite.kernel_cases:
+        generator = torch.Generator().manual_seed(case.seed)
+        hq = case.kv_heads * case.group
+        q = torch.randn(case.batch, hq, case.head_dim, generator=generator)
+        k = torch.randn(case.batch, case.kv_heads, case.max_len, case.head_dim, generator=generator)
+        v = torch.randn(case.batch, case.kv_heads, case.max_len, case.head_dim, generator=generator)
+        lengths = torch.randint(1, case.max_len + 1, (case.batch,), generator=generator)
+        lengths[0] = case.max_len
+        roles = torch.tensor(case.retrieval)
+        slots = None
+        if not all(case.retrieval):
+            blocks = -(-case.max_len // ref.BLOCK_SIZE)
+            valid = torch.arange(blocks)[None, :] < ((lengths + ref.BLOCK_SIZE - 1) // ref.BLOCK_SIZE)[:, None]
+            scores = torch.randn(case.batch, case.kv_heads, blocks, generator=generator)
+            slots = ref.select_top_blocks(scores.masked_fill(~valid[:, None, :], float("-inf")), case.budget_blocks)
+        scale = case.head_dim**-0.5
+        expected, expected_slots = ref.lychee_decode_layer_reference(
+            q, k, v, lengths, roles, slots, case.budget_blocks, scale
+        )
+        try:
+            out, new_slots = lychee_triton.lychee_decode_layer(
+                q, k, v, lengths, roles, slots, case.budget_blocks, scale
+            )
+        except Exception as error:  # a crashing kernel is a failed check, recorded, not a crashed suite
+            results.append({"case": case.name, "passed": False, "max_abs_error": None, "error": repr(error)[:300]})
+            continue
+        error = (out.float() - expected.float()).abs().max().item()
+        mismatches = ref.block_set_mismatches(new_slots, expected_slots, ref.block_max_scores(q, k, lengths))
+        passed = bool(error <= suite.kernel_tolerance and not torch.isnan(out).any() and not mismatches)
+        results.append(
+            {
+                "case": case.name,
+                "passed": passed,
+                "max_abs_error": error,
+                "slot_mismatches": mismatches[:5],
+                "batch": case.batch,
+                "max_len": case.max_len,
+            }
+        )
+    return results
+
+
+def append_kernel_records(out: Path, suite: Suite, results: list[dict[str, Any]]) -> None:
+    """Two sample records per case: `passed` (100 or 0, so it reads like a score) and `max_abs_error`."""
+    writer = records.RecordWriter(out)
+    prov = provenance.collect("cpu")
+    by_name = {case.name: case for case in suite.kernel_cases}
+    for result in results:
+        case = by_name[result["case"]]
+        common = {
+            "kind": "sample",
+            "method": KERNEL_METHOD,
+            "method_config": {"name": KERNEL_METHOD, "path": "triton-interpreter", "tolerance": suite.kernel_tolerance},
+            "path": "triton-interpreter",
+            "task": KERNEL_TASK,
+            "subtask": case.name,
+            "ctx": case.max_len,
+            "batch": case.batch,
+            "model": None,
+            "seed": case.seed,
+            "index": 0,
+            "case": {k: v for k, v in vars(case).items()},
+            "detail": result,
+            "code": prov["code"],
+            "time": datetime.now(UTC).isoformat(),
+        }
+        for metric, value in (
+            ("passed", 100.0 if result["passed"] else 0.0),
+            ("max_abs_error", result["max_abs_error"]),
+        ):
+            if value is None:
+                continue
+            run_key = records.config_hash({"suite": suite.name, "case": case.name, "metric": metric})
+            writer.append({**common, "run_key": run_key, "metric": metric, "value": value})
+
+
+def update_baseline(suite: Suite, baseline: Path, log: Any = print) -> Path:
+    """Rerun the suite straight into the baseline folder (so its records name their real path).
+
+    A run that fails half-way leaves a partial folder; `git checkout -- <baseline>` restores the committed one.
+    """
+    run_suite(suite, baseline, log)
+    (baseline / "README.md").write_text(
+        f"# The `{suite.name}` suite's baseline\n\n{suite.description}.\n\n"
+        f"CI runs `lychee-bench suite {suite.name} --compare {baseline}` and fails on a regression (see "
+        f"`lychee_bench/harness/compare.py` for the rules). After an intended change of results, rewrite this "
+        f"folder with\n\n    lychee-bench suite {suite.name} --update-baseline\n\nand commit it with the change "
+        f"that explains it. Do not edit these files by hand.\n"
+    )
+    log(f"baseline rewritten: {baseline} (review with `git diff {baseline}`, then commit it)")
+    return baseline
+
+
+def suite_command(
+    name: str,
+    out: Path | None,
+    compare_with: Path | None,
+    update: bool,
+    tol: list[str],
+    z: float,
+    echo: Any = print,
+    echo_err: Any = print,
+) -> int:
+    """What `lychee-bench suite NAME` does; returns the exit code (0 pass, 1 regression, 2 bad input)."""
+    from lychee_bench.harness.compare import EXIT_BAD_INPUT, compare_command
+
+    try:
+        suite = get_suite(name)
+    except SuiteError as error:
+        echo_err(f"error: {error}")
+        return EXIT_BAD_INPUT
+    if update and compare_with is not None:
+        echo_err("error: give --update-baseline or --compare, not both (update first, then compare)")
+        return EXIT_BAD_INPUT
+    if compare_with is not None and not compare_with.exists():
+        echo_err(
+            f"error: baseline {compare_with} does not exist; "
+            f"create it with `lychee-bench suite {name} --update-baseline`"
+        )
+        return EXIT_BAD_INPUT
+    began = time.perf_counter()
+    if update:
+        update_baseline(suite, out or Path("results") / suite.name, log=echo_err)
+        echo_err(f"suite {name}: {time.perf_counter() - began:.0f} s")
+        return 0
+    folder = out or Path("runs") / f"suite-{name}"
+    run_suite(suite, folder, log=echo_err)
+    echo_err(f"suite {name}: {time.perf_counter() - began:.0f} s; results in {folder}")
+    if compare_with is None:
+        from lychee_bench.harness.tables import score_table
+        from lychee_bench.report.sources import all_rows, load_results
+
+        echo(score_table(all_rows(load_results(folder))))
+        return 0
+    changed, total = changed_predictions(compare_with, folder)
+    if changed:
+        echo_err(f"note: {changed} of {total} sample predictions differ from the baseline (scores judged below)")
+    return compare_command(compare_with, folder, tol, z, echo=echo, echo_err=echo_err, changes_only=False)
+
+
+def changed_predictions(base: Path, new: Path) -> tuple[int, int]:
+    """Paired check for deterministic suites: how many (method, subtask, index) samples now predict otherwise."""
+    import warnings
+
+    def predictions(path: Path) -> dict[tuple, Any]:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            found = records.read_records(path)
+        return {
+            (r.get("method"), r.get("task"), r.get("subtask"), r.get("index")): r.get("prediction")
+            for r in records.iter_sample_records(found)
+            if "prediction" in r
+        }
+
+    old, fresh = predictions(base), predictions(new)
+    shared = old.keys() & fresh.keys()
+    return sum(1 for key in shared if old[key] != fresh[key]), len(shared)

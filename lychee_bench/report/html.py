@@ -1,0 +1,184 @@
+"""`lychee-bench report --html OUT`: one self-contained page (no scripts, no external resources).
+
+The page holds a table per result set, the plots whose data exist (and a list of those that could not be
+drawn, with the reason), and a provenance section per result set. Every table and plot names its sources
+(S1, S2, ...), which link to their provenance: commit, packages, device, model and fingerprint, method
+configs and the path (reference or Triton) that ran, seeds, and the file it came from.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from lychee_bench.report.plots import build_plots
+from lychee_bench.report.sources import KERNEL_BENCH_TASK, ResultSet, load_results
+
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; padding: 0 1em; }
+table { border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 0.85em; }
+th, td { border: 1px solid #ccc; padding: 0.2em 0.5em; text-align: right; }
+th { background: #f3f3f3; }
+caption { text-align: left; font-weight: 600; padding: 0.3em 0; }
+figure { margin: 1em 0 2em; } figcaption { font-size: 0.85em; color: #555; }
+img { max-width: 100%; border: 1px solid #eee; }
+pre { background: #f7f7f7; padding: 0.6em; overflow-x: auto; font-size: 0.8em; }
+.absent { color: #8a4b00; }
+"""
+
+
+def _esc(value: Any) -> str:
+    return html.escape(str(value))
+
+
+def _link(label: str) -> str:
+    return f'<a href="#prov-{label}">{label}</a>'
+
+
+def _number(value: float) -> str:
+    # Scores read best with one decimal; small numbers (errors, seconds) need their significant digits.
+    return f"{value:.1f}" if value == 0 or abs(value) >= 0.1 else f"{value:.3g}"
+
+
+def _cell(value: float, stderr: float, samples: Any) -> str:
+    text = _number(value)
+    if not math.isnan(stderr):
+        text += f" ± {_number(stderr)}"
+    return f"{text} (n={samples})"
+
+
+def score_tables(result_set: ResultSet) -> str:
+    """Subtasks down, methods across; one table per (task, ctx, model, metric) of a run set."""
+    import pandas as pd
+
+    if not result_set.rows:
+        return ""
+    frame = pd.DataFrame(result_set.rows)
+    parts = []
+    for (task, ctx, model, metric), group in frame.groupby(["task", "ctx", "model", "metric"], sort=True, dropna=False):
+        group = group.sort_values("samples").drop_duplicates(["method", "subtask"], keep="last")
+        cells = group.assign(
+            cell=[_cell(v, e, n) for v, e, n in zip(group["value"], group["stderr"], group["samples"], strict=True)]
+        )
+        table = cells.pivot(index="subtask", columns="method", values="cell")
+        if group["subtask"].nunique() > 1 and group.groupby("method")["subtask"].nunique().min() > 1:
+            means = group.groupby("method")["value"].mean()
+            table.loc["mean of subtasks"] = [_number(means[m]) if m in means else "" for m in table.columns]
+        caption = f"{task} · ctx {ctx} · {model} · {metric} — source {_link(result_set.label)}"
+        parts.append(_table_html(table, caption))
+    return "\n".join(parts)
+
+
+def bench_tables(result_set: ResultSet) -> str:
+    """Median ms per (context, batch), one column per timed kind (and retrieval-head count)."""
+    import pandas as pd
+
+    rows = [r for r in result_set.rows if r["metric"] == "median_ms"]
+    speed = {(r["method"], r["subtask"], r["ctx"], r["batch"]): r["value"] for r in result_set.rows}
+    if not rows:
+        return ""
+    frame = pd.DataFrame(rows)
+    frame["column"] = [m if s == "-" else f"{m} {s}" for m, s in zip(frame["method"], frame["subtask"], strict=True)]
+    frame["cell"] = [
+        f"{v:.4f}" + (f" ({speed[(m, s, c, b)]:.2f}×)" if (m, s, c, b) in speed and m.startswith("lychee") else "")
+        for v, m, s, c, b in zip(
+            frame["value"], frame["method"], frame["subtask"], frame["ctx"], frame["batch"], strict=True
+        )
+    ]
+    frame = frame[[not str(m).startswith("step:") for m in frame["method"]]]
+    table = frame.pivot_table(index=["ctx", "batch"], columns="column", values="cell", aggfunc="first")
+    caption = (
+        f"{KERNEL_BENCH_TASK}: median ms per decode layer (speedup vs SDPA) · {result_set.rows[0]['model']} — "
+        f"source {_link(result_set.label)}"
+    )
+    return _table_html(table, caption)
+
+
+def _table_html(table, caption: str) -> str:
+    body = table.to_html(na_rep="", border=0, escape=True)
+    return body.replace('<table class="dataframe">', f"<table><caption>{caption}</caption>", 1)
+
+
+def provenance_html(result_set: ResultSet) -> str:
+    prov = result_set.provenance()
+    code = prov.get("code") or (prov.get("provenance") or {}).get("code")
+    packages = prov.get("packages") or (prov.get("provenance") or {}).get("packages")
+    device = prov.get("device") or (prov.get("provenance") or {}).get("device")
+    model = prov.get("model") or {}
+    facts = [
+        ("file", str(result_set.path)),
+        ("kind", result_set.kind),
+        ("rows", str(len(result_set.rows))),
+        ("code", json.dumps(code)),
+        ("packages", ", ".join(f"{k} {v}" for k, v in (packages or {}).items() if v) or "not recorded"),
+        ("device", json.dumps(device)),
+    ]
+    if model:
+        facts.append(("model", f"{model.get('name')} · {model.get('dtype')} · {model.get('fingerprint')}"))
+    for name, entry in (prov.get("methods") or {}).items():
+        facts.append(
+            (
+                f"method {name}",
+                f"path {', '.join(entry['paths'])} · seeds {', '.join(entry['seeds'])} · "
+                f"commits {', '.join(entry['commits'])} · model {entry.get('model_fingerprint')} · "
+                f"config {json.dumps(entry['configs'])}",
+            )
+        )
+    rest = {k: v for k, v in prov.items() if k not in ("code", "packages", "device", "model", "methods", "provenance")}
+    items = "".join(f"<tr><th>{_esc(k)}</th><td style='text-align:left'>{_esc(v)}</td></tr>" for k, v in facts)
+    return (
+        f'<section id="prov-{result_set.label}"><h3>{result_set.label}: {_esc(result_set.path)}</h3>'
+        f"<table>{items}</table>"
+        f"<details><summary>everything else recorded</summary><pre>{_esc(json.dumps(rest, indent=1, default=str))}"
+        f"</pre></details></section>"
+    )
+
+
+def render(sets: list[ResultSet], title: str = "lychee-bench report", problems: list[str] | None = None) -> str:
+    plots, absent = build_plots(sets)
+    parts = [
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
+        f"<title>{_esc(title)}</title><style>{STYLE}</style></head><body>",
+        f"<h1>{_esc(title)}</h1>",
+        f"<p>Written {datetime.now(UTC).isoformat(timespec='seconds')} from {len(sets)} result set(s). "
+        "Every table and plot names its sources; follow them to the provenance at the end.</p>",
+        "<h2>Result sets</h2><ul>",
+        *(f"<li>{_link(s.label)} — {s.kind}: {_esc(s.path)} ({len(s.rows)} rows)</li>" for s in sets),
+        "</ul>",
+    ]
+    if problems:
+        parts.append("<h2>Unreadable input</h2><ul>" + "".join(f"<li>{_esc(p)}</li>" for p in problems) + "</ul>")
+    parts.append("<h2>Plots</h2>")
+    for plot in plots:
+        sources = ", ".join(_link(s) for s in plot.sources)
+        parts.append(
+            f'<figure><img alt="{_esc(plot.title)}" src="{plot.data_uri()}">'
+            f"<figcaption><b>{_esc(plot.title)}.</b> {_esc(plot.caption)} Sources: {sources}.</figcaption></figure>"
+        )
+    if absent:
+        parts.append("<h3>Not drawn</h3><ul class='absent'>")
+        parts += [f"<li><b>{_esc(name)}</b>: {_esc(reason)}</li>" for name, reason in absent]
+        parts.append("</ul>")
+    parts.append("<h2>Tables</h2>")
+    for result_set in sets:
+        parts.append(score_tables(result_set) if result_set.kind == "run" else bench_tables(result_set))
+    parts.append("<h2>Provenance</h2>")
+    parts += [provenance_html(s) for s in sets]
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def write_html(paths: list[Path], out: Path, title: str = "lychee-bench report") -> tuple[Path, int, list[str]]:
+    """Load every result set under `paths`, write the page to `out`. Returns (out, plots drawn, problems)."""
+    problems: list[str] = []
+    sets: list[ResultSet] = []
+    for path in paths:
+        sets += load_results(path, problems, first_label=len(sets) + 1)
+    page = render(sets, title, problems)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(page, encoding="utf-8")
+    return out, page.count("<img "), problems

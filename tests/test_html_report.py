@@ -1,0 +1,193 @@
+"""`report --html`: a self-contained page with tables, plots and provenance, rendered in headless Chromium.
+
+Chromium is required (never skipped): install it with `apt-get install -y chromium` (Debian/Ubuntu).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from lychee_bench.harness.records import RecordWriter, write_manifest
+from lychee_bench.report.html import write_html
+
+RESULTS = Path(__file__).resolve().parents[1] / "results"
+BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+# Injected into a copy of the page only (the page itself has no scripts): after load, record each image's
+# decoded size where --dump-dom can see it.
+PROBE = """<script>
+window.addEventListener('load', () => {
+  const sizes = Array.from(document.images).map(i => [i.complete, i.naturalWidth, i.naturalHeight]);
+  const out = document.createElement('pre'); out.id = 'image-probe'; out.textContent = JSON.stringify(sizes);
+  document.body.appendChild(out);
+});
+</script>"""
+
+
+def browser() -> str:
+    for name in BROWSERS:
+        found = shutil.which(name)
+        if found:
+            return found
+    pytest.fail(
+        "no headless Chromium found (looked for " + ", ".join(BROWSERS) + "); install it: apt-get install -y chromium"
+    )
+
+
+def rendered_image_sizes(page: Path, tmp_path: Path) -> list[list]:
+    probe_page = tmp_path / "probe.html"
+    probe_page.write_text(page.read_text(encoding="utf-8").replace("</body>", PROBE + "</body>"), encoding="utf-8")
+    command = [
+        browser(),
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--no-first-run",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--virtual-time-budget=5000",
+        "--dump-dom",
+        probe_page.as_uri(),
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    found = re.search(r'<pre id="image-probe">(.*?)</pre>', done.stdout)
+    assert found, f"the page did not finish loading in Chromium (exit {done.returncode}): {done.stderr[-2000:]}"
+    return json.loads(found.group(1))
+
+
+def assert_self_contained(text: str) -> None:
+    assert "<script" not in text
+    assert not re.search(r'(src|href)="(https?:)?//', text), "the page must not load anything from outside"
+    assert all(src.startswith("data:image/png;base64,") for src in re.findall(r'<img [^>]*src="([^"]+)"', text))
+
+
+def synthetic_results(root: Path) -> Path:
+    """A run folder (full + lychee at two budgets + streaming, with a latency task) and a kernel-bench file."""
+    run = root / "runs" / "synthetic"
+    write_manifest(
+        run,
+        {
+            "plan": {"methods": ["full", "lychee", "streaming"]},
+            "model": {"name": "tiny", "dtype": "float32", "fingerprint": "sha256:tiny"},
+            "provenance": {"code": {"commit": "c0ffee", "dirty": False}, "packages": {"torch": "2.13"}},
+        },
+    )
+    writer = RecordWriter(run)
+    configs = [
+        ("full", None, 90.0),
+        ("lychee", 256, 60.0),
+        ("lychee", 512, 80.0),
+        ("streaming", 256, 30.0),
+    ]
+    for method, budget, score in configs:
+        config = {"name": method, "path": "reference", "budget": budget}
+        key = f"{method}-{budget}"
+        for subtask in ("niah_single_1", "vt"):
+            for index in range(3):
+                writer.append(
+                    {
+                        "kind": "sample",
+                        "run_key": key,
+                        "method": method,
+                        "method_config": config,
+                        "path": "reference",
+                        "task": "ruler",
+                        "subtask": subtask,
+                        "ctx": 1024,
+                        "batch": 1,
+                        "model": "tiny",
+                        "model_fingerprint": "sha256:tiny",
+                        "seed": 42,
+                        "index": index,
+                        "metric": "string_match_all",
+                        "value": score + index,
+                        "code": {"commit": "c0ffee"},
+                    }
+                )
+    for method, ms in (("full", 9.0), ("lychee", 4.0), ("streaming", 3.0)):
+        writer.append(
+            {
+                "kind": "sample",
+                "run_key": f"lat-{method}",
+                "method": method,
+                "task": "latency",
+                "subtask": "decode",
+                "ctx": 1024,
+                "batch": 1,
+                "model": "tiny",
+                "index": 0,
+                "metric": "decode_ms_per_token",
+                "value": ms,
+            }
+        )
+    bench = root / "kernels" / "lychee_kernel_bench.json"
+    bench.parent.mkdir(parents=True)
+    rows = []
+    for context in (8192, 16384, 32768):
+        rows.append({"kind": "sdpa_enable_gqa", "context": context, "batch": 1, "median_ms": context / 1e5})
+        rows.append(
+            {
+                "kind": "lychee_layer",
+                "context": context,
+                "batch": 1,
+                "retrieval_heads": 1,
+                "median_ms": 0.05,
+                "speedup_vs_sdpa": context / 1e5 / 0.05,
+            }
+        )
+    bench.write_text(
+        json.dumps(
+            {
+                "kind": "lychee-kernel-bench",
+                "device_name": "GPU",
+                "shape": {"hq": 32, "hkv": 8, "head_dim": 128, "dtype": "torch.bfloat16", "budget_tokens": 4096},
+                "provenance": {"code": {"commit": "beef"}, "packages": {"triton": "3"}, "device": {"name": "GPU"}},
+                "rows": rows,
+            }
+        )
+    )
+    return root
+
+
+def test_synthetic_report_draws_all_four_plots_and_renders(tmp_path):
+    root = synthetic_results(tmp_path / "results")
+    out, images, problems = write_html([root], tmp_path / "report.html")
+    text = out.read_text(encoding="utf-8")
+    assert images == 4 and not problems
+    for title in ("Latency vs context", "Speedup vs context", "Quality vs budget", "Quality vs speed"):
+        assert title in text
+    assert "Not drawn" not in text
+    assert_self_contained(text)
+    # provenance of every number: each set has a section; commits, fingerprints, method configs are shown
+    for needle in ('id="prov-S1"', 'id="prov-S2"', "c0ffee", "beef", "sha256:tiny", "&quot;budget&quot;: 512"):
+        assert needle in text, needle
+    sizes = rendered_image_sizes(out, tmp_path)
+    assert len(sizes) == 4
+    assert all(complete and width > 0 and height > 0 for complete, width, height in sizes), sizes
+
+
+def test_report_of_committed_results_renders_and_says_what_is_absent(tmp_path):
+    out, images, _ = write_html([RESULTS], tmp_path / "report.html")
+    text = out.read_text(encoding="utf-8")
+    assert_self_contained(text)
+    assert images >= 2  # the H200 kernel bench: latency vs context and speedup
+    assert "quality vs speed" in text.split("Not drawn", 1)[1]  # no per-method latency has been committed yet
+    sizes = rendered_image_sizes(out, tmp_path)
+    assert len(sizes) == images
+    assert all(complete and width > 0 for complete, width, _ in sizes), sizes
+
+
+def test_report_with_no_plot_data_lists_every_plot_as_absent(tmp_path):
+    writer = RecordWriter(tmp_path / "run")
+    writer.append({"kind": "sample", "run_key": "k", "method": "full", "task": "ruler", "subtask": "vt", "ctx": 1,
+                   "batch": 1, "model": "m", "index": 0, "metric": "string_match_all", "value": 50.0})  # fmt: skip
+    out, images, _ = write_html([tmp_path / "run"], tmp_path / "report.html")
+    text = out.read_text(encoding="utf-8")
+    assert images == 0
+    for name in ("latency vs context", "speedup", "quality vs budget", "quality vs speed"):
+        assert f"<b>{name}</b>" in text
