@@ -25,6 +25,24 @@ METHODS.register(
     aliases=("lycheedecode",),
 )
 
+METHODS.register(
+    "tidal",
+    "lychee_bench.methods.tidal:TidalDecode",
+    "TidalDecode: layer 2 and one re-selection layer pick top-k tokens, the others reuse them (SPEC §4)",
+    aliases=("tidaldecode",),
+)
+METHODS.register(
+    "quest",
+    "lychee_bench.methods.quest:QuestAttention",
+    "Quest: 16-token pages ranked by a min/max key bound, top pages per query head (SPEC §4)",
+)
+METHODS.register(
+    "duo",
+    "lychee_bench.methods.duo:DuoAttention",
+    "DuoAttention: retrieval heads full, streaming heads 128 sink + 256 recent (SPEC §4)",
+    aliases=("duoattention",),
+)
+
 TASKS = Registry("task", entry_point_group="lychee_bench.tasks")
 TASKS.register(
     "ruler",

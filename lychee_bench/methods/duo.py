@@ -1,0 +1,88 @@
+"""DuoAttention (Xiao et al., 2024, arXiv 2410.10819): retrieval heads keep full attention; streaming heads
+see only the attention sinks and a recent window (128 + 256 by default). The roles are a per-model table of
+KV heads in the same file format as LycheeDecode's (methods/roles.py); DuoAttention learns them with
+continuous gates (`lychee-bench train-heads --gate continuous`). The shared format requires every head of
+layer 0 to be a retrieval head, which DuoAttention itself does not. SPEC §4.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+
+from lychee_bench.harness.attention import DecodeState
+from lychee_bench.methods.base import Method, RunShape
+from lychee_bench.methods.common import masked_decode_attention, sink_and_recent
+from lychee_bench.methods.roles import HeadRoles, RolesError, resolve_roles
+
+
+@dataclass
+class DuoConfig:
+    """`roles`: see methods/roles.py. `budget`, when given, sets the streaming window: recent = budget - sink."""
+
+    roles: str | None = None
+    sink: int = 128
+    recent: int = 256
+    budget: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.budget is not None:
+            if self.budget <= self.sink:
+                raise ValueError(
+                    f"duo budget {self.budget} must exceed the {self.sink} sink tokens; "
+                    f"give --budget > {self.sink} or lower the sink option."
+                )
+            self.recent = self.budget - self.sink
+        if self.sink < 0 or self.recent < 1:
+            raise ValueError(f"duo needs sink >= 0 and recent >= 1 (got sink={self.sink}, recent={self.recent})")
+
+
+class DuoAttention(Method):
+    """Retrieval heads: full cache. Streaming heads: sink + recent (reference path: masked attention)."""
+
+    name: ClassVar[str] = "duo"
+    description: ClassVar[str] = "DuoAttention: retrieval heads full, streaming heads 128 sink + 256 recent"
+    Config: ClassVar[type] = DuoConfig
+
+    def __init__(self, config: DuoConfig | None = None):
+        super().__init__(config)
+        self.roles: HeadRoles | None = None
+
+    def check_config(self, shape: RunShape) -> list[str]:
+        try:
+            self.roles = resolve_roles(self.config.roles, shape.num_layers, shape.num_kv_heads, shape.model_name)
+        except RolesError as error:
+            return [str(error)]
+        return []
+
+    def prepare(self, model: torch.nn.Module) -> None:
+        if self.roles is None:
+            config = model.config
+            name = getattr(config, "_name_or_path", "")
+            self.roles = resolve_roles(self.config.roles, config.num_hidden_layers, config.num_key_value_heads, name)
+
+    def describe(self) -> dict[str, Any]:
+        described = super().describe()
+        if self.roles is not None:
+            described["roles_used"] = self.roles.describe()
+        return described
+
+    def decode_attention(
+        self,
+        layer_idx: int,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        valid: torch.Tensor,
+        scaling: float,
+        state: DecodeState,
+    ) -> torch.Tensor:
+        assert self.roles is not None, "prepare() loads the roles before decoding"
+        retrieval = self.roles.retrieval[layer_idx].to(key.device)  # [Hkv]
+        window = sink_and_recent(valid, self.config.sink, self.config.recent)
+        keep = torch.where(retrieval[None, :, None], valid[:, None, :], window[:, None, :])  # [B, Hkv, S]
+        state.layer_data[("keep", layer_idx)] = keep
+        state.count("kv_tokens_read", keep.sum().item())
+        return masked_decode_attention(query, key, value, keep, scaling)

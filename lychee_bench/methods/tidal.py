@@ -1,0 +1,146 @@
+"""TidalDecode (Yang et al., 2024, arXiv 2410.05076): position-persistent sparse attention.
+
+Layers before the selection layer (0 and 1) are dense. The selection layer (2) does full attention and picks
+the top-k tokens by raw logit q·k; the layers after it reuse that set. One re-selection layer (13 for
+32-layer Llama-3 models, 0-based as in the PyTorch reference code; its CUDA code uses 12 — SPEC §4, *open*)
+does full attention and selects again; later layers reuse the new set. Selection is per query head by
+default (as in the reference code), or per KV head with the group-mean query (`per_kv_head=True`).
+Token granularity; no sink or recent window. Sets are rebuilt at every decode step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+
+from lychee_bench.harness.attention import DecodeState
+from lychee_bench.methods.base import Method, RunShape
+from lychee_bench.methods.common import masked_decode_attention, valid_rank
+from lychee_bench.methods.selection import select_tokens
+
+LLAMA3_RESELECT_LAYER = 13  # the published choice for 32-layer Llama-3 models (PyTorch code, 0-based)
+SLOT = "tidal"
+
+
+@dataclass
+class TidalConfig:
+    """`budget` tokens per head in the reuse layers; `reselect_layer` None means the published default."""
+
+    budget: int = 4096
+    selection_layer: int = 2  # layers before it are dense
+    reselect_layer: int | None = None
+    per_kv_head: bool = False
+
+    def __post_init__(self) -> None:
+        if self.budget < 1:
+            raise ValueError(f"tidal budget {self.budget} must be >= 1 token; give --budget N")
+        if self.selection_layer < 0:
+            raise ValueError(f"tidal selection_layer {self.selection_layer} must be >= 0")
+        if self.reselect_layer is not None and self.reselect_layer <= self.selection_layer:
+            raise ValueError(
+                f"tidal reselect_layer {self.reselect_layer} must come after selection_layer "
+                f"{self.selection_layer}; give --option reselect_layer=L with L > {self.selection_layer}"
+            )
+
+
+def default_reselect_layer(model_type: str, num_layers: int, num_kv_heads: int) -> int | None:
+    """The published re-selection layer where one exists (32-layer Llama-3 family: 8 KV heads), else None."""
+    if model_type == "llama" and num_layers == 32 and num_kv_heads == 8:
+        return LLAMA3_RESELECT_LAYER
+    return None
+
+
+class TidalDecode(Method):
+    """Dense, select, reuse, re-select, reuse (reference path: masked attention in plain torch)."""
+
+    name: ClassVar[str] = "tidal"
+    description: ClassVar[str] = "TidalDecode: layer 2 and one re-selection layer pick top-k tokens, others reuse"
+    Config: ClassVar[type] = TidalConfig
+
+    def __init__(self, config: TidalConfig | None = None):
+        super().__init__(config)
+        self.reselect_layer: int | None = self.config.reselect_layer
+
+    def _resolve_reselect(self, model_type: str, num_layers: int, num_kv_heads: int) -> tuple[int | None, list[str]]:
+        cfg = self.config
+        reasons = []
+        if num_layers <= cfg.selection_layer:
+            reasons.append(f"tidal selection_layer {cfg.selection_layer} needs a model with more layers ({num_layers})")
+        reselect = cfg.reselect_layer
+        if reselect is None:
+            reselect = default_reselect_layer(model_type, num_layers, num_kv_heads)
+            if reselect is None:
+                reasons.append(
+                    f"tidal has no published re-selection layer for this model ({model_type}, {num_layers} layers, "
+                    f"{num_kv_heads} KV heads); give --option reselect_layer=L (calibrate it for this model)"
+                )
+        elif reselect >= num_layers:
+            reasons.append(f"tidal reselect_layer {reselect} is past the model's last layer ({num_layers - 1})")
+        return reselect, reasons
+
+    def check_config(self, shape: RunShape) -> list[str]:
+        reselect, reasons = self._resolve_reselect(shape.model_type, shape.num_layers, shape.num_kv_heads)
+        self.reselect_layer = reselect
+        return reasons
+
+    def prepare(self, model: torch.nn.Module) -> None:
+        config = model.config
+        reselect, reasons = self._resolve_reselect(
+            config.model_type, config.num_hidden_layers, config.num_key_value_heads
+        )
+        if reasons:
+            raise ValueError("; ".join(reasons))
+        self.reselect_layer = reselect
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "reselect_layer_used": self.reselect_layer}
+
+    def layer_role(self, layer_idx: int) -> str:
+        """ "dense", "select" (full attention + new set) or "reuse" (attend to the current set)."""
+        if layer_idx < self.config.selection_layer:
+            return "dense"
+        if layer_idx in (self.config.selection_layer, self.reselect_layer):
+            return "select"
+        return "reuse"
+
+    def select(self, query: torch.Tensor, key: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """Top-`budget` tokens by raw logit: [B, Hq, S] per query head, or [B, Hkv, S] with the group mean."""
+        batch, num_heads, _, head_dim = query.shape
+        num_kv_heads = key.shape[1]
+        group = num_heads // num_kv_heads
+        if self.config.per_kv_head:
+            mean_query = query.float().view(batch, num_kv_heads, group, head_dim).mean(dim=2)
+            scores = torch.einsum("bhd,bhsd->bhs", mean_query, key.float())
+        else:
+            grouped = query.float().view(batch, num_kv_heads, group, head_dim)
+            scores = torch.einsum("bhgd,bhsd->bhgs", grouped, key.float()).reshape(batch, num_heads, -1)
+        budget = torch.full_like(valid_rank(valid)[1][:, 0], self.config.budget)
+        return select_tokens(scores, valid, budget, sink=0, recent=0)
+
+    def decode_attention(
+        self,
+        layer_idx: int,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        valid: torch.Tensor,
+        scaling: float,
+        state: DecodeState,
+    ) -> torch.Tensor:
+        role = self.layer_role(layer_idx)
+        num_kv_heads = key.shape[1]
+        if role == "reuse":
+            if SLOT not in state.slots:
+                raise RuntimeError(f"tidal layer {layer_idx} reuses a set, but selection layer has not run this step")
+            keep = state.slots[SLOT]
+        else:
+            if role == "select":
+                state.slots[SLOT] = self.select(query, key, valid)
+            keep = valid[:, None, :].expand(-1, num_kv_heads, -1)
+        state.layer_data[("keep", layer_idx)] = keep
+        # K/V rows read: the union of the group's sets per KV head.
+        per_kv = keep.view(keep.shape[0], num_kv_heads, -1, keep.shape[-1]).any(dim=2)
+        state.count("kv_tokens_read", per_kv.sum().item())
+        return masked_decode_attention(query, key, value, keep, scaling)

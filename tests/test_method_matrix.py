@@ -1,0 +1,226 @@
+"""One parametrised matrix over every method: the registered ones (catalog) plus the baselines in this
+package, so a method registered later is covered automatically.
+
+For each method: (1) with a budget that holds the whole context it gives exactly full attention's greedy
+tokens; (2) its reference decode equals a deliberately naive attention (Python loops, float64) over the set
+the method is meant to select, rebuilt here from the method's own semantics; (3) describe() names it and
+its path; (4) check() answers an unsupported architecture with reasons, not an exception.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from lychee_bench.harness.attention import DecodeState
+from lychee_bench.harness.catalog import METHODS
+from lychee_bench.harness.engine import Engine, GenerationSettings, InputFormatter
+from lychee_bench.methods.base import Method, RunShape
+from lychee_bench.methods.duo import DuoAttention
+from lychee_bench.methods.full import FullAttention
+from lychee_bench.methods.quest import QuestAttention
+from lychee_bench.methods.tidal import TidalDecode
+from tests.conftest import tiny_config
+
+BASELINES = {"tidal": TidalDecode, "quest": QuestAttention, "duo": DuoAttention}
+ALL_METHODS = sorted(set(METHODS.names()) | set(BASELINES))
+NUM_LAYERS = 6  # dense 0-1, tidal selects at 2, reuses at 3, re-selects at 4, reuses at 5
+# Options that make each method valid (and its selection visible) on a tiny model; `budget` is set per test.
+TINY_OPTIONS = {
+    "lychee": {"roles": "uniform:4", "granularity": "token", "sink": 4, "recent": 8},
+    "duo": {"roles": "uniform:4", "sink": 4},
+    "streaming": {"sink": 4},
+    "tidal": {"reselect_layer": 4},
+    "quest": {"page_size": 4},
+}
+
+
+def method_class(name: str) -> type[Method]:
+    return BASELINES.get(name) or METHODS.get(name)
+
+
+def build(name: str, budget: int) -> Method:
+    cls = method_class(name)
+    fields = {f.name for f in dataclasses.fields(cls.Config)}
+    options = dict(TINY_OPTIONS.get(name, {}))
+    if "budget" in fields:
+        options["budget"] = budget
+    if "roles" in fields:
+        options.setdefault("roles", "all")
+    return cls.from_options(options)
+
+
+def tiny_model(arch: str, vocab_size: int) -> torch.nn.Module:
+    """conftest's tiny model with NUM_LAYERS layers (its helper fixes 3)."""
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    config = tiny_config(arch, vocab_size=vocab_size)
+    config.num_hidden_layers = NUM_LAYERS
+    if hasattr(config, "layer_types") and config.layer_types is not None:
+        config.layer_types = [config.layer_types[0]] * NUM_LAYERS
+    model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
+    with torch.no_grad():
+        for param_name, param in model.named_parameters():
+            if "proj" in param_name and param.dim() == 2:
+                param.mul_(4.0)
+    return model.eval()
+
+
+@pytest.mark.parametrize("name", ALL_METHODS)
+def test_unlimited_budget_gives_full_tokens(name, arch, smol_tokenizer):
+    model = tiny_model(arch, len(smol_tokenizer))
+    formatter = InputFormatter(smol_tokenizer, exercise_chars=60)
+    text = "The quick brown fox jumps over the lazy dog. " * 30 + "What does the fox jump over?"
+    inputs = [formatter.format(text, " Answer:"), formatter.format(text[300:], " Answer:")]  # left-padded batch
+    context = max(len(x.input_ids) for x in inputs) + 16
+    method = build(name, budget=4096)
+    assert context < 4096
+    shape = RunShape.from_config(model.config, "float32", "cpu", 2, context, "tiny")
+    assert method.check(shape) == []
+    method.prepare(model)
+    methods = [FullAttention()] + ([method] if name != "full" else [])
+    outputs = Engine(model, smol_tokenizer).generate(inputs, GenerationSettings(8), methods)
+    assert [g.text for g in outputs[name]] == [g.text for g in outputs["full"]]
+
+
+# --- (2) the naive reference: which positions each method should attend to, in plain Python ---
+
+
+def _real(valid_row: torch.Tensor) -> list[int]:
+    return torch.nonzero(valid_row).flatten().tolist()
+
+
+def _top(positions: list[int], scores: torch.Tensor, k: int) -> set[int]:
+    return set(sorted(positions, key=lambda p: -float(scores[p]))[:k])
+
+
+def _sink_recent(positions: list[int], sink: int, recent: int) -> set[int]:
+    return set(positions[:sink]) | set(positions[len(positions) - recent :])
+
+
+def naive_sets(name, method, layer, query, key, valid, memory) -> list[list[set[int]]] | None:
+    """Per batch row and query head, the positions the method should attend to; None: no naive model here."""
+    cfg = method.config
+    batch, num_heads = query.shape[:2]
+    group = num_heads // key.shape[1]
+    out = []
+    for b in range(batch):
+        real = _real(valid[b])
+        q = query[b, :, 0].double()
+        logits = torch.einsum("hd,hsd->hs", q, key[b].double().repeat_interleave(group, 0))
+        mean_logits = torch.einsum("hd,hsd->hs", q.view(-1, group, q.shape[-1]).mean(1), key[b].double())
+        if name == "full":
+            row = [set(real)] * num_heads
+        elif name == "streaming":
+            row = [_sink_recent(real, cfg.sink, cfg.recent)] * num_heads
+        elif name == "duo":
+            retrieval = method.roles.retrieval[layer]
+            row = [
+                set(real) if retrieval[h // group] else _sink_recent(real, cfg.sink, cfg.recent)
+                for h in range(num_heads)
+            ]
+        elif name == "tidal":
+            if layer in (cfg.selection_layer, method.reselect_layer):
+                if cfg.per_kv_head:
+                    memory[b] = [_top(real, mean_logits[h // group], cfg.budget) for h in range(num_heads)]
+                else:
+                    memory[b] = [_top(real, logits[h], cfg.budget) for h in range(num_heads)]
+            row = (
+                [set(real)] * num_heads if layer <= cfg.selection_layer or layer == method.reselect_layer else memory[b]
+            )
+        elif name == "quest":
+            if layer < cfg.dense_layers or len(real) <= cfg.budget:
+                row = [set(real)] * num_heads
+            else:
+                pages = [real[i : i + cfg.page_size] for i in range(0, len(real), cfg.page_size)]
+                row = []
+                for h in range(num_heads):
+                    kv = key[b, h // group].double()
+                    bound = [
+                        float(sum(max(q[h, d] * kv[p, d].min(), q[h, d] * kv[p, d].max()) for d in range(q.shape[-1])))
+                        for p in pages
+                    ]
+                    others = sorted(range(len(pages) - 1), key=lambda i: -bound[i])[: cfg.budget // cfg.page_size - 1]
+                    row.append({pos for i in [*others, len(pages) - 1] for pos in pages[i]})
+        elif name == "lychee" and cfg.granularity == "token" and cfg.budget is not None:
+            retrieval = method.roles.retrieval[layer]
+            row = []
+            for h in range(num_heads):
+                kv_head = h // group
+                if retrieval[kv_head]:
+                    if h % group == 0:
+                        if len(real) <= cfg.budget:
+                            chosen = set(real)
+                        else:
+                            forced = _sink_recent(real, cfg.sink, cfg.recent)
+                            rest = [p for p in real if p not in forced]
+                            chosen = forced | _top(rest, mean_logits[kv_head], cfg.budget - len(forced))
+                        memory[(b, kv_head)] = chosen
+                    row.append(set(real))
+                else:
+                    row.append(memory[(b, kv_head)])
+        else:
+            return None
+        out.append(row)
+    return out
+
+
+def naive_attention(query, key, value, sets, scaling) -> torch.Tensor:
+    batch, num_heads, _, dim = query.shape
+    group = num_heads // key.shape[1]
+    out = torch.zeros(batch, num_heads, 1, dim, dtype=torch.float64)
+    for b in range(batch):
+        for h in range(num_heads):
+            idx = torch.tensor(sorted(sets[b][h]))
+            k, v = key[b, h // group, idx].double(), value[b, h // group, idx].double()
+            weights = torch.softmax(k @ query[b, h, 0].double() * scaling, dim=0)
+            out[b, h, 0] = weights @ v
+    return out
+
+
+@pytest.mark.parametrize("name", ALL_METHODS)
+def test_reference_decode_equals_naive_masked_attention(name):
+    batch, num_heads, num_kv, dim, length = 2, 6, 2, 16, 70
+    method = build(name, budget=20)
+    shape = RunShape("llama", NUM_LAYERS, num_heads, num_kv, dim, "float32", "cpu", batch, length, "tiny")
+    assert method.check(shape) == []
+    torch.manual_seed(1)
+    valid = torch.ones(batch, length, dtype=torch.bool)
+    valid[1, :11] = False  # left padding
+    state = DecodeState(method=method, phase="decode")
+    state.begin_step("decode")
+    memory: dict = {}
+    bites = False
+    for layer in range(NUM_LAYERS):
+        query = torch.randn(batch, num_heads, 1, dim)
+        key, value = torch.randn(batch, num_kv, length, dim), torch.randn(batch, num_kv, length, dim)
+        sets = naive_sets(name, method, layer, query, key, valid, memory)
+        if sets is None:
+            pytest.fail(f"no naive model of {name!r} in this test yet; add one to naive_sets")
+        bites |= any(len(sets[b][h]) < int(valid[b].sum()) for b in range(batch) for h in range(num_heads))
+        out = method.decode_attention(layer, query, key, value, valid, 0.25, state)
+        torch.testing.assert_close(out.double(), naive_attention(query, key, value, sets, 0.25), atol=1e-5, rtol=1e-5)
+        recorded = state.layer_data.get(("keep", layer))
+        if recorded is not None:  # the mask the method says it used is the naive set
+            recorded = recorded.repeat_interleave(num_heads // recorded.shape[1], dim=1)
+            assert [[set(_real(recorded[b, h])) for h in range(num_heads)] for b in range(batch)] == sets
+    assert bites or name == "full", "the budget must drop positions somewhere, or the check proves little"
+
+
+@pytest.mark.parametrize("name", ALL_METHODS)
+def test_describe_names_method_and_path(name):
+    described = build(name, budget=64).describe()
+    assert described["name"] == name
+    assert isinstance(described["path"], str) and described["path"]
+
+
+@pytest.mark.parametrize("name", ALL_METHODS)
+def test_unsupported_architecture_gives_reasons(name):
+    shape = RunShape("gpt2", 12, 12, 12, 64, "float32", "cpu", 1, 1024, "gpt2")
+    for method in (build(name, budget=64), method_class(name)()):
+        reasons = method.check(shape)
+        assert isinstance(reasons, list) and all(isinstance(r, str) for r in reasons)
+        assert any("gpt2" in r for r in reasons)
