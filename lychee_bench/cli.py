@@ -35,6 +35,16 @@ def _parse_options(pairs: list[str]) -> dict[str, str]:
     return options
 
 
+def _method_options(pairs: list[str], budget: int | None, roles: str | None) -> dict[str, str]:
+    """`-o key=value` options plus the shortcuts --budget and --roles."""
+    options = _parse_options(pairs)
+    if budget is not None:
+        options["budget"] = str(budget)
+    if roles is not None:
+        options["roles"] = roles
+    return options
+
+
 @app.command("list")
 def list_cmd() -> None:
     """Methods, tasks and models, each with a one-line description."""
@@ -106,11 +116,7 @@ def run(
     from lychee_bench.harness.runner import run as run_plan
     from lychee_bench.harness.tables import score_table
 
-    options = _parse_options(option)
-    if budget is not None:
-        options["budget"] = str(budget)
-    if roles is not None:
-        options["roles"] = roles
+    options = _method_options(option, budget, roles)
     plan = RunPlan(
         methods=[m.strip() for m in method.split(",") if m.strip()],
         task=task,
@@ -220,11 +226,7 @@ def bench(
     from lychee_bench.tasks.latency.bench import BenchError, run_bench
     from lychee_bench.tasks.latency.plot import latency_table
 
-    options = _parse_options(option)
-    if budget is not None:
-        options["budget"] = str(budget)
-    if roles is not None:
-        options["roles"] = roles
+    options = _method_options(option, budget, roles)
     try:
         contexts = [int(c) for c in ctx.split(",") if c.strip()]
         batches = [int(b) for b in batch.split(",") if b.strip()]

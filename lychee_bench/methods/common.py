@@ -37,3 +37,18 @@ def sink_and_recent(valid: torch.Tensor, sink: int, recent: int) -> torch.Tensor
     """[B, S] bool: the first `sink` and the last `recent` real tokens (the current token is the last)."""
     rank, count = valid_rank(valid)
     return valid & ((rank < sink) | (rank >= count - recent))
+
+
+def streaming_window(method: str, sink: int, recent: int, budget: int | None) -> int:
+    """The recent-window size of a sink + recent config: `budget`, when given, sets recent = budget - sink.
+    Raises ValueError naming `method` when the window cannot be built."""
+    if budget is not None:
+        if budget <= sink:
+            raise ValueError(
+                f"{method} budget {budget} must exceed the {sink} sink tokens; "
+                f"give --budget > {sink} or lower the sink option."
+            )
+        recent = budget - sink
+    if sink < 0 or recent < 1:
+        raise ValueError(f"{method} needs sink >= 0 and recent >= 1 (got sink={sink}, recent={recent})")
+    return recent

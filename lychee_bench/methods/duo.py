@@ -14,7 +14,7 @@ import torch
 
 from lychee_bench.harness.attention import DecodeState
 from lychee_bench.methods.base import Method, RunShape
-from lychee_bench.methods.common import masked_decode_attention, sink_and_recent
+from lychee_bench.methods.common import masked_decode_attention, sink_and_recent, streaming_window
 from lychee_bench.methods.roles import HeadRoles, RolesError, resolve_roles
 
 
@@ -28,15 +28,7 @@ class DuoConfig:
     budget: int | None = None
 
     def __post_init__(self) -> None:
-        if self.budget is not None:
-            if self.budget <= self.sink:
-                raise ValueError(
-                    f"duo budget {self.budget} must exceed the {self.sink} sink tokens; "
-                    f"give --budget > {self.sink} or lower the sink option."
-                )
-            self.recent = self.budget - self.sink
-        if self.sink < 0 or self.recent < 1:
-            raise ValueError(f"duo needs sink >= 0 and recent >= 1 (got sink={self.sink}, recent={self.recent})")
+        self.recent = streaming_window("duo", self.sink, self.recent, self.budget)
 
 
 class DuoAttention(Method):
