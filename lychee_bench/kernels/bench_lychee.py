@@ -130,28 +130,42 @@ def roles(num_retrieval: int) -> torch.Tensor:
     return torch.arange(HKV, device=DEVICE) < num_retrieval
 
 
-def check_correctness(seed: int, log: Callable[[str], None]) -> list[dict[str, Any]]:
-    """Triton layer vs the fp32 reference on a small mixed-length case and one 128K case; stop on mismatch."""
+def check_correctness(seed: int, log: Callable[[str], None], quick: bool = False) -> list[dict[str, Any]]:
+    """Triton layer vs the fp32 reference on a small mixed-length case and (unless ``quick``) one 128K case; stop
+    on mismatch. Each case runs twice on the same plan and buffers, as a replayed graph does (the merge tickets
+    must come back to zero), the second time on other queries."""
+    from lychee_bench.kernels import lychee_triton as lt
     from lychee_bench.kernels import reference as ref
-    from lychee_bench.kernels.lychee_triton import lychee_decode_layer
+    from lychee_bench.kernels.lychee_plan import plan_decode_work
 
     cases = [(3, 5000, [5000, 4031, 1337], 2, 16), (1, 131072, [131071], 2, BUDGET_TOKENS // BLOCK)]
     checks = []
-    for batch, max_len, lengths_list, num_retrieval, budget_blocks in cases:
+    for batch, max_len, lengths_list, num_retrieval, budget_blocks in cases[: 1 if quick else None]:
         q, k, v = random_inputs(batch, max_len, seed)
         lengths = torch.tensor(lengths_list, device=DEVICE, dtype=torch.int32)
         scale = HEAD_DIM**-0.5
-        _, slots = lychee_decode_layer(q, k, v, lengths, roles(HKV), None, budget_blocks, scale)
+        _, slots = lt.lychee_decode_layer(q, k, v, lengths, roles(HKV), None, budget_blocks, scale)
         mixed = torch.randperm(HKV, device=DEVICE) < num_retrieval
-        out, new_slots = lychee_decode_layer(q, k, v, lengths, mixed, slots, budget_blocks, scale)
-        want_out, want_slots = ref.lychee_decode_layer_reference(q, k, v, lengths, mixed, slots, budget_blocks, scale)
-        error = (out.float() - want_out).abs().max().item()
-        problems = ref.block_set_mismatches(new_slots, want_slots, ref.block_max_scores(q, k, lengths))
-        record = dict(batch=batch, max_len=max_len, lengths=lengths_list, max_abs_error=error, slot_problems=problems)
-        log(f"correctness {record}")
-        if not error <= 2e-2 or problems:
-            raise SystemExit(f"the Triton layer disagrees with the reference: {record}")
-        checks.append(record)
+        plan = plan_decode_work(lengths_list, mixed.tolist(), max_len, budget_blocks, DEVICE)
+        buffers = lt.DecodeBuffers.allocate(plan, q)
+        for attempt in range(2):
+            if attempt:
+                q = torch.randn_like(q)
+            out, new_slots = lt.lychee_decode_layer(
+                q, k, v, lengths, mixed, slots, budget_blocks, scale, plan=plan, buffers=buffers
+            )
+            want_out, want_slots = ref.lychee_decode_layer_reference(
+                q, k, v, lengths, mixed, slots, budget_blocks, scale
+            )
+            error = (out.float() - want_out).abs().max().item()
+            problems = ref.block_set_mismatches(new_slots, want_slots, ref.block_max_scores(q, k, lengths))
+            tickets = int(buffers.tickets.abs().sum())
+            record = dict(batch=batch, max_len=max_len, lengths=lengths_list, call=attempt + 1, max_abs_error=error)
+            record.update(slot_problems=problems, tickets_left=tickets)
+            log(f"correctness {record}")
+            if not error <= 2e-2 or problems or tickets:
+                raise SystemExit(f"the Triton layer disagrees with the reference: {record}")
+            checks.append(record)
         del q, k, v
     return checks
 
@@ -204,18 +218,15 @@ def bench_config(
     return rows
 
 
-def lychee_rows(
+def layer_setup(
     inputs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
     lengths: torch.Tensor,
     num_retrieval: int,
-    reps: int,
-    row: Callable[..., dict[str, Any]],
-    best_dense_ms: float,
-    programs_per_sm: int = 2,
-) -> None:
-    """The whole lychee layer, then each of its steps alone (same plan and buffers), for one role mix."""
+    programs_per_sm: int,
+) -> tuple[Any, Any, list[torch.Tensor], list[Callable[[], Any]]]:
+    """Plan, buffers, realistic slots and one whole-layer call per input copy, for one role mix."""
     from lychee_bench.kernels import lychee_triton as lt
-    from lychee_bench.kernels.lychee_plan import ITEM_RETRIEVAL, plan_decode_work
+    from lychee_bench.kernels.lychee_plan import plan_decode_work
 
     batch, _, context, _ = inputs[0][1].shape
     scale = HEAD_DIM**-0.5
@@ -228,12 +239,6 @@ def lychee_rows(
     buffers = lt.DecodeBuffers.allocate(plan, inputs[0][0])
     # Realistic slots: what a layer-0 (all retrieval) pass selects on the same cache.
     slots = [lt.lychee_decode_layer(q, k, v, lengths, roles(HKV), None, budget_blocks, scale)[1] for q, k, v in inputs]
-    retrieval_bytes = kv_bytes(batch, num_retrieval, context)
-    sparse_bytes = kv_bytes(batch, HKV - num_retrieval, min(BUDGET_TOKENS, context))
-    qo_bytes = 2 * batch * HQ * HEAD_DIM * ELEMENT
-    extra = dict(retrieval_heads=num_retrieval, chunk_blocks=plan.chunk_blocks, programs=plan.num_items)
-    extra.update(programs_per_sm=programs_per_sm)
-
     layer = [
         functools.partial(
             lt.lychee_decode_layer,
@@ -251,6 +256,35 @@ def lychee_rows(
         )
         for (q, k, v), s in zip(inputs, slots, strict=True)
     ]
+    return plan, buffers, slots, layer
+
+
+def layer_bytes(batch: int, context: int, num_retrieval: int) -> tuple[int, int, int]:
+    """(retrieval heads' K/V bytes, sparse heads' K/V bytes, query + output bytes) the layer must move."""
+    retrieval = kv_bytes(batch, num_retrieval, context)
+    sparse = kv_bytes(batch, HKV - num_retrieval, min(BUDGET_TOKENS, context))
+    return retrieval, sparse, 2 * batch * HQ * HEAD_DIM * ELEMENT
+
+
+def lychee_rows(
+    inputs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+    lengths: torch.Tensor,
+    num_retrieval: int,
+    reps: int,
+    row: Callable[..., dict[str, Any]],
+    best_dense_ms: float,
+    programs_per_sm: int = 2,
+) -> None:
+    """The whole lychee layer, then each of its steps alone (same plan and buffers), for one role mix."""
+    from lychee_bench.kernels import lychee_triton as lt
+    from lychee_bench.kernels.lychee_plan import ITEM_RETRIEVAL
+
+    batch, _, context, _ = inputs[0][1].shape
+    scale = HEAD_DIM**-0.5
+    plan, buffers, slots, layer = layer_setup(inputs, lengths, num_retrieval, programs_per_sm)
+    retrieval_bytes, sparse_bytes, qo_bytes = layer_bytes(batch, context, num_retrieval)
+    extra = dict(retrieval_heads=num_retrieval, chunk_blocks=plan.chunk_blocks, programs=plan.num_items)
+    extra.update(programs_per_sm=programs_per_sm)
     timing = time_in_graph(layer, reps)
     row(
         "lychee_layer",
@@ -260,6 +294,7 @@ def lychee_rows(
         **extra,
     )
 
+    # The steps as separate launches (the layer itself is one fused launch).
     for kind, flag, nbytes in (("step:retrieval_kernel", 1, retrieval_bytes), ("step:sparse_kernel", 0, sparse_bytes)):
         items = plan.items[plan.items[:, ITEM_RETRIEVAL] == flag].contiguous()
         if len(items):
@@ -270,15 +305,71 @@ def lychee_rows(
             ]
             row(kind, time_in_graph(calls, reps), nbytes, **extra)
     if num_retrieval:
-
-        def topk(slot: torch.Tensor) -> torch.Tensor:
-            return lt.select_into_slots(buffers.scores, slot, plan)
-
-        calls = [functools.partial(topk, s) for s in slots]
+        calls = [functools.partial(lt.select_into_slots, buffers.scores, s, plan, lengths) for s in slots]
         row("step:topk", time_in_graph(calls, reps), buffers.scores.numel() * 4, **extra)
     partial_bytes = sum(t.numel() * 4 for t in (buffers.part_acc, buffers.part_m, buffers.part_l))
     merge = functools.partial(lt.merge_partials, plan, buffers)
     row("step:merge", time_in_graph([merge] * len(inputs), reps), partial_bytes, **extra)
+
+
+KNOBS = ("FUSED", "STEP_BLOCKS", "ATTENTION_WARPS", "ATTENTION_STAGES", "MERGE_ROWS", "SMALL_WARPS")
+DEFAULT_KNOBS: dict[str, int] = {}  # the module's values, read when a sweep starts
+
+
+def time_variant(
+    inputs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+    variant: dict[str, Any],
+    reps: int,
+    copy_bw: float,
+    seed: int,
+) -> dict[str, Any]:
+    """Set the variant's knobs (others at their defaults), check it against the reference, time the layer."""
+    from lychee_bench.kernels import lychee_triton as lt
+
+    for knob in KNOBS:
+        setattr(lt, knob, variant.get(knob, DEFAULT_KNOBS[knob]))
+    check_correctness(seed, lambda message: None, quick=True)
+    batch, _, context, _ = inputs[0][1].shape
+    lengths = torch.full((batch,), context, device=DEVICE, dtype=torch.int32)
+    _, _, _, layer = layer_setup(inputs, lengths, 1, variant["pps"])
+    timing = time_in_graph(layer, reps)
+    nbytes = sum(layer_bytes(batch, context, 1))
+    record = dict(context=context, batch=batch, retrieval_heads=1, **variant, **dataclasses.asdict(timing))
+    record.update(bytes=nbytes, bw_fraction=nbytes / (timing.median_ms * 1e-3) / copy_bw)
+    print(f"sweep {record}", file=sys.stderr)
+    return record
+
+
+def sweep(contexts: list[int], batches: list[int], reps: int, copy_bw: float, seed: int) -> list[dict[str, Any]]:
+    """Launch-knob sweep of the whole layer with one retrieval head of eight (the issue's target case): first
+    blocks per step x warps x pipeline stages at two programs per SM, then programs per SM and the unfused
+    layout around the best. Each variant is checked against the reference before it is timed."""
+    from lychee_bench.kernels import lychee_triton as lt
+
+    DEFAULT_KNOBS.update({knob: getattr(lt, knob) for knob in KNOBS})
+    grid = [
+        dict(STEP_BLOCKS=step, ATTENTION_WARPS=warps, ATTENTION_STAGES=stages, pps=2)
+        for step in (1, 2, 4)
+        for warps in (4, 8)
+        for stages in (1, 2, 3)
+    ]
+    rows: list[dict[str, Any]] = []
+    try:
+        for context in contexts:
+            for batch in batches:
+                copies = copies_for(kv_bytes(batch, HKV, context))
+                inputs = [random_inputs(batch, context, seed + i) for i in range(copies)]
+                results = [time_variant(inputs, v, reps, copy_bw, seed) for v in grid]
+                best = min(results, key=lambda r: r["median_ms"])
+                base = {k: best[k] for k in ("STEP_BLOCKS", "ATTENTION_WARPS", "ATTENTION_STAGES")}
+                around = [dict(base, pps=pps) for pps in (1, 3, 4, 6)] + [dict(base, pps=2, FUSED=False)]
+                rows += results + [time_variant(inputs, v, reps, copy_bw, seed) for v in around]
+                del inputs
+                torch.cuda.empty_cache()
+    finally:
+        for knob, value in DEFAULT_KNOBS.items():
+            setattr(lt, knob, value)
+    return rows
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -288,20 +379,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=list(BATCHES))
     parser.add_argument("--reps", type=int, default=50, help="timed graph replays per row")
     parser.add_argument("--seed", type=int, default=None, help="input seed (default: fresh, recorded)")
-    parser.add_argument("--topk-warps", type=int, default=None, help="tuning knob: warps of the top-k kernel")
-    parser.add_argument("--merge-tile", type=int, default=None, help="tuning knob: partials per merge step")
-    parser.add_argument("--merge-warps", type=int, default=None, help="tuning knob: warps of the merge kernel")
     parser.add_argument("--programs-per-sm", type=int, default=2, help="split-KV work items per SM (tuning knob)")
+    parser.add_argument(
+        "--knob", action="append", default=[], metavar="NAME=INT", help=f"set a launch knob: {', '.join(KNOBS)}"
+    )
+    parser.add_argument("--sweep", action="store_true", help="launch-knob sweep at one retrieval head instead")
     args = parser.parse_args(argv)
     from lychee_bench.kernels import lychee_triton
 
-    for knob, value in (
-        ("TOPK_WARPS", args.topk_warps),
-        ("MERGE_TILE", args.merge_tile),
-        ("MERGE_WARPS", args.merge_warps),
-    ):
-        if value is not None:
-            setattr(lychee_triton, knob, value)
+    for pair in args.knob:
+        name, _, value = pair.partition("=")
+        if name not in KNOBS or not value.lstrip("-").isdigit():
+            parser.error(f"--knob {pair!r}: use NAME=INT with NAME one of {', '.join(KNOBS)}")
+        setattr(lychee_triton, name, int(value))
     require_cuda()
 
     import pandas as pd
@@ -321,10 +411,13 @@ def main(argv: list[str] | None = None) -> None:
     rows: list[dict[str, Any]] = [
         dict(kind="copy", **dataclasses.asdict(copy_timing), bytes=copy_bytes, tb_per_s=copy_bw / 1e12, bw_fraction=1.0)
     ]
-    configs = [(c, b) for c in args.contexts for b in args.batches]
-    for context, batch in tqdm(configs, desc="configs", file=sys.stderr):
-        rows += bench_config(context, batch, args.reps, copy_bw, seed, args.programs_per_sm)
-        torch.cuda.empty_cache()
+    if args.sweep:
+        rows += sweep(args.contexts, args.batches, args.reps, copy_bw, seed)
+    else:
+        configs = [(c, b) for c in args.contexts for b in args.batches]
+        for context, batch in tqdm(configs, desc="configs", file=sys.stderr):
+            rows += bench_config(context, batch, args.reps, copy_bw, seed, args.programs_per_sm)
+            torch.cuda.empty_cache()
 
     result = dict(
         kind="lychee-kernel-bench",
@@ -335,7 +428,7 @@ def main(argv: list[str] | None = None) -> None:
         shape=dict(hq=HQ, hkv=HKV, head_dim=HEAD_DIM, dtype=str(DTYPE), block=BLOCK, budget_tokens=BUDGET_TOKENS),
         seed=seed,
         programs_per_sm=args.programs_per_sm,
-        knobs={k: getattr(lychee_triton, k) for k in ("TOPK_WARPS", "MERGE_TILE", "MERGE_WARPS")},
+        knobs={k: getattr(lychee_triton, k) for k in KNOBS},
         timing="CUDA graph replay, CUDA events, median over reps; inputs rotated over copies (cold L2)",
         correctness=checks,
         rows=rows,
@@ -355,7 +448,17 @@ def main(argv: list[str] | None = None) -> None:
     table["median_us"] = table["median_ms"] * 1e3
     for column in ("context", "batch", "retrieval_heads"):
         table[column] = table[column].astype("Int64")
-    shown = ["context", "batch", "retrieval_heads", "kind", "median_us", "tb_per_s", "bw_fraction", "speedup_vs_sdpa"]
+    shown = [
+        "context",
+        "batch",
+        "retrieval_heads",
+        "kind",
+        *KNOBS,
+        "pps",
+        "median_us",
+        "bw_fraction",
+        "speedup_vs_sdpa",
+    ]
     with pd.option_context("display.max_rows", None, "display.width", 160, "display.float_format", "{:.3f}".format):
         print(table[[c for c in shown if c in table]].to_string(index=False))
 

@@ -20,6 +20,10 @@ from dataclasses import dataclass
 import torch
 
 BLOCK_SIZE = 64
+# The fused launch merges partials in two levels: the last of each MERGE_GROUP consecutive items of a head merges
+# them into a group partial, and the last group of the head merges those (a 128K retrieval head leaves ~200
+# partials; one program reading them all would be a long serial tail).
+MERGE_GROUP = 16
 SUPPORTED_HEAD_DIMS = (64, 128)  # what the Triton kernels are built and tested for
 
 # Item columns in DecodePlan.items.
@@ -34,7 +38,8 @@ class DecodePlan:
     ``first .. first+count-1`` of the cache; a sparse item reads the blocks listed in slot entries
     ``first .. first+count-1``. Items of one (b, kv_head) are contiguous, starting at ``offsets[b*Hkv + h]``,
     ``counts[b*Hkv + h]`` of them. ``retrieval_row`` [Hkv] int32 maps a retrieval KV head to its row in the
-    block-score buffer (-1 for sparse heads); ``retrieval_heads`` [R] int64 is the inverse.
+    block-score buffer (-1 for sparse heads); ``retrieval_heads`` [R] int64 is the inverse. The merge groups
+    of head ``b*Hkv + h`` are ``group_offsets[b*Hkv + h]`` onwards, ``ceil(counts / MERGE_GROUP)`` of them.
     """
 
     items: torch.Tensor
@@ -42,6 +47,8 @@ class DecodePlan:
     counts: torch.Tensor
     retrieval_row: torch.Tensor
     retrieval_heads: torch.Tensor
+    group_offsets: torch.Tensor
+    num_groups: int
     batch: int
     num_kv_heads: int
     num_blocks: int  # blocks in the cache, ceil(S_max / block_size): width of the score buffer
@@ -118,12 +125,15 @@ def plan_decode_work(
     retrieval_heads = torch.nonzero(roles).flatten()
     retrieval_row = torch.full((hkv,), -1, dtype=torch.int64)
     retrieval_row[retrieval_heads] = torch.arange(retrieval_heads.numel())
+    head_groups = (flat_counts + MERGE_GROUP - 1) // MERGE_GROUP
     return DecodePlan(
         items=items.to(device=device, dtype=torch.int32).contiguous(),
         offsets=offsets.to(device=device, dtype=torch.int32),
         counts=flat_counts.to(device=device, dtype=torch.int32),
         retrieval_row=retrieval_row.to(device=device, dtype=torch.int32),
         retrieval_heads=retrieval_heads.to(device=device),
+        group_offsets=(torch.cumsum(head_groups, 0) - head_groups).to(device=device, dtype=torch.int32),
+        num_groups=int(head_groups.sum()),
         batch=batch,
         num_kv_heads=hkv,
         num_blocks=num_blocks,

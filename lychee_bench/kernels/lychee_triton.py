@@ -1,23 +1,33 @@
 """Triton kernels for one LycheeDecode decode layer (LycheeDecode, arXiv 2602.04541).
 
-Three steps per layer, matching :func:`lychee_bench.kernels.reference.lychee_decode_layer_reference`:
+One layer is ONE launch (:func:`lychee_decode_layer`), matching
+:func:`lychee_bench.kernels.reference.lychee_decode_layer_reference`:
 
-1. :func:`attention_partials` — ONE split-KV ("flash-decoding") launch for all KV heads of the layer, over the
-   flat work list of :mod:`lychee_bench.kernels.lychee_plan`. A retrieval item streams a contiguous range of
-   the whole cache and, from the same ``q·K`` product it needs for attention, also writes each block's
-   selection score (``max_t q̄·k_t = max_t mean_g q_g·k_t``, raw logits), so K is read once, not twice as in
-   the public code's separate scoring kernel. A sparse item streams the blocks listed in its slot. Each item
-   leaves a partial (running max, sum of exponentials, unnormalised output) for its G query heads.
-2. :func:`merge_partials` — log-sum-exp combine of each (sequence, KV head)'s partials into the output.
-3. :func:`select_retrieval_blocks` — ``torch.topk`` over the retrieval heads' block scores; the winners are
-   written into the heads' slots for the sparse heads of later layers.
+1. Attention — a split-KV ("flash-decoding") pass for all KV heads of the layer over the flat work list of
+   :mod:`lychee_bench.kernels.lychee_plan`. A retrieval item streams a contiguous range of the whole cache and,
+   from the same ``q·K`` product it needs for attention, also writes each block's selection score
+   (``max_t q̄·k_t = max_t mean_g q_g·k_t``, raw logits), so K is read once, not twice as in the public code's
+   separate scoring kernel. A sparse item streams the blocks listed in its slot. Each item leaves a partial
+   (running max, sum of exponentials, unnormalised output) for its G query heads.
+2. Merge — the last program to finish among each group of ``MERGE_GROUP`` items of a (sequence, KV head)
+   merges the group's partials (log-sum-exp); the last group of the head merges the group partials and writes
+   the output. "Last" is decided with an atomic ticket per group and per head (reset by its last user, so the
+   buffers can be reused and captured in a CUDA graph); a barrier and acquire-release atomics order the
+   partials before the ticket.
+3. Top-k — the program that finishes a retrieval head then picks its top blocks (binary search for the k-th
+   largest score on order-preserving integer keys, narrowed to [min of interleaved group maxima, max] and
+   stopped as soon as exactly k scores lie above the cut) and writes them, in block order, into the head's slot
+   row for the sparse heads of later layers.
 
 Retrieval and sparse heads of one layer are independent (a sparse head reads a slot written by an *earlier*
-layer), which is what lets them share one balanced launch.
+layer), which is what lets them share one balanced launch. The three steps also exist as separate launches
+(:func:`attention_partials`, :func:`merge_partials`, :func:`select_into_slots`) for the benchmark's breakdown
+and for tests.
 
-The kernels run under ``TRITON_INTERPRET=1`` on CPU. The interpreter's ``tl.dot`` mishandles bfloat16 (it
-multiplies the raw bits), so there the dot operands are upcast to float32; on a GPU bf16/fp16 go to the
-tensor cores with fp32 accumulation and fp32 inputs use exact ("ieee") products.
+The kernels run under ``TRITON_INTERPRET=1`` on CPU (programs run one after another there, so the tickets are
+exercised too). The interpreter's ``tl.dot`` mishandles bfloat16 (it multiplies the raw bits), so there the
+dot operands are upcast to float32; on a GPU bf16/fp16 go to the tensor cores with fp32 accumulation and fp32
+inputs use exact ("ieee") products.
 """
 
 from __future__ import annotations
@@ -31,17 +41,21 @@ import triton.language as tl
 
 from lychee_bench.kernels.lychee_plan import (
     BLOCK_SIZE,
+    MERGE_GROUP,
     SUPPORTED_HEAD_DIMS,
     DecodePlan,
     plan_decode_work,
 )
 
 LOG2E = 1.4426950408889634
-# Launch knobs of the small kernels (the benchmark sweeps them): few warps keep the top-k's 32 dependent
-# reductions cheap; the merge reads MERGE_TILE partials per step.
-TOPK_WARPS = 4
-MERGE_TILE = 64
-MERGE_WARPS = 4
+# Launch knobs (the benchmark sweeps them). STEP_BLOCKS 64-token blocks per loop step of the attention;
+# MERGE_ROWS partial rows (items x query heads) per merge load.
+ATTENTION_WARPS = 4
+ATTENTION_STAGES = 2
+STEP_BLOCKS = 2
+MERGE_ROWS = 64
+SMALL_WARPS = 4  # the separate merge and top-k launches
+FUSED = True  # one launch per layer; False: attention, merge and top-k as three launches
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -51,20 +65,109 @@ def _interpreting() -> bool:
 
 
 @triton.jit
-def _attention_partials_kernel(
+def _merge_range(
+    acc_ptr, m_ptr, l_ptr, first, count, G: tl.constexpr, GM: tl.constexpr, D: tl.constexpr, TILE: tl.constexpr
+):
+    """Log-sum-exp merge of partial rows ``first .. first+count-1`` ([rows, G] m and l, [rows, G, D] acc)."""
+    p = tl.arange(0, TILE)[:, None]
+    g = tl.arange(0, GM)[None, :]
+    d = tl.arange(0, D)[None, None, :]
+    m = tl.full([GM], -1.0e30, tl.float32)
+    l_sum = tl.zeros([GM], tl.float32)
+    acc = tl.zeros([GM, D], tl.float32)
+    for start in range(0, count, TILE):
+        present = (start + p < count) & (g < G)
+        row = (first + start + p).to(tl.int64) * G + g
+        # .cg: read from L2, where the other programs' stores landed (L1 is not coherent across SMs).
+        m_c = tl.load(m_ptr + row, mask=present, other=-1.0e30, cache_modifier=".cg")
+        l_c = tl.load(l_ptr + row, mask=present, other=0.0, cache_modifier=".cg")
+        acc_c = tl.load(acc_ptr + row[:, :, None] * D + d, mask=present[:, :, None], other=0.0, cache_modifier=".cg")
+        m_new = tl.maximum(m, tl.max(m_c, axis=0))
+        keep = tl.exp2(m - m_new)
+        take = tl.exp2(m_c - m_new[None, :])
+        l_sum = l_sum * keep + tl.sum(l_c * take, axis=0)
+        acc = acc * keep[:, None] + tl.sum(acc_c * take[:, :, None], axis=0)
+        m = m_new
+    return m, l_sum, acc
+
+
+@triton.jit
+def _store_rows(acc_ptr, m_ptr, l_ptr, row, m, l_sum, acc, G: tl.constexpr, GM: tl.constexpr, D: tl.constexpr):
+    g = tl.arange(0, GM)
+    d = tl.arange(0, D)
+    part = row.to(tl.int64) * G + g
+    tl.store(m_ptr + part, m, mask=g < G)
+    tl.store(l_ptr + part, l_sum, mask=g < G)
+    tl.store(acc_ptr + part[:, None] * D + d[None, :], acc, mask=(g < G)[:, None])
+
+
+@triton.jit
+def _store_out(out_ptr, b, h, l_sum, acc, stride_ob, stride_oh, G: tl.constexpr, GM: tl.constexpr, D: tl.constexpr):
+    g = tl.arange(0, GM)
+    d = tl.arange(0, D)
+    out = acc / tl.where(l_sum > 0, l_sum, 1.0)[:, None]
+    pointers = out_ptr + b.to(tl.int64) * stride_ob + (h * G + g)[:, None] * stride_oh + d[None, :]
+    tl.store(pointers, out.to(out_ptr.dtype.element_ty), mask=(g < G)[:, None])
+
+
+@triton.jit
+def _top_blocks(score_row, num_valid, slot_row, slot_width, NB_PAD: tl.constexpr, W_PAD: tl.constexpr):
+    """The top ``slot_width`` of the first ``num_valid`` scores, written in block order into ``slot_row`` (-1 after
+    them; fewer when fewer are valid). Ties at the cut-off go to the lowest block indices."""
+    i = tl.arange(0, NB_PAD)
+    x = tl.load(score_row + i, mask=i < num_valid, other=float("-inf"), cache_modifier=".cg")
+    finite = x > float("-inf")
+    bits = x.to(tl.int32, bitcast=True)
+    key = tl.where(finite, bits ^ ((bits >> 31) & 0x7FFFFFFF), -2147483648).to(tl.int64)  # order-preserving
+    k = tl.minimum(slot_width, tl.sum(finite.to(tl.int32), axis=0))
+    # The answer t* = max{t : count(key >= t) >= k} lies in [lo, hi]: the W_PAD >= k interleaved groups' maxima
+    # are k or more keys >= their minimum (an empty group makes that minimum the smallest key, still a bound).
+    lo = tl.min(tl.max(tl.reshape(key, [NB_PAD // W_PAD, W_PAD]), axis=0), axis=0)
+    hi = tl.max(key, axis=0)
+    count_lo = tl.sum(((key >= lo) & finite).to(tl.int32), axis=0)
+    while (lo < hi) & (count_lo != k):  # exactly k keys >= lo is already the answer's set
+        mid = lo + (hi - lo + 1) // 2
+        count = tl.sum(((key >= mid) & finite).to(tl.int32), axis=0)
+        enough = count >= k
+        lo = tl.where(enough, mid, lo)
+        count_lo = tl.where(enough, count, count_lo)
+        hi = tl.where(enough, hi, mid - 1)
+    greater = (key > lo) & finite
+    ties = (key == lo) & finite
+    tie_rank = tl.cumsum(ties.to(tl.int32), axis=0)
+    chosen = greater | (ties & (tie_rank <= k - tl.sum(greater.to(tl.int32), axis=0)))
+    place = tl.cumsum(chosen.to(tl.int32), axis=0) - 1
+    tl.store(slot_row + place, i.to(tl.int32), mask=chosen)
+    w = tl.arange(0, W_PAD)
+    tl.store(slot_row + w, tl.full([W_PAD], -1, tl.int32), mask=(w >= k) & (w < slot_width))
+
+
+@triton.jit
+def _decode_layer_kernel(
     q_ptr,
     k_ptr,
     v_ptr,
     lengths_ptr,
     starts_ptr,
-    slot_ptr,
+    slots_in_ptr,
+    slots_out_ptr,
     items_ptr,
+    offsets_ptr,
+    counts_ptr,
+    group_offsets_ptr,
     retrieval_row_ptr,
     part_acc_ptr,
     part_m_ptr,
     part_l_ptr,
+    group_acc_ptr,
+    group_m_ptr,
+    group_l_ptr,
+    tickets_ptr,
     scores_ptr,
+    out_ptr,
     scale_log2e,
+    slot_width,
+    num_groups,
     stride_qb,
     stride_qh,
     stride_kb,
@@ -73,14 +176,25 @@ def _attention_partials_kernel(
     stride_vb,
     stride_vh,
     stride_vs,
-    stride_sb,
-    stride_sh,
+    stride_ib,
+    stride_ih,
+    stride_jb,
+    stride_jh,
     stride_cb,
     stride_cr,
+    stride_ob,
+    stride_oh,
+    HKV: tl.constexpr,
     G: tl.constexpr,
     G_PAD: tl.constexpr,
+    GM: tl.constexpr,
     D: tl.constexpr,
     BLOCK: tl.constexpr,
+    STEP: tl.constexpr,
+    MERGE_TILE: tl.constexpr,
+    NB_PAD: tl.constexpr,
+    W_PAD: tl.constexpr,
+    FINISH: tl.constexpr,
     DOT_IN_FP32: tl.constexpr,
     INPUT_PRECISION: tl.constexpr,
 ):
@@ -98,7 +212,7 @@ def _attention_partials_kernel(
 
     g = tl.arange(0, G_PAD)
     d = tl.arange(0, D)
-    t = tl.arange(0, BLOCK)
+    t = tl.arange(0, STEP * BLOCK)
     g_valid = g < G
     # Padding rows are zero: they add nothing to the group sum that gives q̄·k.
     q = tl.load(q_ptr + b * stride_qb + (h * G + g)[:, None] * stride_qh + d[None, :], mask=g_valid[:, None], other=0.0)
@@ -106,30 +220,37 @@ def _attention_partials_kernel(
         q = q.to(tl.float32)
     k_base = k_ptr + b * stride_kb + h * stride_kh + start * stride_ks
     v_base = v_ptr + b * stride_vb + h * stride_vh + start * stride_vs
-    slot_base = slot_ptr + b * stride_sb + h * stride_sh
+    slot_base = slots_in_ptr + b * stride_ib + h * stride_ih
     score_base = scores_ptr + b * stride_cb + score_row * stride_cr
+    end = first + count
+    # Per-lane copies of the item kind: the interpreter turns `tensor & scalar` into an int mask that tl.load refuses.
+    sparse_lanes = (t * 0 + retrieval_flag) == 0
+    retrieval_steps = (tl.arange(0, STEP) * 0 + retrieval_flag) != 0
 
     # A finite stand-in for -inf as the running max: exp2(-inf - -inf) would be NaN for a chunk with no token.
     m_i = tl.full([G_PAD], -1.0e30, tl.float32)
     l_i = tl.zeros([G_PAD], tl.float32)
     acc = tl.zeros([G_PAD, D], tl.float32)
-    for j in range(first, first + count):
-        # Retrieval items walk the cache in order; sparse items look their block up in the slot. Branch-free,
-        # so the loop body is the same for both kinds.
-        listed = tl.load(slot_base + j, mask=retrieval_flag == 0, other=0)
-        block = tl.where(is_retrieval, j, listed)
-        pos = block * BLOCK + t
-        # A -1 (padding) entry gives negative positions. Both sides are tensors on purpose: the interpreter
-        # turns `tensor & scalar` into an int mask that tl.load refuses.
-        valid = (pos >= 0) & (pos < length)
+    for j in range(first, end, STEP):
+        # STEP blocks per step: retrieval items walk the cache in order; sparse items look their blocks up in the
+        # slot. Branch-free, so the loop body is the same for both kinds.
+        entry = j + t // BLOCK
+        in_range = entry < end
+        listed = tl.load(slot_base + entry, mask=in_range & sparse_lanes, other=-1)
+        block = tl.where(is_retrieval, entry, listed)
+        pos = block * BLOCK + t % BLOCK
+        # A -1 (padding) entry gives negative positions.
+        valid = in_range & (pos >= 0) & (pos < length)
         k = tl.load(k_base + pos[:, None] * stride_ks + d[None, :], mask=valid[:, None], other=0.0)
         v = tl.load(v_base + pos[:, None] * stride_vs + d[None, :], mask=valid[:, None], other=0.0)
         if DOT_IN_FP32:
             k = k.to(tl.float32)
-        qk = tl.dot(q, tl.trans(k), input_precision=INPUT_PRECISION)  # [G_PAD, BLOCK] raw logits
+        qk = tl.dot(q, tl.trans(k), input_precision=INPUT_PRECISION)  # [G_PAD, STEP * BLOCK] raw logits
 
-        block_score = tl.max(tl.where(valid, tl.sum(qk, axis=0) / G, float("-inf")), axis=0)
-        tl.store(score_base + block, block_score, mask=is_retrieval)
+        column = tl.where(valid, tl.sum(qk, axis=0) / G, float("-inf"))
+        block_score = tl.max(tl.reshape(column, [STEP, BLOCK]), axis=1)
+        scored = j + tl.arange(0, STEP)
+        tl.store(score_base + scored, block_score, mask=(scored < end) & retrieval_steps)
 
         s = tl.where(valid[None, :], qk * scale_log2e, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, axis=1))
@@ -149,9 +270,42 @@ def _attention_partials_kernel(
     tl.store(part_l_ptr + part, l_i, mask=g_valid)
     tl.store(part_acc_ptr + part[:, None] * D + d[None, :], acc, mask=g_valid[:, None])
 
+    if FINISH:
+        head = b * HKV + h
+        first_item = tl.load(offsets_ptr + head)
+        num_items = tl.load(counts_ptr + head)
+        group = (item - first_item) // MERGE_GROUP
+        group_first = first_item + group * MERGE_GROUP
+        group_items = tl.minimum(num_items - group * MERGE_GROUP, MERGE_GROUP)
+        head_groups = (num_items + MERGE_GROUP - 1) // MERGE_GROUP
+        group_base = tl.load(group_offsets_ptr + head)
+        tl.debug_barrier()  # every thread's partial is stored before the ticket is taken (released with it)
+        ticket = tl.atomic_add(tickets_ptr + group_base + group, 1, sem="acq_rel")
+        if ticket == group_items - 1:
+            tl.atomic_xchg(tickets_ptr + group_base + group, 0)
+            m, l_sum, acc_m = _merge_range(
+                part_acc_ptr, part_m_ptr, part_l_ptr, group_first, group_items, G, GM, D, MERGE_TILE
+            )
+            done = head_groups == 1
+            if head_groups > 1:
+                _store_rows(group_acc_ptr, group_m_ptr, group_l_ptr, group_base + group, m, l_sum, acc_m, G, GM, D)
+                tl.debug_barrier()
+                head_ticket = tl.atomic_add(tickets_ptr + num_groups + head, 1, sem="acq_rel")
+                done = head_ticket == head_groups - 1
+                if done:
+                    tl.atomic_xchg(tickets_ptr + num_groups + head, 0)
+                    m, l_sum, acc_m = _merge_range(
+                        group_acc_ptr, group_m_ptr, group_l_ptr, group_base, head_groups, G, GM, D, MERGE_TILE
+                    )
+            if done:
+                _store_out(out_ptr, b, h, l_sum, acc_m, stride_ob, stride_oh, G, GM, D)
+                if is_retrieval:
+                    slot_row = slots_out_ptr + b * stride_jb + h * stride_jh
+                    _top_blocks(score_base, (length + BLOCK - 1) // BLOCK, slot_row, slot_width, NB_PAD, W_PAD)
+
 
 @triton.jit
-def _merge_partials_kernel(
+def _merge_heads_kernel(
     part_acc_ptr,
     part_m_ptr,
     part_l_ptr,
@@ -162,38 +316,16 @@ def _merge_partials_kernel(
     stride_oh,
     HKV: tl.constexpr,
     G: tl.constexpr,
+    GM: tl.constexpr,
     D: tl.constexpr,
-    TILE: tl.constexpr,
+    MERGE_TILE: tl.constexpr,
 ):
-    # One program per (sequence, query head). A retrieval head of a long sequence has hundreds of partials;
-    # reading them TILE at a time keeps this a few wide loads instead of a long chain of small dependent ones.
-    pid = tl.program_id(0)
-    b = pid // (HKV * G)
-    head = pid % (HKV * G)
-    h = head // G
-    g = head % G
-    first = tl.load(offsets_ptr + b * HKV + h)
-    count = tl.load(counts_ptr + b * HKV + h)
-    c = tl.arange(0, TILE)
-    d = tl.arange(0, D)
-
-    m = tl.max(tl.full([TILE], -1.0e30, tl.float32), axis=0)
-    l_sum = tl.sum(tl.zeros([TILE], tl.float32), axis=0)
-    acc = tl.zeros([D], tl.float32)
-    for start in range(0, count, TILE):
-        present = start + c < count
-        part = (first + start + c) * G + g
-        m_c = tl.load(part_m_ptr + part, mask=present, other=-1.0e30)
-        l_c = tl.load(part_l_ptr + part, mask=present, other=0.0)
-        acc_c = tl.load(part_acc_ptr + part[:, None] * D + d[None, :], mask=present[:, None], other=0.0)
-        m_new = tl.maximum(m, tl.max(m_c, axis=0))
-        keep = tl.exp2(m - m_new)
-        take = tl.exp2(m_c - m_new)
-        l_sum = l_sum * keep + tl.sum(l_c * take, axis=0)
-        acc = acc * keep + tl.sum(acc_c * take[:, None], axis=0)
-        m = m_new
-    out = acc / tl.where(l_sum > 0, l_sum, 1.0)
-    tl.store(out_ptr + b.to(tl.int64) * stride_ob + head * stride_oh + d, out.to(out_ptr.dtype.element_ty))
+    # The separate merge launch: one program per (sequence, KV head) merges all of its partials.
+    head = tl.program_id(0)
+    first = tl.load(offsets_ptr + head)
+    count = tl.load(counts_ptr + head)
+    m, l_sum, acc = _merge_range(part_acc_ptr, part_m_ptr, part_l_ptr, first, count, G, GM, D, MERGE_TILE)
+    _store_out(out_ptr, (head // HKV).to(tl.int64), head % HKV, l_sum, acc, stride_ob, stride_oh, G, GM, D)
 
 
 @triton.jit
@@ -201,54 +333,39 @@ def _top_blocks_kernel(
     scores_ptr,
     slots_ptr,
     heads_ptr,
-    num_blocks,
+    lengths_ptr,
     slot_width,
     stride_cb,
     stride_cr,
     stride_sb,
     stride_sh,
+    BLOCK: tl.constexpr,
     NB_PAD: tl.constexpr,
     W_PAD: tl.constexpr,
 ):
-    # One program per (sequence, retrieval head): the top `slot_width` finite block scores, written in block
-    # order straight into the head's slot row (-1 after them). torch.topk costs ~30 us here whatever the size;
-    # this is a 32-step binary search for the k-th largest score on order-preserving integer keys, then one
-    # prefix sum to place the winners (ties at the cut-off go to the lowest block indices).
+    # The separate top-k launch: one program per (sequence, retrieval head).
     b = tl.program_id(0).to(tl.int64)
     r = tl.program_id(1)
     h = tl.load(heads_ptr + r).to(tl.int64)
-    i = tl.arange(0, NB_PAD)
-    x = tl.load(scores_ptr + b * stride_cb + r * stride_cr + i, mask=i < num_blocks, other=float("-inf"))
-    finite = x > float("-inf")
-    bits = x.to(tl.int32, bitcast=True)
-    key = (bits ^ ((bits >> 31) & 0x7FFFFFFF)).to(tl.int64)  # larger float -> larger integer
-    k = tl.minimum(slot_width, tl.sum(finite.to(tl.int32), axis=0))
-    lo = tl.full([], -2147483648, tl.int64)  # count(key >= lo) >= k always holds
-    hi = tl.full([], 2147483647, tl.int64)
-    for _ in range(32):
-        mid = lo + (hi - lo + 1) // 2
-        enough = tl.sum(((key >= mid) & finite).to(tl.int32), axis=0) >= k
-        lo = tl.where(enough, mid, lo)
-        hi = tl.where(enough, hi, mid - 1)
-    greater = (key > lo) & finite
-    ties = (key == lo) & finite
-    tie_rank = tl.cumsum(ties.to(tl.int32), axis=0)
-    chosen = greater | (ties & (tie_rank <= k - tl.sum(greater.to(tl.int32), axis=0)))
-    place = tl.cumsum(chosen.to(tl.int32), axis=0) - 1
+    num_valid = (tl.load(lengths_ptr + b) + BLOCK - 1) // BLOCK
     row = slots_ptr + b * stride_sb + h * stride_sh
-    tl.store(row + place, i.to(tl.int32), mask=chosen)
-    w = tl.arange(0, W_PAD)
-    tl.store(row + w, tl.full([W_PAD], -1, tl.int32), mask=(w >= k) & (w < slot_width))
+    _top_blocks(scores_ptr + b * stride_cb + r * stride_cr, num_valid, row, slot_width, NB_PAD, W_PAD)
 
 
 @dataclass
 class DecodeBuffers:
-    """Scratch and output tensors of one layer call; allocate once and reuse (e.g. inside a CUDA graph)."""
+    """Scratch and output tensors of one layer call; allocate once and reuse (e.g. inside a CUDA graph).
+
+    ``tickets`` must start at zero; every call leaves it at zero again."""
 
     part_acc: torch.Tensor  # [n_items, G, D] fp32
     part_m: torch.Tensor  # [n_items, G] fp32, running max in log2 units
     part_l: torch.Tensor  # [n_items, G] fp32
-    scores: torch.Tensor  # [B, R, NB] fp32 block scores of the retrieval heads
+    group_acc: torch.Tensor  # [n_groups, G, D] fp32, merged groups of MERGE_GROUP items
+    group_m: torch.Tensor  # [n_groups, G] fp32
+    group_l: torch.Tensor  # [n_groups, G] fp32
+    tickets: torch.Tensor  # [n_groups + B * Hkv] int32: per merge group, then per (sequence, KV head)
+    scores: torch.Tensor  # [B, R, NB] fp32 block scores of the retrieval heads (valid blocks only)
     out: torch.Tensor  # [B, Hq, D] in q's dtype
 
     @classmethod
@@ -260,6 +377,10 @@ class DecodeBuffers:
             part_acc=torch.empty(plan.num_items, group, dim, **f32),
             part_m=torch.empty(plan.num_items, group, **f32),
             part_l=torch.empty(plan.num_items, group, **f32),
+            group_acc=torch.empty(plan.num_groups, group, dim, **f32),
+            group_m=torch.empty(plan.num_groups, group, **f32),
+            group_l=torch.empty(plan.num_groups, group, **f32),
+            tickets=torch.zeros(plan.num_groups + batch * plan.num_kv_heads, dtype=torch.int32, device=q.device),
             scores=torch.empty(batch, plan.num_retrieval, plan.num_blocks, **f32),
             out=torch.empty_like(q),
         )
@@ -286,6 +407,97 @@ def _check_inputs(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
     return hq // k_cache.shape[1]
 
 
+def _merge_tile(group: int) -> int:
+    return max(1, MERGE_ROWS // triton.next_power_of_2(group))
+
+
+def _launch_layer(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    lengths: torch.Tensor,
+    starts: torch.Tensor,
+    slots_in: torch.Tensor | None,
+    slots_out: torch.Tensor | None,
+    plan: DecodePlan,
+    buffers: DecodeBuffers,
+    scale: float,
+    finish: bool,
+) -> None:
+    group = _check_inputs(q, k_cache, v_cache, plan)
+    if plan.num_retrieval < plan.num_kv_heads and slots_in is None:
+        raise ValueError("slot_block_idx is required when the layer has sparse heads")
+    if plan.num_items == 0:
+        return
+    # Pointers that are never dereferenced still need a tensor: the item table stands in.
+    slots_in = slots_in if slots_in is not None else plan.items
+    slots_out = slots_out if slots_out is not None else plan.items
+    scores = buffers.scores if buffers.scores.numel() else buffers.part_m  # never written without retrieval heads
+    dot_in_fp32 = _interpreting() or q.dtype == torch.float32
+    stride = lambda t, i: t.stride(i) if t.dim() == 3 else 0  # noqa: E731
+    _decode_layer_kernel[(plan.num_items,)](
+        q,
+        k_cache,
+        v_cache,
+        lengths,
+        starts,
+        slots_in,
+        slots_out,
+        plan.items,
+        plan.offsets,
+        plan.counts,
+        plan.group_offsets,
+        plan.retrieval_row,
+        buffers.part_acc,
+        buffers.part_m,
+        buffers.part_l,
+        buffers.group_acc,
+        buffers.group_m,
+        buffers.group_l,
+        buffers.tickets,
+        scores,
+        buffers.out,
+        scale * LOG2E,
+        plan.slot_width,
+        plan.num_groups,
+        q.stride(0),
+        q.stride(1),
+        k_cache.stride(0),
+        k_cache.stride(1),
+        k_cache.stride(2),
+        v_cache.stride(0),
+        v_cache.stride(1),
+        v_cache.stride(2),
+        stride(slots_in, 0),
+        stride(slots_in, 1),
+        stride(slots_out, 0),
+        stride(slots_out, 1),
+        stride(scores, 0),
+        stride(scores, 1),
+        buffers.out.stride(0),
+        buffers.out.stride(1),
+        HKV=plan.num_kv_heads,
+        G=group,
+        G_PAD=max(16, triton.next_power_of_2(group)),  # tl.dot needs at least 16 rows on GPUs
+        GM=triton.next_power_of_2(group),
+        D=q.shape[2],
+        BLOCK=plan.block_size,
+        STEP=STEP_BLOCKS,
+        MERGE_TILE=_merge_tile(group),
+        NB_PAD=triton.next_power_of_2(plan.num_blocks),
+        W_PAD=triton.next_power_of_2(plan.slot_width),
+        FINISH=finish,
+        DOT_IN_FP32=dot_in_fp32,
+        INPUT_PRECISION="ieee" if dot_in_fp32 else "tf32",
+        num_warps=ATTENTION_WARPS,
+        num_stages=ATTENTION_STAGES,
+    )
+
+
+def _device_int32(t: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor | None:
+    return None if t is None else t.to(device=like.device, dtype=torch.int32)
+
+
 def attention_partials(
     q: torch.Tensor,
     k_cache: torch.Tensor,
@@ -297,67 +509,18 @@ def attention_partials(
     scale: float,
     *,
     starts: torch.Tensor | None = None,
-    num_warps: int = 4,
-    num_stages: int = 2,
 ) -> None:
-    """Launch the split-KV kernel over ``plan.items``: fills the partials and the retrieval block scores.
-
-    Block scores for blocks past a sequence's length are not visited, so the score buffer is reset to -inf
-    first (a few KB per layer). ``num_warps``/``num_stages`` are GPU launch knobs (for tuning sweeps).
-    """
-    group = _check_inputs(q, k_cache, v_cache, plan)
-    if plan.num_retrieval < plan.num_kv_heads and slot_block_idx is None:
-        raise ValueError("slot_block_idx is required when the layer has sparse heads")
-    if plan.num_items == 0:
-        return
-    buffers.scores.fill_(float("-inf"))
-    slots = slot_block_idx if slot_block_idx is not None else plan.items  # never read when all heads retrieve
-    scores = buffers.scores if buffers.scores.numel() else buffers.part_m  # never written without retrieval heads
-    dot_in_fp32 = _interpreting() or q.dtype == torch.float32
-    if starts is None:
-        starts = torch.zeros_like(lengths)
-    _attention_partials_kernel[(plan.num_items,)](
-        q,
-        k_cache,
-        v_cache,
-        lengths,
-        starts,
-        slots,
-        plan.items,
-        plan.retrieval_row,
-        buffers.part_acc,
-        buffers.part_m,
-        buffers.part_l,
-        scores,
-        scale * LOG2E,
-        q.stride(0),
-        q.stride(1),
-        k_cache.stride(0),
-        k_cache.stride(1),
-        k_cache.stride(2),
-        v_cache.stride(0),
-        v_cache.stride(1),
-        v_cache.stride(2),
-        slots.stride(0) if slots.dim() == 3 else 0,
-        slots.stride(1) if slots.dim() == 3 else 0,
-        scores.stride(0) if scores.dim() == 3 else 0,
-        scores.stride(1) if scores.dim() == 3 else 0,
-        G=group,
-        G_PAD=max(16, triton.next_power_of_2(group)),  # tl.dot needs at least 16 rows on GPUs
-        D=q.shape[2],
-        BLOCK=plan.block_size,
-        DOT_IN_FP32=dot_in_fp32,
-        INPUT_PRECISION="ieee" if dot_in_fp32 else "tf32",
-        num_warps=num_warps,
-        num_stages=num_stages,
-    )
+    """Step 1 alone: fills the partials and the retrieval heads' block scores (valid blocks only)."""
+    lengths = _device_int32(lengths, q)
+    starts = _device_int32(starts, q) if starts is not None else torch.zeros_like(lengths)
+    _launch_layer(q, k_cache, v_cache, lengths, starts, slot_block_idx, None, plan, buffers, scale, finish=False)
 
 
 def merge_partials(plan: DecodePlan, buffers: DecodeBuffers) -> torch.Tensor:
-    """Log-sum-exp combine of each (sequence, query head)'s partials into ``buffers.out`` [B, Hq, D]."""
+    """Step 2 alone: log-sum-exp combine of each (sequence, KV head)'s partials into ``buffers.out`` [B, Hq, D]."""
     out = buffers.out
     group = out.shape[1] // plan.num_kv_heads
-    _merge_partials_kernel[(out.shape[0] * out.shape[1],)](
+    _merge_heads_kernel[(plan.batch * plan.num_kv_heads,)](
         buffers.part_acc,
         buffers.part_m,
         buffers.part_l,
@@ -368,61 +531,40 @@ def merge_partials(plan: DecodePlan, buffers: DecodeBuffers) -> torch.Tensor:
         out.stride(1),
         HKV=plan.num_kv_heads,
         G=group,
+        GM=triton.next_power_of_2(group),
         D=out.shape[2],
-        TILE=MERGE_TILE,
-        num_warps=MERGE_WARPS,
+        MERGE_TILE=_merge_tile(group),
+        num_warps=SMALL_WARPS,
     )
     return out
 
 
-def select_retrieval_blocks(scores: torch.Tensor, slot_width: int) -> torch.Tensor:
-    """Top ``slot_width`` blocks per retrieval head from [B, R, NB] scores: [B, R, slot_width] int32, best first.
-
-    Blocks scoring -inf (past the length) become -1, so a short sequence is capped at its valid blocks and its
-    valid entries come first, as the plan assumes for sparse heads.
-    """
-    values, index = torch.topk(scores, slot_width, dim=-1)
-    return torch.where(values > float("-inf"), index, -1).to(torch.int32)
-
-
-def write_slots(
-    slot_block_idx: torch.Tensor | None, plan: DecodePlan, chosen: torch.Tensor, inplace: bool = False
+def select_into_slots(
+    scores: torch.Tensor, slots: torch.Tensor, plan: DecodePlan, lengths: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """Slot table with the retrieval heads' rows replaced by ``chosen`` and sparse heads' rows passed on.
-
-    ``inplace`` overwrites the given table (no copy): safe within a decode step, since a layer's sparse heads
-    read other rows than its retrieval heads write; the default returns a new table."""
-    if slot_block_idx is None:
-        slot_block_idx = torch.full(
-            (plan.batch, plan.num_kv_heads, plan.slot_width), -1, dtype=torch.int32, device=chosen.device
-        )
-        inplace = True
-    new_slots = slot_block_idx if inplace else slot_block_idx.clone()
-    if plan.num_retrieval:
-        new_slots[:, plan.retrieval_heads] = chosen
-    return new_slots
-
-
-def select_into_slots(scores: torch.Tensor, slots: torch.Tensor, plan: DecodePlan) -> torch.Tensor:
-    """Top ``plan.slot_width`` blocks of each retrieval head's [B, R, NB] scores, written in place into its row of
-    ``slots`` [B, Hkv, W] in block order, -1 after them (one launch; same sets as :func:`select_retrieval_blocks`
-    up to ties). Returns ``slots``."""
+    """Step 3 alone: top ``plan.slot_width`` blocks of each retrieval head's [B, R, NB] scores, written in place
+    into its row of ``slots`` [B, Hkv, W] in block order, -1 after them (same sets as
+    :func:`lychee_bench.kernels.reference.select_top_blocks` up to ties). Blocks past ``lengths`` (default: every
+    block counts; -inf scores are never picked) are not read. Returns ``slots``."""
     batch, num_retrieval, num_blocks = scores.shape
     if num_retrieval == 0:
         return slots
+    if lengths is None:
+        lengths = torch.full((batch,), num_blocks * plan.block_size, dtype=torch.int32, device=scores.device)
     _top_blocks_kernel[(batch, num_retrieval)](
         scores,
         slots,
         plan.retrieval_heads,
-        num_blocks,
+        _device_int32(lengths, scores),
         plan.slot_width,
         scores.stride(0),
         scores.stride(1),
         slots.stride(0),
         slots.stride(1),
+        BLOCK=plan.block_size,
         NB_PAD=triton.next_power_of_2(num_blocks),
         W_PAD=triton.next_power_of_2(plan.slot_width),
-        num_warps=TOPK_WARPS,
+        num_warps=SMALL_WARPS,
     )
     return slots
 
@@ -453,7 +595,8 @@ def lychee_decode_layer(
     decides which heads retrieve) to avoid a device-to-host copy of ``lengths``, and ``buffers`` to avoid
     allocations; both are needed for CUDA-graph capture. ``starts`` [B] (default 0) is where each sequence's
     first real token sits in a left-padded cache; lengths and blocks count from there. ``inplace_slots``
-    writes the retrieval heads' picks into ``slot_block_idx`` itself instead of a copy (one launch fewer).
+    writes the retrieval heads' picks into ``slot_block_idx`` itself instead of a copy (no copy launch; safe:
+    a layer's sparse heads read other rows than its retrieval heads write).
     Returns (out [B, Hq, D] in q's dtype, new slots [B, Hkv, min(budget_blocks, NB)] int32).
     """
     if plan is None:
@@ -465,16 +608,16 @@ def lychee_decode_layer(
         )
     if buffers is None:
         buffers = DecodeBuffers.allocate(plan, q)
-    lengths = lengths.to(device=q.device, dtype=torch.int32)
-    if starts is not None:
-        starts = starts.to(device=q.device, dtype=torch.int32)
-    attention_partials(q, k_cache, v_cache, lengths, slot_block_idx, plan, buffers, scale, starts=starts)
-    out = merge_partials(plan, buffers)
-    if plan.num_retrieval == 0:
-        return out, slot_block_idx if inplace_slots else slot_block_idx.clone()
+    lengths = _device_int32(lengths, q)
+    starts = _device_int32(starts, q) if starts is not None else torch.zeros_like(lengths)
     if slot_block_idx is None:
         new_slots = torch.full((plan.batch, plan.num_kv_heads, plan.slot_width), -1, dtype=torch.int32, device=q.device)
     else:
-        new_slots = slot_block_idx if inplace_slots else slot_block_idx.clone()
-    select_into_slots(buffers.scores, new_slots, plan)
-    return out, new_slots
+        new_slots = slot_block_idx if inplace_slots or plan.num_retrieval == 0 else slot_block_idx.clone()
+    if FUSED:
+        _launch_layer(q, k_cache, v_cache, lengths, starts, slot_block_idx, new_slots, plan, buffers, scale, True)
+        return buffers.out, new_slots
+    _launch_layer(q, k_cache, v_cache, lengths, starts, slot_block_idx, None, plan, buffers, scale, finish=False)
+    merge_partials(plan, buffers)
+    select_into_slots(buffers.scores, new_slots, plan, lengths)
+    return buffers.out, new_slots
