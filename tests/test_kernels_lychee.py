@@ -356,17 +356,18 @@ def test_triton_top_blocks_match_torch_topk_with_ties_and_short_rows(kernels, se
     assert slots[1, 0].tolist()[3:] == [-1] * (plan.slot_width - 3)
 
 
-@pytest.mark.parametrize(("fused", "step"), [(True, 1), (True, 4), (False, 2)])
-def test_layer_knobs_give_the_same_layer(kernels, seed, monkeypatch, fused, step):
-    """One fused launch or three launches, 1/2/4 blocks per loop step: all the same layer as the reference."""
+@pytest.mark.parametrize(("fused", "step", "prefetch"), [(True, 1, 0), (True, 4, 1), (False, 2, 0), (True, 2, 1)])
+def test_layer_knobs_give_the_same_layer(kernels, seed, monkeypatch, fused, step, prefetch):
+    """One fused launch or three, 1/2/4 blocks per loop step, with or without prefetching: the same layer."""
     monkeypatch.setattr(kernels, "FUSED", fused)
     monkeypatch.setattr(kernels, "STEP_BLOCKS", step)
+    monkeypatch.setattr(kernels, "PREFETCH", prefetch)
     q, k, v, lengths = random_case(3, 3, 4, 64, 1500, torch.bfloat16, min_len=700)
     roles = torch.tensor([True, False, True])
     slots = random_slots(lengths, 3, 1500, 5)
     out, new_slots = triton_layer(kernels, q, k, v, lengths, roles, slots, 5, 0.125, chunk=3)
     expected_out, expected_slots = ref.lychee_decode_layer_reference(q, k, v, lengths, roles, slots, 5, 0.125)
-    assert_close(out, expected_out, torch.bfloat16, seed, f"layer (fused={fused}, step={step})")
+    assert_close(out, expected_out, torch.bfloat16, seed, f"layer (fused={fused}, step={step}, prefetch={prefetch})")
     assert_same_blocks(new_slots, expected_slots, ref.block_max_scores(q, k, lengths), seed)
 
 

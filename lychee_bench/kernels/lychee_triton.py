@@ -56,6 +56,9 @@ STEP_BLOCKS = 2
 MERGE_ROWS = 64
 SMALL_WARPS = 4  # the separate merge and top-k launches
 FUSED = True  # one launch per layer; False: attention, merge and top-k as three launches
+PREFETCH = 0  # 1: load the next step's K/V before this step's products (software pipelining by hand)
+# What the fused launch finishes (the benchmark's breakdown lowers it): 2 merge and top-k, 1 merge only.
+FUSED_FINISH = 2
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -143,6 +146,78 @@ def _top_blocks(score_row, num_valid, slot_row, slot_width, NB_PAD: tl.constexpr
 
 
 @triton.jit
+def _load_step(
+    j,
+    end,
+    t,
+    sparse_lanes,
+    is_retrieval,
+    slot_base,
+    k_base,
+    v_base,
+    length,
+    d,
+    stride_ks,
+    stride_vs,
+    BLOCK: tl.constexpr,
+):
+    """K and V of the STEP blocks from entry ``j`` on: retrieval items walk the cache in order, sparse items look
+    their blocks up in the slot (branch-free, so the loop body is the same for both kinds)."""
+    entry = j + t // BLOCK
+    in_range = entry < end
+    listed = tl.load(slot_base + entry, mask=in_range & sparse_lanes, other=-1)
+    block = tl.where(is_retrieval, entry, listed)
+    pos = block * BLOCK + t % BLOCK
+    valid = in_range & (pos >= 0) & (pos < length)  # a -1 (padding) entry gives negative positions
+    k = tl.load(k_base + pos[:, None] * stride_ks + d[None, :], mask=valid[:, None], other=0.0)
+    v = tl.load(v_base + pos[:, None] * stride_vs + d[None, :], mask=valid[:, None], other=0.0)
+    return valid, k, v
+
+
+@triton.jit
+def _attend_step(
+    q,
+    k,
+    v,
+    valid,
+    j,
+    end,
+    m_i,
+    l_i,
+    acc,
+    score_base,
+    retrieval_steps,
+    scale_log2e,
+    G: tl.constexpr,
+    STEP: tl.constexpr,
+    BLOCK: tl.constexpr,
+    DOT_IN_FP32: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr,
+):
+    """One online-softmax step over the loaded tiles; retrieval items also store the blocks' selection scores."""
+    if DOT_IN_FP32:
+        k = k.to(tl.float32)
+    qk = tl.dot(q, tl.trans(k), input_precision=INPUT_PRECISION)  # [G_PAD, STEP * BLOCK] raw logits
+    column = tl.where(valid, tl.sum(qk, axis=0) / G, float("-inf"))
+    block_score = tl.max(tl.reshape(column, [STEP, BLOCK]), axis=1)
+    scored = j + tl.arange(0, STEP)
+    tl.store(score_base + scored, block_score, mask=(scored < end) & retrieval_steps)
+
+    s = tl.where(valid[None, :], qk * scale_log2e, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, axis=1))
+    alpha = tl.exp2(m_i - m_new)
+    p = tl.exp2(s - m_new[:, None])
+    l_i = l_i * alpha + tl.sum(p, axis=1)
+    # Probabilities are rounded to the cache dtype for the tensor-core product, as flash attention does.
+    p_v = p.to(v.dtype)
+    if DOT_IN_FP32:
+        p_v = p_v.to(tl.float32)
+        v = v.to(tl.float32)
+    acc = acc * alpha[:, None] + tl.dot(p_v, v, input_precision=INPUT_PRECISION)
+    return m_new, l_i, acc
+
+
+@triton.jit
 def _decode_layer_kernel(
     q_ptr,
     k_ptr,
@@ -196,6 +271,7 @@ def _decode_layer_kernel(
     NB_PAD: tl.constexpr,
     W_PAD: tl.constexpr,
     FINISH: tl.constexpr,
+    PREFETCH: tl.constexpr,
     DOT_IN_FP32: tl.constexpr,
     INPUT_PRECISION: tl.constexpr,
 ):
@@ -232,46 +308,79 @@ def _decode_layer_kernel(
     m_i = tl.full([G_PAD], -1.0e30, tl.float32)
     l_i = tl.zeros([G_PAD], tl.float32)
     acc = tl.zeros([G_PAD, D], tl.float32)
-    for j in range(first, end, STEP):
-        # STEP blocks per step: retrieval items walk the cache in order; sparse items look their blocks up in the
-        # slot. Branch-free, so the loop body is the same for both kinds.
-        entry = j + t // BLOCK
-        in_range = entry < end
-        listed = tl.load(slot_base + entry, mask=in_range & sparse_lanes, other=-1)
-        block = tl.where(is_retrieval, entry, listed)
-        pos = block * BLOCK + t % BLOCK
-        # A -1 (padding) entry gives negative positions.
-        valid = in_range & (pos >= 0) & (pos < length)
-        k = tl.load(k_base + pos[:, None] * stride_ks + d[None, :], mask=valid[:, None], other=0.0)
-        v = tl.load(v_base + pos[:, None] * stride_vs + d[None, :], mask=valid[:, None], other=0.0)
-        if DOT_IN_FP32:
-            k = k.to(tl.float32)
-        qk = tl.dot(q, tl.trans(k), input_precision=INPUT_PRECISION)  # [G_PAD, STEP * BLOCK] raw logits
-
-        column = tl.where(valid, tl.sum(qk, axis=0) / G, float("-inf"))
-        block_score = tl.max(tl.reshape(column, [STEP, BLOCK]), axis=1)
-        scored = j + tl.arange(0, STEP)
-        tl.store(score_base + scored, block_score, mask=(scored < end) & retrieval_steps)
-
-        s = tl.where(valid[None, :], qk * scale_log2e, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, axis=1))
-        alpha = tl.exp2(m_i - m_new)
-        p = tl.exp2(s - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, axis=1)
-        # Probabilities are rounded to the cache dtype for the tensor-core product, as flash attention does.
-        p_v = p.to(v.dtype)
-        if DOT_IN_FP32:
-            p_v = p_v.to(tl.float32)
-            v = v.to(tl.float32)
-        acc = acc * alpha[:, None] + tl.dot(p_v, v, input_precision=INPUT_PRECISION)
-        m_i = m_new
+    if PREFETCH:
+        # Software pipelining by hand: the next step's slot entries and K/V tiles are requested before this
+        # step's products, so their latency overlaps the arithmetic.
+        valid, k, v = _load_step(
+            first, end, t, sparse_lanes, is_retrieval, slot_base, k_base, v_base, length, d, stride_ks, stride_vs, BLOCK
+        )
+        for j in range(first, end, STEP):
+            valid_next, k_next, v_next = _load_step(
+                j + STEP,
+                end,
+                t,
+                sparse_lanes,
+                is_retrieval,
+                slot_base,
+                k_base,
+                v_base,
+                length,
+                d,
+                stride_ks,
+                stride_vs,
+                BLOCK,
+            )
+            m_i, l_i, acc = _attend_step(
+                q,
+                k,
+                v,
+                valid,
+                j,
+                end,
+                m_i,
+                l_i,
+                acc,
+                score_base,
+                retrieval_steps,
+                scale_log2e,
+                G,
+                STEP,
+                BLOCK,
+                DOT_IN_FP32,
+                INPUT_PRECISION,
+            )
+            valid, k, v = valid_next, k_next, v_next
+    else:
+        for j in range(first, end, STEP):
+            valid, k, v = _load_step(
+                j, end, t, sparse_lanes, is_retrieval, slot_base, k_base, v_base, length, d, stride_ks, stride_vs, BLOCK
+            )
+            m_i, l_i, acc = _attend_step(
+                q,
+                k,
+                v,
+                valid,
+                j,
+                end,
+                m_i,
+                l_i,
+                acc,
+                score_base,
+                retrieval_steps,
+                scale_log2e,
+                G,
+                STEP,
+                BLOCK,
+                DOT_IN_FP32,
+                INPUT_PRECISION,
+            )
 
     part = item * G + g
     tl.store(part_m_ptr + part, m_i, mask=g_valid)
     tl.store(part_l_ptr + part, l_i, mask=g_valid)
     tl.store(part_acc_ptr + part[:, None] * D + d[None, :], acc, mask=g_valid[:, None])
 
-    if FINISH:
+    if FINISH >= 1:
         head = b * HKV + h
         first_item = tl.load(offsets_ptr + head)
         num_items = tl.load(counts_ptr + head)
@@ -300,9 +409,10 @@ def _decode_layer_kernel(
                     )
             if done:
                 _store_out(out_ptr, b, h, l_sum, acc_m, stride_ob, stride_oh, G, GM, D)
-                if is_retrieval:
-                    slot_row = slots_out_ptr + b * stride_jb + h * stride_jh
-                    _top_blocks(score_base, (length + BLOCK - 1) // BLOCK, slot_row, slot_width, NB_PAD, W_PAD)
+                if FINISH >= 2:
+                    if is_retrieval:
+                        slot_row = slots_out_ptr + b * stride_jb + h * stride_jh
+                        _top_blocks(score_base, (length + BLOCK - 1) // BLOCK, slot_row, slot_width, NB_PAD, W_PAD)
 
 
 @triton.jit
@@ -423,7 +533,7 @@ def _launch_layer(
     plan: DecodePlan,
     buffers: DecodeBuffers,
     scale: float,
-    finish: bool,
+    finish: int,
 ) -> None:
     group = _check_inputs(q, k_cache, v_cache, plan)
     if plan.num_retrieval < plan.num_kv_heads and slots_in is None:
@@ -489,6 +599,7 @@ def _launch_layer(
         NB_PAD=triton.next_power_of_2(plan.num_blocks),
         W_PAD=triton.next_power_of_2(plan.slot_width),
         FINISH=finish,
+        PREFETCH=PREFETCH,
         DOT_IN_FP32=dot_in_fp32,
         INPUT_PRECISION="ieee" if dot_in_fp32 else "tf32",
         num_warps=ATTENTION_WARPS,
@@ -515,7 +626,7 @@ def attention_partials(
     """Step 1 alone: fills the partials and the retrieval heads' block scores (valid blocks only)."""
     lengths = _device_int32(lengths, q)
     starts = _device_int32(starts, q) if starts is not None else torch.zeros_like(lengths)
-    _launch_layer(q, k_cache, v_cache, lengths, starts, slot_block_idx, None, plan, buffers, scale, finish=False)
+    _launch_layer(q, k_cache, v_cache, lengths, starts, slot_block_idx, None, plan, buffers, scale, finish=0)
 
 
 def merge_partials(plan: DecodePlan, buffers: DecodeBuffers) -> torch.Tensor:
@@ -617,9 +728,11 @@ def lychee_decode_layer(
     else:
         new_slots = slot_block_idx if inplace_slots or plan.num_retrieval == 0 else slot_block_idx.clone()
     if FUSED:
-        _launch_layer(q, k_cache, v_cache, lengths, starts, slot_block_idx, new_slots, plan, buffers, scale, True)
+        _launch_layer(
+            q, k_cache, v_cache, lengths, starts, slot_block_idx, new_slots, plan, buffers, scale, FUSED_FINISH
+        )
         return buffers.out, new_slots
-    _launch_layer(q, k_cache, v_cache, lengths, starts, slot_block_idx, None, plan, buffers, scale, finish=False)
+    _launch_layer(q, k_cache, v_cache, lengths, starts, slot_block_idx, None, plan, buffers, scale, finish=0)
     merge_partials(plan, buffers)
     select_into_slots(buffers.scores, new_slots, plan, lengths)
     return buffers.out, new_slots
