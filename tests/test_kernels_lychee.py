@@ -356,18 +356,23 @@ def test_triton_top_blocks_match_torch_topk_with_ties_and_short_rows(kernels, se
     assert slots[1, 0].tolist()[3:] == [-1] * (plan.slot_width - 3)
 
 
-@pytest.mark.parametrize(("fused", "step", "prefetch"), [(True, 1, 0), (True, 4, 1), (False, 2, 0), (True, 2, 1)])
-def test_layer_knobs_give_the_same_layer(kernels, seed, monkeypatch, fused, step, prefetch):
-    """One fused launch or three, 1/2/4 blocks per loop step, with or without prefetching: the same layer."""
+@pytest.mark.parametrize(
+    ("fused", "step", "retrieval_first", "merge_group"), [(True, 1, True, 16), (True, 4, False, 2), (False, 2, True, 3)]
+)
+def test_layer_knobs_give_the_same_layer(kernels, seed, monkeypatch, fused, step, retrieval_first, merge_group):
+    """One fused launch or three, 1/2/4 blocks per loop step, either work order, any merge group: the same layer."""
+    from lychee_bench.kernels import lychee_plan
+
     monkeypatch.setattr(kernels, "FUSED", fused)
     monkeypatch.setattr(kernels, "STEP_BLOCKS", step)
-    monkeypatch.setattr(kernels, "PREFETCH", prefetch)
+    monkeypatch.setattr(lychee_plan, "RETRIEVAL_FIRST", retrieval_first)
+    monkeypatch.setattr(lychee_plan, "MERGE_GROUP", merge_group)
     q, k, v, lengths = random_case(3, 3, 4, 64, 1500, torch.bfloat16, min_len=700)
     roles = torch.tensor([True, False, True])
     slots = random_slots(lengths, 3, 1500, 5)
     out, new_slots = triton_layer(kernels, q, k, v, lengths, roles, slots, 5, 0.125, chunk=3)
     expected_out, expected_slots = ref.lychee_decode_layer_reference(q, k, v, lengths, roles, slots, 5, 0.125)
-    assert_close(out, expected_out, torch.bfloat16, seed, f"layer (fused={fused}, step={step}, prefetch={prefetch})")
+    assert_close(out, expected_out, torch.bfloat16, seed, f"layer (fused={fused}, step={step})")
     assert_same_blocks(new_slots, expected_slots, ref.block_max_scores(q, k, lengths), seed)
 
 
@@ -392,9 +397,11 @@ def test_buffers_are_reusable_and_tickets_return_to_zero(kernels, seed):
         assert int(buffers.tickets.abs().sum()) == 0, "tickets must be reset by their last user"
 
 
+@pytest.mark.parametrize("ways", [2, 8, 16])
 @pytest.mark.parametrize("kind", ["normal", "all_equal", "few_distinct", "wide_range", "signed_zeros"])
-def test_top_blocks_exact_on_long_rows(kernels, seed, kind):
+def test_top_blocks_exact_on_long_rows(kernels, seed, monkeypatch, kind, ways):
     """2048 blocks (a 128K context), k = 64: the narrowed, early-stopping search must still pick the exact top-k."""
+    monkeypatch.setattr(kernels, "TOPK_WAYS", ways)
     lengths = torch.tensor([64 * 2048, 64 * 1500 + 3])
     plan = plan_decode_work(lengths, torch.tensor([True]), 64 * 2048, 64, target_programs=12)
     scores = {

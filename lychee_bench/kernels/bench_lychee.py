@@ -313,16 +313,34 @@ def lychee_rows(
     row("step:merge", time_in_graph([merge] * len(inputs), reps), partial_bytes, **extra)
 
 
-KNOBS = (
-    "FUSED",
-    "FUSED_FINISH",
-    "PREFETCH",
-    "STEP_BLOCKS",
-    "ATTENTION_WARPS",
-    "ATTENTION_STAGES",
-    "MERGE_ROWS",
-    "SMALL_WARPS",
-)
+KNOBS = {  # launch knob -> the module that holds it
+    "FUSED": "lychee_triton",
+    "FUSED_FINISH": "lychee_triton",
+    "STEP_BLOCKS": "lychee_triton",
+    "ATTENTION_WARPS": "lychee_triton",
+    "ATTENTION_STAGES": "lychee_triton",
+    "MERGE_ROWS": "lychee_triton",
+    "SMALL_WARPS": "lychee_triton",
+    "TOPK_WAYS": "lychee_triton",
+    "MERGE_GROUP": "lychee_plan",
+    "RETRIEVAL_FIRST": "lychee_plan",
+}
+
+
+def knob_module(name: str) -> Any:
+    import importlib
+
+    return importlib.import_module(f"lychee_bench.kernels.{KNOBS[name]}")
+
+
+def set_knob(name: str, value: int) -> None:
+    setattr(knob_module(name), name, type(getattr(knob_module(name), name))(value))
+
+
+def knob_values() -> dict[str, int]:
+    return {name: int(getattr(knob_module(name), name)) for name in KNOBS}
+
+
 DEFAULT_KNOBS: dict[str, int] = {}  # the module's values, read when a sweep starts
 
 
@@ -337,7 +355,7 @@ def time_variant(
     from lychee_bench.kernels import lychee_triton as lt
 
     for knob in KNOBS:
-        setattr(lt, knob, variant.get(knob, DEFAULT_KNOBS[knob]))
+        set_knob(knob, variant.get(knob, DEFAULT_KNOBS[knob]))
     if lt.FUSED_FINISH == 2:
         check_correctness(seed, lambda message: None, quick=True)
     batch, _, context, _ = inputs[0][1].shape
@@ -355,23 +373,20 @@ def sweep(contexts: list[int], batches: list[int], reps: int, copy_bw: float, se
     """Launch-knob variants of the whole layer with one retrieval head of eight (the issue's target case),
     including the fused launch stopped after the attention (FUSED_FINISH 0) and after the merge (1), which
     splits its time. Each variant is checked against the reference before it is timed (except the stopped ones)."""
-    from lychee_bench.kernels import lychee_triton as lt
 
-    DEFAULT_KNOBS.update({knob: getattr(lt, knob) for knob in KNOBS})
-    base = dict(STEP_BLOCKS=2, ATTENTION_WARPS=4, ATTENTION_STAGES=3, pps=2)
+    DEFAULT_KNOBS.update(knob_values())
+    base = dict(pps=2)
     variants = [
         base,
         dict(base, FUSED_FINISH=1),
         dict(base, FUSED_FINISH=0),
         dict(base, FUSED=False),
-        dict(base, PREFETCH=1),
-        dict(base, PREFETCH=1, STEP_BLOCKS=1),
-        dict(base, PREFETCH=1, ATTENTION_STAGES=1),
-        dict(base, PREFETCH=1, FUSED_FINISH=0),
-        *(dict(base, pps=pps) for pps in (1, 3, 4, 6)),
+        dict(base, RETRIEVAL_FIRST=0),
+        dict(base, RETRIEVAL_FIRST=0, FUSED_FINISH=0),
+        *(dict(base, TOPK_WAYS=ways) for ways in (2, 4, 16)),
+        *(dict(base, MERGE_GROUP=group) for group in (8, 32, 4096)),
+        *(dict(base, pps=pps) for pps in (1, 3, 4)),
         dict(base, STEP_BLOCKS=1),
-        dict(base, ATTENTION_STAGES=4),
-        dict(base, ATTENTION_WARPS=8, STEP_BLOCKS=4, ATTENTION_STAGES=2),
     ]
     rows: list[dict[str, Any]] = []
     try:
@@ -388,7 +403,7 @@ def sweep(contexts: list[int], batches: list[int], reps: int, copy_bw: float, se
                 torch.cuda.empty_cache()
     finally:
         for knob, value in DEFAULT_KNOBS.items():
-            setattr(lt, knob, value)
+            set_knob(knob, value)
     return rows
 
 
@@ -405,13 +420,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--sweep", action="store_true", help="launch-knob sweep at one retrieval head instead")
     args = parser.parse_args(argv)
-    from lychee_bench.kernels import lychee_triton
 
     for pair in args.knob:
         name, _, value = pair.partition("=")
         if name not in KNOBS or not value.lstrip("-").isdigit():
             parser.error(f"--knob {pair!r}: use NAME=INT with NAME one of {', '.join(KNOBS)}")
-        setattr(lychee_triton, name, int(value))
+        set_knob(name, int(value))
     require_cuda()
 
     import pandas as pd
@@ -448,7 +462,7 @@ def main(argv: list[str] | None = None) -> None:
         shape=dict(hq=HQ, hkv=HKV, head_dim=HEAD_DIM, dtype=str(DTYPE), block=BLOCK, budget_tokens=BUDGET_TOKENS),
         seed=seed,
         programs_per_sm=args.programs_per_sm,
-        knobs={k: getattr(lychee_triton, k) for k in KNOBS},
+        knobs=knob_values(),
         timing="CUDA graph replay, CUDA events, median over reps; inputs rotated over copies (cold L2)",
         correctness=checks,
         rows=rows,

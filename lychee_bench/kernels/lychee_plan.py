@@ -24,6 +24,9 @@ BLOCK_SIZE = 64
 # them into a group partial, and the last group of the head merges those (a 128K retrieval head leaves ~200
 # partials; one program reading them all would be a long serial tail).
 MERGE_GROUP = 16
+# Retrieval items first, cut to fill the first wave of programs alone: the sparse items then stream while the
+# programs that finish a retrieval head merge it and pick its blocks (that tail is otherwise exposed).
+RETRIEVAL_FIRST = True
 SUPPORTED_HEAD_DIMS = (64, 128)  # what the Triton kernels are built and tested for
 
 # Item columns in DecodePlan.items.
@@ -49,6 +52,7 @@ class DecodePlan:
     retrieval_heads: torch.Tensor
     group_offsets: torch.Tensor
     num_groups: int
+    merge_group: int
     batch: int
     num_kv_heads: int
     num_blocks: int  # blocks in the cache, ceil(S_max / block_size): width of the score buffer
@@ -91,7 +95,8 @@ def plan_decode_work(
     ``is_retrieval`` the layer's head roles, ``max_len`` the cache's S_max. A retrieval head covers
     ``ceil(length / block_size)`` blocks, a sparse head ``min(slot_width, ceil(length / block_size))`` slot
     entries (selection puts the valid entries first). Without ``chunk_blocks`` the chunk is chosen so that about
-    ``target_programs`` programs run (default: :func:`default_target_programs`).
+    ``target_programs`` programs run (default: :func:`default_target_programs`); with ``RETRIEVAL_FIRST`` and
+    retrieval work at least half of the total, the retrieval items alone fill those programs and come first.
     """
     lengths_t = torch.as_tensor(lengths).to("cpu", torch.int64).flatten()
     roles = torch.as_tensor(is_retrieval).to("cpu", torch.bool).flatten()
@@ -107,16 +112,22 @@ def plan_decode_work(
     per_head = torch.where(
         roles[None, :], valid_blocks[:, None], valid_blocks[:, None].clamp(max=slot_width)
     )  # [B, Hkv] blocks (or slot entries) each (b, h) must read
+    retrieval_work = int(per_head[:, roles].sum())
+    retrieval_first = RETRIEVAL_FIRST and 2 * retrieval_work >= int(per_head.sum())
     if chunk_blocks is None:
         target = target_programs or default_target_programs(device)
-        chunk_blocks = max(1, -(-int(per_head.sum()) // target))
+        chunk_blocks = max(1, -(-(retrieval_work if retrieval_first else int(per_head.sum())) // target))
     if chunk_blocks < 1:
         raise ValueError(f"chunk_blocks must be >= 1, got {chunk_blocks}")
 
     counts = (per_head + chunk_blocks - 1) // chunk_blocks  # chunks per (b, h), all >= 1
     flat_counts = counts.flatten()
-    offsets = torch.cumsum(flat_counts, 0) - flat_counts
-    owner = torch.repeat_interleave(torch.arange(batch * hkv), flat_counts)  # (b, h) of each item
+    head_order = torch.arange(batch * hkv)  # the order of the heads' item runs in the work list
+    if retrieval_first:
+        head_order = torch.argsort((~roles).repeat(batch).to(torch.int8), stable=True)
+    offsets = torch.empty_like(flat_counts)
+    offsets[head_order] = torch.cumsum(flat_counts[head_order], 0) - flat_counts[head_order]
+    owner = torch.repeat_interleave(head_order, flat_counts[head_order])  # (b, h) of each item
     chunk = torch.arange(owner.numel()) - offsets[owner]
     first = chunk * chunk_blocks
     count = torch.minimum(per_head.flatten()[owner] - first, torch.tensor(chunk_blocks))
@@ -125,7 +136,8 @@ def plan_decode_work(
     retrieval_heads = torch.nonzero(roles).flatten()
     retrieval_row = torch.full((hkv,), -1, dtype=torch.int64)
     retrieval_row[retrieval_heads] = torch.arange(retrieval_heads.numel())
-    head_groups = (flat_counts + MERGE_GROUP - 1) // MERGE_GROUP
+    merge_group = MERGE_GROUP
+    head_groups = (flat_counts + merge_group - 1) // merge_group
     return DecodePlan(
         items=items.to(device=device, dtype=torch.int32).contiguous(),
         offsets=offsets.to(device=device, dtype=torch.int32),
@@ -134,6 +146,7 @@ def plan_decode_work(
         retrieval_heads=retrieval_heads.to(device=device),
         group_offsets=(torch.cumsum(head_groups, 0) - head_groups).to(device=device, dtype=torch.int32),
         num_groups=int(head_groups.sum()),
+        merge_group=merge_group,
         batch=batch,
         num_kv_heads=hkv,
         num_blocks=num_blocks,

@@ -14,8 +14,8 @@ One layer is ONE launch (:func:`lychee_decode_layer`), matching
    the output. "Last" is decided with an atomic ticket per group and per head (reset by its last user, so the
    buffers can be reused and captured in a CUDA graph); a barrier and acquire-release atomics order the
    partials before the ticket.
-3. Top-k — the program that finishes a retrieval head then picks its top blocks (binary search for the k-th
-   largest score on order-preserving integer keys, narrowed to [min of interleaved group maxima, max] and
+3. Top-k — the program that finishes a retrieval head then picks its top blocks (a many-way search for the
+   k-th largest score on order-preserving integer keys, narrowed to [min of interleaved group maxima, max] and
    stopped as soon as exactly k scores lie above the cut) and writes them, in block order, into the head's slot
    row for the sparse heads of later layers.
 
@@ -41,7 +41,6 @@ import triton.language as tl
 
 from lychee_bench.kernels.lychee_plan import (
     BLOCK_SIZE,
-    MERGE_GROUP,
     SUPPORTED_HEAD_DIMS,
     DecodePlan,
     plan_decode_work,
@@ -51,12 +50,12 @@ LOG2E = 1.4426950408889634
 # Launch knobs (the benchmark sweeps them). STEP_BLOCKS 64-token blocks per loop step of the attention;
 # MERGE_ROWS partial rows (items x query heads) per merge load.
 ATTENTION_WARPS = 4
-ATTENTION_STAGES = 2
+ATTENTION_STAGES = 3
 STEP_BLOCKS = 2
 MERGE_ROWS = 64
 SMALL_WARPS = 4  # the separate merge and top-k launches
+TOPK_WAYS = 8  # cut-offs per round of the top-k search (2: binary search)
 FUSED = True  # one launch per layer; False: attention, merge and top-k as three launches
-PREFETCH = 0  # 1: load the next step's K/V before this step's products (software pipelining by hand)
 # What the fused launch finishes (the benchmark's breakdown lowers it): 2 merge and top-k, 1 merge only.
 FUSED_FINISH = 2
 
@@ -114,35 +113,41 @@ def _store_out(out_ptr, b, h, l_sum, acc, stride_ob, stride_oh, G: tl.constexpr,
 
 
 @triton.jit
-def _top_blocks(score_row, num_valid, slot_row, slot_width, NB_PAD: tl.constexpr, W_PAD: tl.constexpr):
+def _top_blocks(
+    score_row, num_valid, slot_row, slot_width, NB_PAD: tl.constexpr, W_PAD: tl.constexpr, WAYS: tl.constexpr
+):
     """The top ``slot_width`` of the first ``num_valid`` scores, written in block order into ``slot_row`` (-1 after
-    them; fewer when fewer are valid). Ties at the cut-off go to the lowest block indices."""
+    them; fewer when fewer are valid). Ties at the cut-off go to the lowest block indices.
+
+    A WAYS-ary search for the k-th largest key: each round counts the keys above WAYS evenly spaced cut-offs in
+    one pass (one reduction, not WAYS dependent ones)."""
     i = tl.arange(0, NB_PAD)
     x = tl.load(score_row + i, mask=i < num_valid, other=float("-inf"), cache_modifier=".cg")
     finite = x > float("-inf")
     bits = x.to(tl.int32, bitcast=True)
-    key = tl.where(finite, bits ^ ((bits >> 31) & 0x7FFFFFFF), -2147483648).to(tl.int64)  # order-preserving
+    key = tl.where(finite, bits ^ ((bits >> 31) & 0x7FFFFFFF), -2147483648)  # order-preserving int32
     k = tl.minimum(slot_width, tl.sum(finite.to(tl.int32), axis=0))
     # The answer t* = max{t : count(key >= t) >= k} lies in [lo, hi]: the W_PAD >= k interleaved groups' maxima
     # are k or more keys >= their minimum (an empty group makes that minimum the smallest key, still a bound).
-    lo = tl.min(tl.max(tl.reshape(key, [NB_PAD // W_PAD, W_PAD]), axis=0), axis=0)
-    hi = tl.max(key, axis=0)
+    lo = tl.min(tl.max(tl.reshape(key, [NB_PAD // W_PAD, W_PAD]), axis=0), axis=0).to(tl.int64)
+    hi = tl.max(key, axis=0).to(tl.int64)
     count_lo = tl.sum(((key >= lo) & finite).to(tl.int32), axis=0)
+    w = tl.arange(0, WAYS)
     while (lo < hi) & (count_lo != k):  # exactly k keys >= lo is already the answer's set
-        mid = lo + (hi - lo + 1) // 2
-        count = tl.sum(((key >= mid) & finite).to(tl.int32), axis=0)
-        enough = count >= k
-        lo = tl.where(enough, mid, lo)
-        count_lo = tl.where(enough, count, count_lo)
-        hi = tl.where(enough, hi, mid - 1)
+        cut = lo + ((hi - lo + 1) * w + WAYS - 1) // WAYS  # cut[0] = lo; non-decreasing, all within [lo, hi]
+        above = tl.sum(((key[None, :] >= cut[:, None].to(tl.int32)) & finite[None, :]).to(tl.int32), axis=1)
+        best = tl.max(tl.where(above >= k, w, 0), axis=0)  # above[] is non-increasing, above[0] >= k
+        hi = tl.where(best < WAYS - 1, tl.sum(tl.where(w == best + 1, cut, 0), axis=0) - 1, hi)
+        lo = tl.sum(tl.where(w == best, cut, 0), axis=0)
+        count_lo = tl.sum(tl.where(w == best, above, 0), axis=0)
     greater = (key > lo) & finite
     ties = (key == lo) & finite
     tie_rank = tl.cumsum(ties.to(tl.int32), axis=0)
     chosen = greater | (ties & (tie_rank <= k - tl.sum(greater.to(tl.int32), axis=0)))
     place = tl.cumsum(chosen.to(tl.int32), axis=0) - 1
     tl.store(slot_row + place, i.to(tl.int32), mask=chosen)
-    w = tl.arange(0, W_PAD)
-    tl.store(slot_row + w, tl.full([W_PAD], -1, tl.int32), mask=(w >= k) & (w < slot_width))
+    slot = tl.arange(0, W_PAD)
+    tl.store(slot_row + slot, tl.full([W_PAD], -1, tl.int32), mask=(slot >= k) & (slot < slot_width))
 
 
 @triton.jit
@@ -270,8 +275,8 @@ def _decode_layer_kernel(
     MERGE_GROUP: tl.constexpr,
     NB_PAD: tl.constexpr,
     W_PAD: tl.constexpr,
+    WAYS: tl.constexpr,
     FINISH: tl.constexpr,
-    PREFETCH: tl.constexpr,
     DOT_IN_FP32: tl.constexpr,
     INPUT_PRECISION: tl.constexpr,
 ):
@@ -308,72 +313,29 @@ def _decode_layer_kernel(
     m_i = tl.full([G_PAD], -1.0e30, tl.float32)
     l_i = tl.zeros([G_PAD], tl.float32)
     acc = tl.zeros([G_PAD, D], tl.float32)
-    if PREFETCH:
-        # Software pipelining by hand: the next step's slot entries and K/V tiles are requested before this
-        # step's products, so their latency overlaps the arithmetic.
+    for j in range(first, end, STEP):
         valid, k, v = _load_step(
-            first, end, t, sparse_lanes, is_retrieval, slot_base, k_base, v_base, length, d, stride_ks, stride_vs, BLOCK
+            j, end, t, sparse_lanes, is_retrieval, slot_base, k_base, v_base, length, d, stride_ks, stride_vs, BLOCK
         )
-        for j in range(first, end, STEP):
-            valid_next, k_next, v_next = _load_step(
-                j + STEP,
-                end,
-                t,
-                sparse_lanes,
-                is_retrieval,
-                slot_base,
-                k_base,
-                v_base,
-                length,
-                d,
-                stride_ks,
-                stride_vs,
-                BLOCK,
-            )
-            m_i, l_i, acc = _attend_step(
-                q,
-                k,
-                v,
-                valid,
-                j,
-                end,
-                m_i,
-                l_i,
-                acc,
-                score_base,
-                retrieval_steps,
-                scale_log2e,
-                G,
-                STEP,
-                BLOCK,
-                DOT_IN_FP32,
-                INPUT_PRECISION,
-            )
-            valid, k, v = valid_next, k_next, v_next
-    else:
-        for j in range(first, end, STEP):
-            valid, k, v = _load_step(
-                j, end, t, sparse_lanes, is_retrieval, slot_base, k_base, v_base, length, d, stride_ks, stride_vs, BLOCK
-            )
-            m_i, l_i, acc = _attend_step(
-                q,
-                k,
-                v,
-                valid,
-                j,
-                end,
-                m_i,
-                l_i,
-                acc,
-                score_base,
-                retrieval_steps,
-                scale_log2e,
-                G,
-                STEP,
-                BLOCK,
-                DOT_IN_FP32,
-                INPUT_PRECISION,
-            )
+        m_i, l_i, acc = _attend_step(
+            q,
+            k,
+            v,
+            valid,
+            j,
+            end,
+            m_i,
+            l_i,
+            acc,
+            score_base,
+            retrieval_steps,
+            scale_log2e,
+            G,
+            STEP,
+            BLOCK,
+            DOT_IN_FP32,
+            INPUT_PRECISION,
+        )
 
     part = item * G + g
     tl.store(part_m_ptr + part, m_i, mask=g_valid)
@@ -412,7 +374,9 @@ def _decode_layer_kernel(
                 if FINISH >= 2:
                     if is_retrieval:
                         slot_row = slots_out_ptr + b * stride_jb + h * stride_jh
-                        _top_blocks(score_base, (length + BLOCK - 1) // BLOCK, slot_row, slot_width, NB_PAD, W_PAD)
+                        _top_blocks(
+                            score_base, (length + BLOCK - 1) // BLOCK, slot_row, slot_width, NB_PAD, W_PAD, WAYS
+                        )
 
 
 @triton.jit
@@ -453,6 +417,7 @@ def _top_blocks_kernel(
     BLOCK: tl.constexpr,
     NB_PAD: tl.constexpr,
     W_PAD: tl.constexpr,
+    WAYS: tl.constexpr,
 ):
     # The separate top-k launch: one program per (sequence, retrieval head).
     b = tl.program_id(0).to(tl.int64)
@@ -460,7 +425,7 @@ def _top_blocks_kernel(
     h = tl.load(heads_ptr + r).to(tl.int64)
     num_valid = (tl.load(lengths_ptr + b) + BLOCK - 1) // BLOCK
     row = slots_ptr + b * stride_sb + h * stride_sh
-    _top_blocks(scores_ptr + b * stride_cb + r * stride_cr, num_valid, row, slot_width, NB_PAD, W_PAD)
+    _top_blocks(scores_ptr + b * stride_cb + r * stride_cr, num_valid, row, slot_width, NB_PAD, W_PAD, WAYS)
 
 
 @dataclass
@@ -595,11 +560,11 @@ def _launch_layer(
         BLOCK=plan.block_size,
         STEP=STEP_BLOCKS,
         MERGE_TILE=_merge_tile(group),
-        MERGE_GROUP=MERGE_GROUP,
+        MERGE_GROUP=plan.merge_group,
         NB_PAD=triton.next_power_of_2(plan.num_blocks),
         W_PAD=triton.next_power_of_2(plan.slot_width),
+        WAYS=TOPK_WAYS,
         FINISH=finish,
-        PREFETCH=PREFETCH,
         DOT_IN_FP32=dot_in_fp32,
         INPUT_PRECISION="ieee" if dot_in_fp32 else "tf32",
         num_warps=ATTENTION_WARPS,
@@ -677,6 +642,7 @@ def select_into_slots(
         BLOCK=plan.block_size,
         NB_PAD=triton.next_power_of_2(num_blocks),
         W_PAD=triton.next_power_of_2(plan.slot_width),
+        WAYS=TOPK_WAYS,
         num_warps=SMALL_WARPS,
     )
     return slots
