@@ -54,7 +54,7 @@ ATTENTION_STAGES = 3
 STEP_BLOCKS = 2
 MERGE_ROWS = 64
 SMALL_WARPS = 4  # the separate merge and top-k launches
-TOPK_WAYS = 8  # cut-offs per round of the top-k search (2: binary search)
+TOPK_WAYS = 4  # cut-offs per round of the top-k search (2: binary search)
 FUSED = True  # one launch per layer; False: attention, merge and top-k as three launches
 # What the fused launch finishes (the benchmark's breakdown lowers it): 2 merge and top-k, 1 merge only.
 FUSED_FINISH = 2
@@ -131,19 +131,26 @@ def _top_blocks(
     # are k or more keys >= their minimum (an empty group makes that minimum the smallest key, still a bound).
     lo = tl.min(tl.max(tl.reshape(key, [NB_PAD // W_PAD, W_PAD]), axis=0), axis=0).to(tl.int64)
     hi = tl.max(key, axis=0).to(tl.int64)
-    count_lo = tl.sum(((key >= lo) & finite).to(tl.int32), axis=0)
+    found = tl.sum(((key >= lo) & finite).to(tl.int32), axis=0) == k  # exactly k keys >= lo: that is the set
     w = tl.arange(0, WAYS)
-    while (lo < hi) & (count_lo != k):  # exactly k keys >= lo is already the answer's set
-        cut = lo + ((hi - lo + 1) * w + WAYS - 1) // WAYS  # cut[0] = lo; non-decreasing, all within [lo, hi]
+    while (lo < hi) & (found == 0):
+        span = hi - lo + 1
+        cut = lo + (span * w + WAYS - 1) // WAYS  # cut[0] = lo; non-decreasing, all within [lo, hi]
         above = tl.sum(((key[None, :] >= cut[:, None].to(tl.int32)) & finite[None, :]).to(tl.int32), axis=1)
-        best = tl.max(tl.where(above >= k, w, 0), axis=0)  # above[] is non-increasing, above[0] >= k
-        hi = tl.where(best < WAYS - 1, tl.sum(tl.where(w == best + 1, cut, 0), axis=0) - 1, hi)
-        lo = tl.sum(tl.where(w == best, cut, 0), axis=0)
-        count_lo = tl.sum(tl.where(w == best, above, 0), axis=0)
-    greater = (key > lo) & finite
-    ties = (key == lo) & finite
-    tie_rank = tl.cumsum(ties.to(tl.int32), axis=0)
-    chosen = greater | (ties & (tie_rank <= k - tl.sum(greater.to(tl.int32), axis=0)))
+        # above[] is non-increasing and above[0] >= k, so the number of cut-offs with >= k keys above them
+        # names the best one, and one of them has exactly k iff the best does: one reduction gives both.
+        packed = tl.sum((above >= k).to(tl.int32) + 65536 * (above == k).to(tl.int32), axis=0)
+        best = (packed % 65536 - 1).to(tl.int64)
+        found = packed >= 65536
+        hi = tl.where(best < WAYS - 1, lo + (span * (best + 1) + WAYS - 1) // WAYS - 1, hi)
+        lo = lo + (span * best + WAYS - 1) // WAYS
+    if found:
+        chosen = (key >= lo) & finite
+    else:  # lo is the k-th largest key and ties with it: take the lowest block indices among the ties
+        greater = (key > lo) & finite
+        ties = (key == lo) & finite
+        tie_rank = tl.cumsum(ties.to(tl.int32), axis=0)
+        chosen = greater | (ties & (tie_rank <= k - tl.sum(greater.to(tl.int32), axis=0)))
     place = tl.cumsum(chosen.to(tl.int32), axis=0) - 1
     tl.store(slot_row + place, i.to(tl.int32), mask=chosen)
     slot = tl.arange(0, W_PAD)
