@@ -27,13 +27,11 @@ def package_versions() -> dict[str, str | None]:
 def code_version() -> dict[str, Any]:
     """The git commit of the lychee-bench source in use, and whether it had uncommitted changes.
 
-    A copied tree without a working git (e.g. a remote GPU machine) takes the commit its launcher states in
-    LYCHEE_BENCH_COMMIT, recorded as such."""
-    root = Path(__file__).resolve().parents[2]
-    found = _git_version(root)
-    if found["commit"] is None and os.environ.get("LYCHEE_BENCH_COMMIT"):
+    A copied tree (e.g. on a remote GPU machine, where git may be missing or may describe another commit than
+    the files) takes the commit its launcher states in LYCHEE_BENCH_COMMIT, recorded as such."""
+    if os.environ.get("LYCHEE_BENCH_COMMIT"):
         return {"commit": os.environ["LYCHEE_BENCH_COMMIT"], "dirty": None, "source": "LYCHEE_BENCH_COMMIT"}
-    return found
+    return _git_version(Path(__file__).resolve().parents[2])
 
 
 def _git_version(root: Path) -> dict[str, Any]:

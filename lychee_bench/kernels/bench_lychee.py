@@ -176,7 +176,7 @@ def kv_bytes(batch: int, heads: int, tokens: int) -> int:
 
 
 def bench_config(
-    context: int, batch: int, reps: int, copy_bw: float, seed: int, programs_per_sm: int = 2
+    context: int, batch: int, reps: int, copy_bw: float, seed: int, programs_per_sm: int | None = None
 ) -> list[dict[str, Any]]:
     """All rows for one context × batch: SDPA variants, then the lychee layer and its steps per role mix."""
     copies = copies_for(kv_bytes(batch, HKV, context))
@@ -223,7 +223,7 @@ def layer_setup(
     inputs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
     lengths: torch.Tensor,
     num_retrieval: int,
-    programs_per_sm: int,
+    programs_per_sm: int | None,
 ) -> tuple[Any, Any, list[torch.Tensor], list[Callable[[], Any]]]:
     """Plan, buffers, realistic slots and one whole-layer call per input copy, for one role mix."""
     from lychee_bench.kernels import lychee_triton as lt
@@ -234,8 +234,9 @@ def layer_setup(
     budget_blocks = BUDGET_TOKENS // BLOCK
     is_retrieval = roles(num_retrieval)
     sms = torch.cuda.get_device_properties(0).multi_processor_count if torch.cuda.is_available() else 4
+    target = programs_per_sm * sms if programs_per_sm else None  # None: the plan's default rule
     plan = plan_decode_work(
-        [context] * batch, is_retrieval.tolist(), context, budget_blocks, DEVICE, target_programs=programs_per_sm * sms
+        [context] * batch, is_retrieval.tolist(), context, budget_blocks, DEVICE, target_programs=target
     )
     buffers = lt.DecodeBuffers.allocate(plan, inputs[0][0])
     # Realistic slots: what a layer-0 (all retrieval) pass selects on the same cache.
@@ -274,7 +275,7 @@ def lychee_rows(
     reps: int,
     row: Callable[..., dict[str, Any]],
     best_dense_ms: float,
-    programs_per_sm: int = 2,
+    programs_per_sm: int | None = None,
 ) -> None:
     """The whole lychee layer, then each of its steps alone (same plan and buffers), for one role mix."""
     from lychee_bench.kernels import lychee_triton as lt
@@ -295,7 +296,14 @@ def lychee_rows(
         **extra,
     )
 
-    # The steps as separate launches (the layer itself is one fused launch).
+    # Where the fused launch's time goes: stopped after the attention, then after the merge.
+    for kind, finish in (("layer:attention_only", 0), ("layer:attention+merge", 1)):
+        lt.FUSED_FINISH = finish
+        try:
+            row(kind, time_in_graph(layer, reps), retrieval_bytes + sparse_bytes + qo_bytes, **extra)
+        finally:
+            lt.FUSED_FINISH = 2
+    # Each kind of item alone, and the top-k alone, as separate launches.
     for kind, flag, nbytes in (("step:retrieval_kernel", 1, retrieval_bytes), ("step:sparse_kernel", 0, sparse_bytes)):
         items = plan.items[plan.items[:, ITEM_RETRIEVAL] == flag].contiguous()
         if len(items):
@@ -308,9 +316,6 @@ def lychee_rows(
     if num_retrieval:
         calls = [functools.partial(lt.select_into_slots, buffers.scores, s, plan, lengths) for s in slots]
         row("step:topk", time_in_graph(calls, reps), buffers.scores.numel() * 4, **extra)
-    partial_bytes = sum(t.numel() * 4 for t in (buffers.part_acc, buffers.part_m, buffers.part_l))
-    merge = functools.partial(lt.merge_partials, plan, buffers)
-    row("step:merge", time_in_graph([merge] * len(inputs), reps), partial_bytes, **extra)
 
 
 KNOBS = {  # launch knob -> the module that holds it
@@ -375,7 +380,7 @@ def sweep(contexts: list[int], batches: list[int], reps: int, copy_bw: float, se
     splits its time. Each variant is checked against the reference before it is timed (except the stopped ones)."""
 
     DEFAULT_KNOBS.update(knob_values())
-    base = dict(pps=2)
+    base = dict(pps=None)
     variants = [
         base,
         dict(base, FUSED_FINISH=1),
@@ -414,7 +419,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=list(BATCHES))
     parser.add_argument("--reps", type=int, default=50, help="timed graph replays per row")
     parser.add_argument("--seed", type=int, default=None, help="input seed (default: fresh, recorded)")
-    parser.add_argument("--programs-per-sm", type=int, default=2, help="split-KV work items per SM (tuning knob)")
+    parser.add_argument(
+        "--programs-per-sm", type=int, default=None, help="split-KV work items per SM (default: the plan's rule)"
+    )
     parser.add_argument(
         "--knob", action="append", default=[], metavar="NAME=INT", help=f"set a launch knob: {', '.join(KNOBS)}"
     )

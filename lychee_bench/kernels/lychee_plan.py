@@ -27,6 +27,7 @@ MERGE_GROUP = 16
 # Retrieval items first, cut to fill the first wave of programs alone: the sparse items then stream while the
 # programs that finish a retrieval head merge it and pick its blocks (that tail is otherwise exposed).
 RETRIEVAL_FIRST = True
+MAX_CHUNK_BLOCKS = 16  # longest chunk the default plan cuts (see default_target_programs)
 SUPPORTED_HEAD_DIMS = (64, 128)  # what the Triton kernels are built and tested for
 
 # Item columns in DecodePlan.items.
@@ -69,12 +70,16 @@ class DecodePlan:
         return int(self.retrieval_heads.numel())
 
 
-def default_target_programs(device: torch.device | str) -> int:
-    """About two programs per streaming multiprocessor: measured best at 128K on an H200 (fewer partials to
-    merge than four, more bytes in flight than one; results/kernels/)."""
+def default_target_programs(device: torch.device | str, work_blocks: int = 0) -> int:
+    """Two programs per streaming multiprocessor, more when that would make chunks longer than MAX_CHUNK_BLOCKS.
+
+    Measured at 128K on an H200 (results/kernels/): at batch 1 two programs per SM (8-block chunks) beat four
+    (more partials to merge at the end); at batch 4, 16-block chunks (about four per SM) beat 32-block ones
+    (more bytes in flight)."""
     device = torch.device(device)
     if device.type == "cuda":
-        return 2 * torch.cuda.get_device_properties(device).multi_processor_count
+        sms = torch.cuda.get_device_properties(device).multi_processor_count
+        return max(2 * sms, -(-work_blocks // MAX_CHUNK_BLOCKS))
     return 16  # interpreter runs: a few chunks per head exercise the merge without being slow
 
 
@@ -115,8 +120,9 @@ def plan_decode_work(
     retrieval_work = int(per_head[:, roles].sum())
     retrieval_first = RETRIEVAL_FIRST and 2 * retrieval_work >= int(per_head.sum())
     if chunk_blocks is None:
-        target = target_programs or default_target_programs(device)
-        chunk_blocks = max(1, -(-(retrieval_work if retrieval_first else int(per_head.sum())) // target))
+        work = retrieval_work if retrieval_first else int(per_head.sum())
+        target = target_programs or default_target_programs(device, work)
+        chunk_blocks = max(1, -(-work // target))
     if chunk_blocks < 1:
         raise ValueError(f"chunk_blocks must be >= 1, got {chunk_blocks}")
 
