@@ -7,8 +7,11 @@ with LYCHEE_TEST_SEED=<seed> to reproduce). The Triton kernels run under TRITON_
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import random
+import subprocess
+import sys
 
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
@@ -417,3 +420,15 @@ def test_top_blocks_exact_on_long_rows(kernels, seed, monkeypatch, kind, ways):
     expected = ref.select_top_blocks(scores.nan_to_num(nan=float("-inf")), plan.slot_width)
     assert_same_blocks(slots, expected, scores.nan_to_num(nan=float("-inf")), seed)
     assert int((slots >= 0).sum()) == 2 * 64
+
+
+def test_fused_kernel_compiles_for_hopper_without_a_gpu(kernels):
+    """The GPU build of the fused kernel (sm_90, bf16) compiles here and stays within a CTA's limits (the
+    compiler needs the real JIT, so it runs in a process without TRITON_INTERPRET)."""
+    command = [sys.executable, "-m", "lychee_bench.kernels.resource_usage", "--finish", "2", "--step", "1"]
+    command += ["--warps", "4", "--stages", "2", "--json"]
+    env = {**os.environ, "TRITON_INTERPRET": "0"}
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    usage = json.loads(done.stdout.strip().splitlines()[-1])
+    assert 0 < usage["registers"] <= 255 and 0 < usage["shared_bytes"] <= 227 * 1024, usage
