@@ -432,32 +432,3 @@ def test_fused_kernel_compiles_for_hopper_without_a_gpu(kernels):
     assert done.returncode == 0, done.stderr[-2000:]
     usage = json.loads(done.stdout.strip().splitlines()[-1])
     assert 0 < usage["registers"] <= 255 and 0 < usage["shared_bytes"] <= 227 * 1024, usage
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_tensor_descriptor_loads_match_with_nan_padding(kernels, seed, monkeypatch, dtype):
-    """K/V through tensor descriptors: the same layer, also in a left-padded cache whose padding and unused tail
-    hold NaN (padding slot entries must read nothing from it)."""
-    monkeypatch.setattr(kernels, "TMA_LOADS", True)
-    q, k, v, lengths = random_case(3, 2, 4, 64, 300, dtype, min_len=100)
-    roles = torch.tensor([True, False])
-    slots = random_slots(lengths, 2, 300, 4)
-    pad = 70
-    k_padded = torch.full((3, 2, 300 + pad, 64), float("nan"), dtype=dtype)
-    v_padded = torch.full((3, 2, 300 + pad, 64), float("nan"), dtype=dtype)
-    starts = torch.zeros(3, dtype=torch.long)
-    for b, n in enumerate(lengths.tolist()):
-        starts[b] = 300 + pad - n
-        k_padded[b, :, starts[b] :] = k[b, :, :n]
-        v_padded[b, :, starts[b] :] = v[b, :, :n]
-    plan = plan_decode_work(lengths, roles, 300 + pad, 4, target_programs=12)
-    slots_padded = torch.full((3, 2, plan.slot_width), -1, dtype=torch.int32)
-    slots_padded[:, :, : slots.shape[2]] = slots
-    out, new_slots = kernels.lychee_decode_layer(
-        q, k_padded, v_padded, lengths, roles, slots_padded, 4, 0.125, plan=plan, starts=starts
-    )
-    expected, expected_slots = ref.lychee_decode_layer_reference(q, k, v, lengths, roles, slots, 4, 0.125)
-    assert_close(out, expected, dtype, seed, "tensor-descriptor layer, left-padded")
-    assert_same_blocks(
-        new_slots[:, :, : expected_slots.shape[2]], expected_slots, ref.block_max_scores(q, k, lengths), seed
-    )

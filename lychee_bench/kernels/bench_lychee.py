@@ -327,7 +327,6 @@ KNOBS = {  # launch knob -> the module that holds it
     "MERGE_ROWS": "lychee_triton",
     "SMALL_WARPS": "lychee_triton",
     "TOPK_WAYS": "lychee_triton",
-    "TMA_LOADS": "lychee_triton",
     "MERGE_GROUP": "lychee_plan",
     "RETRIEVAL_FIRST": "lychee_plan",
 }
@@ -382,18 +381,17 @@ def sweep(contexts: list[int], batches: list[int], reps: int, copy_bw: float, se
 
     DEFAULT_KNOBS.update(knob_values())
     base = dict(pps=None)
-    tma = dict(base, TMA_LOADS=1)
     variants = [
         base,
+        dict(base, FUSED_FINISH=1),
         dict(base, FUSED_FINISH=0),
-        tma,
-        dict(tma, FUSED_FINISH=1),
-        dict(tma, FUSED_FINISH=0),
-        *(dict(tma, ATTENTION_STAGES=stages) for stages in (2, 4)),
-        dict(tma, ATTENTION_WARPS=8),
-        *(dict(tma, pps=pps) for pps in (1, 3, 4)),
-        dict(tma, RETRIEVAL_FIRST=0),
-        dict(tma, MERGE_ROWS=16),
+        dict(base, FUSED=False),
+        dict(base, RETRIEVAL_FIRST=0),
+        dict(base, RETRIEVAL_FIRST=0, FUSED_FINISH=0),
+        *(dict(base, TOPK_WAYS=ways) for ways in (2, 4, 16)),
+        *(dict(base, MERGE_GROUP=group) for group in (8, 32, 4096)),
+        *(dict(base, pps=pps) for pps in (1, 3, 4)),
+        dict(base, STEP_BLOCKS=1),
     ]
     rows: list[dict[str, Any]] = []
     try:

@@ -38,7 +38,6 @@ from dataclasses import dataclass
 import torch
 import triton
 import triton.language as tl
-from triton.tools.tensor_descriptor import TensorDescriptor
 
 from lychee_bench.kernels.lychee_plan import (
     BLOCK_SIZE,
@@ -56,7 +55,6 @@ STEP_BLOCKS = 2
 MERGE_ROWS = 64
 SMALL_WARPS = 4  # the separate merge and top-k launches
 TOPK_WAYS = 4  # cut-offs per round of the top-k search (2: binary search)
-TMA_LOADS = False  # K/V through tensor descriptors, one block per step (Hopper: TMA, staged in shared memory)
 FUSED = True  # one launch per layer; False: attention, merge and top-k as three launches
 # What the fused launch finishes (the benchmark's breakdown lowers it): 2 merge and top-k, 1 merge only.
 FUSED_FINISH = 2
@@ -189,36 +187,6 @@ def _load_step(
 
 
 @triton.jit
-def _load_block_tma(
-    j,
-    is_sparse,
-    is_retrieval,
-    slot_base,
-    k_desc,
-    v_desc,
-    b,
-    h,
-    start,
-    length,
-    cache_len,
-    t,
-    BLOCK: tl.constexpr,
-    D: tl.constexpr,
-):
-    """K and V of one block through tensor descriptors (TMA on Hopper; the pipeliner stages them in shared memory).
-    A padding entry (-1) points past the cache, where the descriptor reads zeros."""
-    listed = tl.load(slot_base + j, mask=is_sparse, other=-1)
-    block = tl.where(is_retrieval, j, listed)
-    row = tl.where(block >= 0, start + block * BLOCK, cache_len)
-    k = tl.reshape(k_desc.load([b, h, row, 0]), [BLOCK, D])
-    v = tl.reshape(v_desc.load([b, h, row, 0]), [BLOCK, D])
-    pos = block * BLOCK + t
-    valid = (pos >= 0) & (pos < length)
-    v = tl.where(valid[:, None], v, 0.0)  # rows past the length may hold anything, even NaN; p is 0 there
-    return valid, k, v
-
-
-@triton.jit
 def _attend_step(
     q,
     k,
@@ -266,9 +234,6 @@ def _decode_layer_kernel(
     q_ptr,
     k_ptr,
     v_ptr,
-    k_desc,
-    v_desc,
-    cache_len,
     lengths_ptr,
     starts_ptr,
     slots_in_ptr,
@@ -319,7 +284,6 @@ def _decode_layer_kernel(
     W_PAD: tl.constexpr,
     WAYS: tl.constexpr,
     FINISH: tl.constexpr,
-    USE_TMA: tl.constexpr,
     DOT_IN_FP32: tl.constexpr,
     INPUT_PRECISION: tl.constexpr,
 ):
@@ -356,56 +320,29 @@ def _decode_layer_kernel(
     m_i = tl.full([G_PAD], -1.0e30, tl.float32)
     l_i = tl.zeros([G_PAD], tl.float32)
     acc = tl.zeros([G_PAD, D], tl.float32)
-    if USE_TMA:  # one block per step (STEP == 1)
-        is_sparse = retrieval_flag == 0
-        b32, h32, start32 = b.to(tl.int32), h.to(tl.int32), start.to(tl.int32)
-        for j in range(first, end):
-            valid, k, v = _load_block_tma(
-                j, is_sparse, is_retrieval, slot_base, k_desc, v_desc, b32, h32, start32, length, cache_len, t, BLOCK, D
-            )
-            m_i, l_i, acc = _attend_step(
-                q,
-                k,
-                v,
-                valid,
-                j,
-                end,
-                m_i,
-                l_i,
-                acc,
-                score_base,
-                retrieval_steps,
-                scale_log2e,
-                G,
-                STEP,
-                BLOCK,
-                DOT_IN_FP32,
-                INPUT_PRECISION,
-            )
-    else:
-        for j in range(first, end, STEP):
-            valid, k, v = _load_step(
-                j, end, t, sparse_lanes, is_retrieval, slot_base, k_base, v_base, length, d, stride_ks, stride_vs, BLOCK
-            )
-            m_i, l_i, acc = _attend_step(
-                q,
-                k,
-                v,
-                valid,
-                j,
-                end,
-                m_i,
-                l_i,
-                acc,
-                score_base,
-                retrieval_steps,
-                scale_log2e,
-                G,
-                STEP,
-                BLOCK,
-                DOT_IN_FP32,
-                INPUT_PRECISION,
-            )
+    for j in range(first, end, STEP):
+        valid, k, v = _load_step(
+            j, end, t, sparse_lanes, is_retrieval, slot_base, k_base, v_base, length, d, stride_ks, stride_vs, BLOCK
+        )
+        m_i, l_i, acc = _attend_step(
+            q,
+            k,
+            v,
+            valid,
+            j,
+            end,
+            m_i,
+            l_i,
+            acc,
+            score_base,
+            retrieval_steps,
+            scale_log2e,
+            G,
+            STEP,
+            BLOCK,
+            DOT_IN_FP32,
+            INPUT_PRECISION,
+        )
 
     part = item * G + g
     tl.store(part_m_ptr + part, m_i, mask=g_valid)
@@ -581,18 +518,10 @@ def _launch_layer(
     scores = buffers.scores if buffers.scores.numel() else buffers.part_m  # never written without retrieval heads
     dot_in_fp32 = _interpreting() or q.dtype == torch.float32
     stride = lambda t, i: t.stride(i) if t.dim() == 3 else 0  # noqa: E731
-    use_tma = TMA_LOADS and _tma_ready(k_cache) and _tma_ready(v_cache)
-    k_desc, v_desc = (k_cache, v_cache)  # plain pointers (never read) unless the descriptors are used
-    if use_tma:
-        block = [1, 1, plan.block_size, q.shape[2]]
-        k_desc, v_desc = TensorDescriptor.from_tensor(k_cache, block), TensorDescriptor.from_tensor(v_cache, block)
     _decode_layer_kernel[(plan.num_items,)](
         q,
         k_cache,
         v_cache,
-        k_desc,
-        v_desc,
-        k_cache.shape[2],
         lengths,
         starts,
         slots_in,
@@ -636,25 +565,18 @@ def _launch_layer(
         GM=triton.next_power_of_2(group),
         D=q.shape[2],
         BLOCK=plan.block_size,
-        STEP=1 if use_tma else STEP_BLOCKS,
+        STEP=STEP_BLOCKS,
         MERGE_TILE=_merge_tile(group),
         MERGE_GROUP=plan.merge_group,
         NB_PAD=triton.next_power_of_2(plan.num_blocks),
         W_PAD=triton.next_power_of_2(plan.slot_width),
         WAYS=TOPK_WAYS,
         FINISH=finish,
-        USE_TMA=use_tma,
         DOT_IN_FP32=dot_in_fp32,
         INPUT_PRECISION="ieee" if dot_in_fp32 else "tf32",
         num_warps=ATTENTION_WARPS,
         num_stages=ATTENTION_STAGES,
     )
-
-
-def _tma_ready(cache: torch.Tensor) -> bool:
-    """Tensor descriptors need 16-byte aligned base and strides (contiguous last dim)."""
-    size = cache.element_size()
-    return cache.data_ptr() % 16 == 0 and all((cache.stride(i) * size) % 16 == 0 for i in range(3))
 
 
 def _device_int32(t: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor | None:

@@ -41,15 +41,7 @@ POINTER_TYPES = {
 
 
 def kernel_resources(
-    *,
-    arch: int,
-    finish: int,
-    step: int,
-    warps: int,
-    stages: int,
-    tma: bool = False,
-    group: int = 4,
-    head_dim: int = 128,
+    *, arch: int, finish: int, step: int, warps: int, stages: int, group: int = 4, head_dim: int = 128
 ) -> dict[str, Any]:
     """Compile the fused layer kernel (bf16, 128K context, 64-block budget) and read its resource usage."""
     padded = triton.next_power_of_2(group)
@@ -60,22 +52,20 @@ def kernel_resources(
         GM=padded,
         D=head_dim,
         BLOCK=64,
-        STEP=1 if tma else step,
+        STEP=step,
         MERGE_TILE=max(1, lt.MERGE_ROWS // padded),
         MERGE_GROUP=16,
         NB_PAD=2048,
         W_PAD=64,
         WAYS=lt.TOPK_WAYS,
         FINISH=finish,
-        USE_TMA=tma,
         DOT_IN_FP32=False,
         INPUT_PRECISION="tf32",
     )
     names = inspect.signature(lt._decode_layer_kernel.fn).parameters
-    descriptor = f"tensordesc<bf16[1, 1, 64, {head_dim}]>" if tma else "*bf16"
-    types = {**POINTER_TYPES, "k_desc": descriptor, "v_desc": descriptor}
     signature = {
-        n: "constexpr" if n in constants else types.get(n, "*i32" if n.endswith("_ptr") else "i32") for n in names
+        n: "constexpr" if n in constants else POINTER_TYPES.get(n, "*i32" if n.endswith("_ptr") else "i32")
+        for n in names
     }
     source = ASTSource(fn=lt._decode_layer_kernel, signature=signature, constexprs=constants)
     compiled = triton.compile(
@@ -97,15 +87,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--step", type=int, nargs="+", default=[lt.STEP_BLOCKS], help="blocks per loop step")
     parser.add_argument("--warps", type=int, nargs="+", default=[lt.ATTENTION_WARPS])
     parser.add_argument("--stages", type=int, nargs="+", default=[lt.ATTENTION_STAGES])
-    parser.add_argument("--tma", type=int, nargs="+", default=[0], help="1: K/V through tensor descriptors")
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET", "0") == "1":
         parser.error("TRITON_INTERPRET=1 replaces the compiler with the interpreter; run with TRITON_INTERPRET=0")
-    grid = itertools.product(args.finish, args.step, args.warps, args.stages, args.tma)
-    for finish, step, warps, stages, tma in grid:
-        knobs = dict(finish=finish, step=1 if tma else step, warps=warps, stages=stages, tma=bool(tma))
-        usage = kernel_resources(arch=args.arch, **knobs)
+    for finish, step, warps, stages in itertools.product(args.finish, args.step, args.warps, args.stages):
+        usage = kernel_resources(arch=args.arch, finish=finish, step=step, warps=warps, stages=stages)
+        knobs = dict(finish=finish, step=step, warps=warps, stages=stages)
         print(json.dumps({**knobs, **usage}) if args.json else f"{knobs}: {usage}", flush=True)
 
 
