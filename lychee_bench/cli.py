@@ -73,7 +73,10 @@ def list_cmd() -> None:
 
 @app.command()
 def run(
-    method: Annotated[str, typer.Option(help="method name, or a comma list (see `list`)")] = "full",
+    method: Annotated[
+        str,
+        typer.Option(help="method name, or a comma list (see `list`); name[key=value;...] sets one entry's options"),
+    ] = "full",
     task: Annotated[
         str, typer.Option(help="'ruler' (all subtasks) or 'ruler/<subtask>', comma lists allowed")
     ] = "ruler",
@@ -112,31 +115,31 @@ def run(
     from lychee_bench.harness.models import ModelError
     from lychee_bench.harness.records import average_rows
     from lychee_bench.harness.registry import UnknownNameError
-    from lychee_bench.harness.runner import PlanError, RunPlan
+    from lychee_bench.harness.runner import PlanError, RunPlan, split_methods
     from lychee_bench.harness.runner import run as run_plan
     from lychee_bench.harness.tables import score_table
 
     options = _method_options(option, budget, roles)
-    plan = RunPlan(
-        methods=[m.strip() for m in method.split(",") if m.strip()],
-        task=task,
-        ctx=ctx,
-        model=model,
-        samples=samples,
-        seed=seed,
-        device=device,
-        dtype=dtype,
-        batch_size=batch_size,
-        method_options=options,
-        decode_exercise=decode_exercise,
-        exercise_chars=exercise_chars,
-        chat_template=chat_template,
-        rope_scaling=rope_scaling,
-        temperature=temperature,
-        top_p=top_p,
-        out=out,
-    )
     try:
+        plan = RunPlan(
+            methods=split_methods(method),
+            task=task,
+            ctx=ctx,
+            model=model,
+            samples=samples,
+            seed=seed,
+            device=device,
+            dtype=dtype,
+            batch_size=batch_size,
+            method_options=options,
+            decode_exercise=decode_exercise,
+            exercise_chars=exercise_chars,
+            chat_template=chat_template,
+            rope_scaling=rope_scaling,
+            temperature=temperature,
+            top_p=top_p,
+            out=out,
+        )
         rows = run_plan(plan, log=lambda text: typer.echo(text, err=True))
     except PlanError as error:
         _fail("this run cannot start:\n" + str(error))

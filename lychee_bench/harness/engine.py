@@ -147,7 +147,7 @@ class Engine:
     def generate(
         self, inputs: list[FormattedInput], settings: GenerationSettings, methods: list[Method]
     ) -> dict[str, list[Generation]]:
-        """Generate for a batch of inputs (left-padded) with each method; results keyed by method name."""
+        """Generate for a batch of inputs (left-padded) with each method; results keyed by method label."""
         batch = len(inputs)
         prefill = [item.input_ids[: len(item.input_ids) - item.exercise_tokens] for item in inputs]
         width = max(len(ids) for ids in prefill)
@@ -168,7 +168,7 @@ class Engine:
             for index, method in enumerate(methods):
                 # The last method may consume the prefilled cache itself; the others decode from copies.
                 own_cache = cache if index == len(methods) - 1 else copy.deepcopy(cache)
-                results[method.name] = self._decode(inputs, settings, method, own_cache, logits, mask, positions)
+                results[method.label] = self._decode(inputs, settings, method, own_cache, logits, mask, positions)
         return results
 
     def _decode(self, inputs, settings, method, cache, logits, mask, positions) -> list[Generation]:

@@ -118,11 +118,18 @@ def done_keys(records: Iterable[dict[str, Any]]) -> set[tuple]:
     return {sample_key(r) for r in records if r.get("kind") == "sample"}
 
 
+def label_of(record: dict[str, Any]) -> str:
+    """The label of the method instance a record belongs to (`name` or `name[key=value;...]`); records written
+    before labels existed have the method name."""
+    return record.get("label") or record.get("method")
+
+
+# In summary rows (and so in tables and `compare`), `method` holds the method's label.
 GROUP_FIELDS = ("method", "task", "subtask", "ctx", "batch", "model", "metric")
 
 
 def summarize(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per (method, task, subtask, ctx, batch, model, metric): mean, standard error, count.
+    """One row per (method label, task, subtask, ctx, batch, model, metric): mean, standard error, count.
 
     Rows are built from sample records (the truth), using the latest record when a sample appears twice.
     """
@@ -132,7 +139,8 @@ def summarize(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
             latest[sample_key(record)] = record
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for record in latest.values():
-        groups.setdefault(tuple(record.get(f) for f in GROUP_FIELDS), []).append(record)
+        key = tuple(label_of(record) if f == "method" else record.get(f) for f in GROUP_FIELDS)
+        groups.setdefault(key, []).append(record)
     rows = []
     for key, items in sorted(groups.items(), key=lambda kv: tuple(str(v) for v in kv[0])):
         values = [float(item["value"]) for item in items]

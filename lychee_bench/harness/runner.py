@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -13,6 +15,7 @@ from tqdm.auto import tqdm
 from lychee_bench.harness import models, provenance, records
 from lychee_bench.harness.catalog import METHODS, TASKS
 from lychee_bench.harness.engine import Engine, GenerationSettings, InputFormatter
+from lychee_bench.harness.registry import UnknownNameError
 from lychee_bench.harness.sample_cache import cached_samples
 from lychee_bench.methods.base import Method, RunShape
 
@@ -27,7 +30,7 @@ class PlanError(ValueError):
 
 @dataclass
 class RunPlan:
-    methods: list[str]
+    methods: list[str]  # `--method` entries: name or name[key=value;...] (see parse_method_entry)
     task: str  # "ruler" or "ruler/<subtask>" (comma lists allowed)
     ctx: int
     model: str | None = None
@@ -79,8 +82,6 @@ def parse_tasks(spec: str) -> list[tuple[str, list[str]]]:
         subtasks = task.subtasks()
         if subtask:
             if subtask not in subtasks:
-                from lychee_bench.harness.registry import UnknownNameError
-
                 raise UnknownNameError(f"{name} subtask", subtask, subtasks)
             chosen.setdefault(name, [])
             if subtask not in chosen[name]:
@@ -92,24 +93,124 @@ def parse_tasks(spec: str) -> list[tuple[str, list[str]]]:
     return list(chosen.items())
 
 
-def build_methods(names: list[str], options: dict[str, Any]) -> list[Method]:
-    methods = []
-    for name in names:
-        cls = METHODS.get(name)
-        import dataclasses
+def split_methods(spec: str) -> list[str]:
+    """`--method` text -> its entries: 'full,lychee[roles=all;budget=256]' -> ['full', 'lychee[roles=all;budget=256]'].
 
-        accepted = {f.name for f in dataclasses.fields(cls.Config)}
-        # Shared CLI options (like --budget) go to the methods that have them.
-        mine = {k: v for k, v in options.items() if k in accepted}
-        extra = {k: v for k, v in options.items() if k not in accepted and len(names) == 1}
-        methods.append(cls.from_options({**mine, **extra}))
+    Commas separate entries; inside brackets they do not (parse_method_entry refuses them there)."""
+    entries, current, depth = [], "", 0
+    for char in spec:
+        depth += {"[": 1, "]": -1}.get(char, 0)
+        if depth < 0:
+            raise PlanError([f"unbalanced brackets in --method {spec!r}: a ']' closes nothing"])
+        if char == "," and depth == 0:
+            entries.append(current)
+            current = ""
+        else:
+            current += char
+    if depth:
+        raise PlanError([f"unbalanced brackets in --method {spec!r}: close each '[' with ']'"])
+    entries = [e.strip() for e in [*entries, current] if e.strip()]
+    if not entries:
+        raise PlanError([f"no method given in --method {spec!r}; e.g. --method full,lychee"])
+    return entries
+
+
+METHOD_ENTRY = re.compile(r"(?P<name>[^\[\]]+?)\s*(?:\[(?P<options>[^\[\]]*)\])?")
+ENTRY_SYNTAX = "name or name[key=value;key=value], e.g. lychee[roles=uniform:11;granularity=token]"
+
+
+def parse_method_entry(entry: str) -> tuple[str, dict[str, str]]:
+    """'lychee[roles=uniform:11;budget=512]' -> ('lychee', {'roles': 'uniform:11', 'budget': '512'}).
+
+    A value is everything after the first '=' (it may hold ':', '/', '.', '='); keys are read like `-o` keys."""
+    match = METHOD_ENTRY.fullmatch(entry.strip())
+    if not match:
+        raise PlanError([f"bad --method entry {entry!r}: write {ENTRY_SYNTAX}"])
+    options: dict[str, str] = {}
+    for item in (match["options"] or "").split(";"):
+        item = item.strip()
+        if not item:
+            continue  # 'name[]' and a trailing ';' are fine
+        key, sep, value = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if "," in item:
+            problem = "separate the options inside brackets with ';', not ','"
+        elif not sep:
+            problem = "write key=value"
+        elif not key:
+            problem = "the key before '=' is empty"
+        elif key in options:
+            problem = f"option {key!r} is given twice"
+        else:
+            options[key] = value.strip()
+            continue
+        raise PlanError([f"bad option {item!r} in --method entry {entry!r}: {problem}"])
+    return match["name"], options
+
+
+def method_label(name: str, options: dict[str, str]) -> str:
+    """How results of a method instance are keyed: its name, or name[k=v;...] with the entry's own options."""
+    if not options:
+        return name
+    return f"{name}[{';'.join(f'{key}={value}' for key, value in options.items())}]"
+
+
+def build_methods(entries: list[str], shared: dict[str, Any]) -> list[Method]:
+    """One labelled method instance per `--method` entry. Shared options (--budget, --roles, -o) go to every
+    method that has them; an entry's bracket options override them. All problems are raised at once."""
+    methods: list[Method] = []
+    accepted_by: dict[str, list[str]] = {}
+    reasons: list[str] = []
+    for entry in entries:
+        try:
+            name, own = parse_method_entry(entry)
+            cls = METHODS.get(name)
+        except PlanError as error:
+            reasons += error.reasons
+            continue
+        except UnknownNameError as error:
+            reasons.append(str(error))
+            continue
+        accepted = [f.name for f in dataclasses.fields(cls.Config)]
+        accepted_by[cls.name] = accepted
+        unknown = [key for key in own if key not in accepted]
+        if unknown:
+            allowed = ", ".join(accepted) or "none"
+            reasons.append(f"--method {entry!r}: {cls.name} has no option {', '.join(unknown)}; its options: {allowed}")
+            continue
+        try:
+            method = cls.from_options({**{k: v for k, v in shared.items() if k in accepted}, **own})
+        except ValueError as error:
+            reasons.append(f"--method {entry!r}: {error}")
+            continue
+        method.label = method_label(cls.name, own)
+        twin = next((m for m in methods if type(m) is type(method) and m.config == method.config), None)
+        if twin is not None:
+            reasons.append(
+                f"--method {entry!r} repeats {twin.label!r}: same method, same effective options; drop one entry "
+                "or give it other options"
+            )
+            continue
+        methods.append(method)
+    unused = [key for key in shared if accepted_by and not any(key in a for a in accepted_by.values())]
+    if unused:
+        options = "; ".join(f"{name}: {', '.join(accepted) or 'none'}" for name, accepted in accepted_by.items())
+        reasons.append(f"--option/--budget/--roles {', '.join(unused)}: no method here has it ({options})")
+    if reasons:
+        raise PlanError(reasons)
     return methods
 
 
-def default_out(plan: RunPlan, model_name: str) -> Path:
+def default_out(plan: RunPlan, methods: list[Method], model_name: str) -> Path:
     task = plan.task.replace("/", "-").replace(",", "+")
-    methods = "+".join(plan.methods)
-    return Path("runs") / f"{methods}_{task}_{plan.ctx}_{Path(model_name).name}_s{plan.seed}"
+    names = "+".join(_file_name(method.label) for method in methods)
+    return Path("runs") / f"{names}_{task}_{plan.ctx}_{Path(model_name).name}_s{plan.seed}"
+
+
+def _file_name(label: str) -> str:
+    """A label as part of a folder name: a variant's bracket options become a short hash."""
+    name, bracket, _ = label.partition("[")
+    return f"{name}-{records.config_hash(label)[:8]}" if bracket else name
 
 
 def run(plan: RunPlan, log: Any = print) -> list[dict[str, Any]]:
@@ -139,7 +240,7 @@ def run(plan: RunPlan, log: Any = print) -> list[dict[str, Any]]:
         decode_exercise = any(getattr(m, "decode_only", False) for m in methods)
     tokenizer = models.load_tokenizer(source)
     formatter = InputFormatter(tokenizer, plan.chat_template, plan.exercise_chars if decode_exercise else 0)
-    out = plan.out or default_out(plan, source.name)
+    out = plan.out or default_out(plan, methods, source.name)
     prov = provenance.collect(device)
     model_info = {**source.provenance(), "dtype": dtype, "rope_scaling": plan.rope_scaling}
     input_format = {
@@ -153,6 +254,7 @@ def run(plan: RunPlan, log: Any = print) -> list[dict[str, Any]]:
         {
             "started": datetime.now(UTC).isoformat(),
             "plan": {**asdict(plan), "out": str(out)},
+            "methods": {method.label: method.describe() for method in methods},
             "model": model_info,
             "input_format": input_format,
             "provenance": prov,
@@ -184,16 +286,18 @@ def run(plan: RunPlan, log: Any = print) -> list[dict[str, Any]]:
     for name, subtask, samples in work:
         task = tasks[name]
         run_keys = {
-            method.name: _run_key(method, name, task, plan, model_info, input_format, settings_base)
+            method.label: _run_key(method, name, task, plan, model_info, input_format, settings_base)
             for method in methods
         }
-        todo = {m.name: {s.index for s in samples if (run_keys[m.name], subtask, s.index) not in done} for m in methods}
-        progress.update(sum(len(samples) - len(todo[m.name]) for m in methods))
-        pending = [s for s in samples if any(s.index in todo[m.name] for m in methods)]
+        todo = {
+            m.label: {s.index for s in samples if (run_keys[m.label], subtask, s.index) not in done} for m in methods
+        }
+        progress.update(sum(len(samples) - len(todo[m.label]) for m in methods))
+        pending = [s for s in samples if any(s.index in todo[m.label] for m in methods)]
         for start in range(0, len(pending), batch_size):
             chunk = pending[start : start + batch_size]
-            active = [m for m in methods if any(s.index in todo[m.name] for s in chunk)]
-            progress.set_postfix_str(f"{subtask} ({', '.join(m.name for m in active)})")
+            active = [m for m in methods if any(s.index in todo[m.label] for s in chunk)]
+            progress.set_postfix_str(f"{subtask} ({', '.join(m.label for m in active)})")
             inputs = [formatter.format(s.prompt, s.answer_prefix) for s in chunk]
             settings = GenerationSettings(
                 max_new_tokens=max(s.max_new_tokens for s in chunk), seed=plan.seed, **settings_base
@@ -202,11 +306,11 @@ def run(plan: RunPlan, log: Any = print) -> list[dict[str, Any]]:
             outputs = engine.generate(inputs, settings, active)
             elapsed = (time.perf_counter() - began) / (len(chunk) * len(active))
             for method in active:
-                for sample, formatted, output in zip(chunk, inputs, outputs[method.name], strict=True):
-                    if sample.index not in todo[method.name]:
+                for sample, formatted, output in zip(chunk, inputs, outputs[method.label], strict=True):
+                    if sample.index not in todo[method.label]:
                         continue
                     writer.append(
-                        _sample_record(method, task, sample, formatted, output, plan, source, run_keys[method.name])
+                        _sample_record(method, task, sample, formatted, output, plan, source, run_keys[method.label])
                         | {"batch": len(chunk), "input_format": input_format, "elapsed_s": round(elapsed, 4)}
                         | {"code": prov["code"]}
                     )
@@ -214,7 +318,7 @@ def run(plan: RunPlan, log: Any = print) -> list[dict[str, Any]]:
     progress.close()
 
     rows = records.summarize(records.read_records(out / records.RECORDS_FILE))
-    wanted = {(m.name, n, s) for m in methods for n, subs in task_list for s in subs}
+    wanted = {(m.label, n, s) for m in methods for n, subs in task_list for s in subs}
     rows = [r for r in rows if (r["method"], r["task"], r["subtask"]) in wanted and r["ctx"] == plan.ctx]
     for row in rows:
         writer.append({"kind": "summary", **row, "provenance": prov, "model_info": model_info, "out": str(out)})
@@ -223,19 +327,21 @@ def run(plan: RunPlan, log: Any = print) -> list[dict[str, Any]]:
 
 
 def _run_key(method, task_name, task, plan, model_info, input_format, generation) -> str:
-    """Everything that decides a sample's result, hashed: equal keys mean the work is already done."""
-    return records.config_hash(
-        {
-            "method": method.describe(),
-            "task": task_name,
-            "task_config": task.config(),
-            "ctx": plan.ctx,
-            "seed": plan.seed,
-            "model": model_info,
-            "input_format": input_format,
-            "generation": generation,
-        }
-    )
+    """Everything that decides a sample's result, and the label it is reported under, hashed: equal keys mean
+    the work is already done."""
+    key = {
+        "method": method.describe(),
+        "task": task_name,
+        "task_config": task.config(),
+        "ctx": plan.ctx,
+        "seed": plan.seed,
+        "model": model_info,
+        "input_format": input_format,
+        "generation": generation,
+    }
+    if method.label != method.name:  # only variants: plain methods keep the keys of older run folders
+        key["label"] = method.label
+    return records.config_hash(key)
 
 
 def _sample_record(method, task, sample, formatted, output, plan, source, run_key) -> dict[str, Any]:
@@ -243,6 +349,7 @@ def _sample_record(method, task, sample, formatted, output, plan, source, run_ke
         "kind": "sample",
         "run_key": run_key,
         "method": method.name,
+        "label": method.label,
         "method_config": method.describe(),
         "path": method.path,
         "task": task.name,

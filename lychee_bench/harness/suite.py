@@ -302,7 +302,7 @@ def changed_predictions(base: Path, new: Path) -> tuple[int, int]:
             warnings.simplefilter("ignore")
             found = records.read_records(path)
         return {
-            (r.get("method"), r.get("task"), r.get("subtask"), r.get("index")): r.get("prediction")
+            (records.label_of(r), r.get("task"), r.get("subtask"), r.get("index")): r.get("prediction")
             for r in records.iter_sample_records(found)
             if "prediction" in r
         }

@@ -74,6 +74,8 @@ class Method(ABC):
 
     def __init__(self, config: Any = None):
         self.config = config if config is not None else self.Config()
+        # How this instance's results are keyed; the runner labels a variant name[key=value;...].
+        self.label = self.name
 
     @classmethod
     def from_options(cls, options: dict[str, Any]) -> Method:

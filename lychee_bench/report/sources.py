@@ -65,7 +65,7 @@ class ResultSet:
                     prov[key] = run[key]
         methods: dict[str, dict[str, Any]] = {}
         for sample in self.samples + self.timings:
-            name = sample.get("method")
+            name = records.label_of(sample)
             entry = methods.setdefault(name, {"configs": [], "paths": set(), "seeds": set(), "commits": set()})
             if sample.get("method_config") not in entry["configs"]:
                 entry["configs"].append(sample.get("method_config"))

@@ -174,7 +174,7 @@ class Bench:
             for batch in plan.batches:
                 for ctx in plan.contexts:
                     for reason in method.check(self._shape(config, batch, ctx)):
-                        reasons.append(f"{method.name} at ctx {ctx}, batch {batch}: {reason}")
+                        reasons.append(f"{method.label} at ctx {ctx}, batch {batch}: {reason}")
         if reasons:
             raise BenchError(sorted(set(reasons), key=reasons.index))
 
@@ -292,7 +292,7 @@ class Bench:
         except torch.OutOfMemoryError as error:
             self._empty_cache()
             return [
-                {**base, "method": m.name, "error": f"cache does not fit: {error}".splitlines()[0]} for m, _ in methods
+                {**base, "method": m.label, "error": f"cache does not fit: {error}".splitlines()[0]} for m, _ in methods
             ]
         fill = {"kv_fill": "random", "prefill_ms": None}
         if self.plan.prefill:
@@ -301,7 +301,7 @@ class Bench:
             cache.fill_random(ctx - 1, seed=self.plan.seed)
         weights = weight_bytes_read(model, batch)
         for method, graph_safe in methods:
-            row = {**base, **fill, "method": method.name, "method_config": method.describe(), "path": method.path}
+            row = {**base, **fill, "method": method.label, "method_config": method.describe(), "path": method.path}
             row["graph_safe"] = graph_safe
             row.update(weights)
             try:

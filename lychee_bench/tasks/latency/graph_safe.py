@@ -83,9 +83,11 @@ def make_graph_safe(method: Method) -> tuple[Method, bool]:
     if getattr(method, "graph_safe", False):  # a method that declares itself safe (the proposed hook)
         return method, True
     if type(method) is FullAttention:
-        return GraphSafeFull(method.config), True
-    if type(method) is LycheeDecode:
+        safe = GraphSafeFull(method.config)
+    elif type(method) is LycheeDecode:
         safe = GraphSafeLychee(method.config)
         safe.roles, safe._path = method.roles, method._path
-        return safe, True
-    return method, False
+    else:
+        return method, False
+    safe.label = method.label
+    return safe, True
