@@ -7,13 +7,17 @@ import math
 
 import pytest
 import torch
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from lychee_bench.methods.roles import resolve_roles
-from lychee_bench.training import density_target, train_heads
+from lychee_bench.training import density_target, hybrid, train_heads
 from lychee_bench.training.data import PasskeyConfig, PasskeyData
 from lychee_bench.training.gates import ContinuousGate, HardConcreteGate, HardKumaGate, make_gate
 from lychee_bench.training.hybrid import (
     HybridState,
+    KeyPlan,
     SparseConfig,
     decoder,
     distillation_loss,
@@ -193,6 +197,113 @@ def test_sparse_attention_is_softmax_over_kept_keys():
         assert torch.allclose(out[0, h], expected, atol=1e-5)
 
 
+def _reference_select_keys(query, key, config):
+    """select_keys as first written (masks per call, the budget's max read back, a copied mask): the reference."""
+    batch, num_heads, q_len, head_dim = query.shape
+    num_kv_heads, kv_len = key.shape[1], key.shape[2]
+    grouped = query.float().view(batch, num_kv_heads, num_heads // num_kv_heads, q_len, head_dim)
+    if config.granularity == "kv_group":
+        scores = torch.einsum("bhqd,bhsd->bhqs", grouped.mean(dim=2), key.float())
+    else:
+        scores = torch.einsum("bhgqd,bhsd->bhgqs", grouped, key.float()).reshape(batch, num_heads, q_len, kv_len)
+    positions = torch.arange(kv_len - q_len, kv_len)[:, None]
+    columns = torch.arange(kv_len)[None, :]
+    visible = columns <= positions
+    always = visible & ((columns < config.sink) | (columns > positions - config.recent))
+    extra = (torch.floor(config.ratio * (positions[:, 0] + 1).float()).long() - always.sum(dim=-1)).clamp(min=0)
+    keep = always.expand_as(scores).clone()
+    top = int(extra.max())
+    if top > 0:
+        index = scores.masked_fill(~(visible & ~always), float("-inf")).topk(top, dim=-1).indices
+        take = (torch.arange(top)[None, :] < extra[:, None]).expand_as(index)
+        keep |= torch.zeros_like(keep).scatter_(-1, index, take)
+    return keep
+
+
+def _reference_sparse_attention(query, key, value, keep, scaling):
+    """SDPA over every query head side by side, keys, values and mask repeated per head: the reference."""
+    group = query.shape[1] // key.shape[1]
+    if keep.shape[1] == key.shape[1]:
+        keep = keep.repeat_interleave(group, dim=1)
+    key, value = key.repeat_interleave(group, dim=1), value.repeat_interleave(group, dim=1)
+    return torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=keep, scale=scaling)
+
+
+@pytest.mark.parametrize(
+    ("batch", "q_len", "kv_len", "config"),
+    [
+        (1, 5, 60, SparseConfig(ratio=0.3, sink=3, recent=4)),
+        (2, 7, 40, SparseConfig(ratio=0.3, sink=3, recent=4, granularity="query_head")),
+        (1, 9, 33, SparseConfig(ratio=0.5, sink=0, recent=1)),
+        (1, 100, 300, SparseConfig(ratio=0.1, sink=8, recent=16, granularity="query_head")),  # some rows: no extra
+        (2, 6, 50, SparseConfig(ratio=1.0, sink=2, recent=3)),
+        (1, 12, 60, SparseConfig(ratio=0.3, sink=64, recent=64)),  # every visible key is sink or recent
+    ],
+)
+def test_select_keys_and_sparse_attention_match_reference(batch, q_len, kv_len, config):
+    generator = torch.Generator().manual_seed(q_len)
+    query = torch.randn(batch, 6, q_len, 8, generator=generator)
+    key, value = torch.randn(2, batch, 2, kv_len, 8, generator=generator)
+    keep = select_keys(query, key, config)
+    assert torch.equal(keep, _reference_select_keys(query, key, config))
+    plan = KeyPlan.build(q_len, kv_len, config, query.device)
+    assert plan.kept * batch * keep.shape[1] == int(keep.sum())  # the host count is what the mask keeps
+    assert plan.visible == sum(p + 1 for p in range(kv_len - q_len, kv_len))
+    expected = _reference_sparse_attention(query, key, value, keep, 0.3)
+    assert torch.allclose(sparse_attention(query, key, value, keep, 0.3), expected, atol=1e-6)
+
+
+def _reference_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """The hybrid attention function as first written (stats read back per layer, z repeated per query head)."""
+    full, _ = sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout)
+    state, layer = kwargs["lychee_train_state"], module.layer_idx
+    previous = None if layer == 0 else state["keep"]
+    state["keep"] = _reference_select_keys(query, key, state["config"])
+    if previous is None:
+        return full, None
+    q_len, kv_len = query.shape[2], key.shape[2]
+    state["kept"] += float(previous.sum()) / previous.shape[1]
+    state["visible"] += float(q_len * kv_len - q_len * (q_len - 1) / 2)
+    sparse = _reference_sparse_attention(query, key, value, previous, scaling).transpose(1, 2)
+    z = state["z"][layer].repeat_interleave(query.shape[1] // key.shape[1]).view(1, 1, -1, 1)
+    return (z * full.float() + (1.0 - z) * sparse.float()).to(full.dtype).contiguous(), None
+
+
+@pytest.mark.parametrize("granularity", ["kv_group", "query_head"])
+def test_hybrid_forward_and_gradient_match_reference(arch, granularity, monkeypatch):
+    model = tiny_model(arch)
+    context, segment = _context_and_segment(256)
+    config = SparseConfig(ratio=0.3, sink=4, recent=8, granularity=granularity)
+    generator = torch.Generator().manual_seed(1)
+    z = torch.rand(3, 2, generator=generator).requires_grad_()
+    z_reference = z.detach().clone().requires_grad_()
+    target = torch.randn(1, segment.shape[1], model.config.hidden_size, generator=generator)
+    state = HybridState(z, config)
+    student = segment_hidden(model, prefill(model, context), segment, state)
+    AttentionInterface.register("lychee_bench_reference", _reference_attention)
+    AttentionMaskInterface.register("lychee_bench_reference", sdpa_mask)
+    monkeypatch.setattr(hybrid, "TRAIN_ATTENTION_NAME", "lychee_bench_reference")
+    reference_state = {"z": z_reference, "config": config, "keep": None, "kept": 0.0, "visible": 0.0}
+    reference = segment_hidden(model, prefill(model, context), segment, reference_state)  # a cache per graph
+    assert torch.allclose(student, reference, atol=1e-6)
+    assert state.kept_fraction == reference_state["kept"] / reference_state["visible"]
+    everything = torch.ones(segment.shape[1], dtype=torch.bool)
+    distillation_loss(student, target, everything).backward()
+    distillation_loss(reference, target, everything).backward()
+    assert torch.all(z.grad[1:] != 0)
+    torch.testing.assert_close(z.grad, z_reference.grad, rtol=1e-5, atol=1e-12)
+
+
+def test_distillation_loss_takes_a_mask_or_indices():
+    generator = torch.Generator().manual_seed(2)
+    student, teacher = torch.randn(2, 1, 10, 4, generator=generator)
+    mask = torch.rand(10, generator=generator) < 0.5
+    mask[0] = True
+    expected = ((student - teacher).pow(2).mean(-1)[0, mask]).mean()
+    assert torch.equal(distillation_loss(student, teacher, mask), expected)
+    assert torch.equal(distillation_loss(student, teacher, mask.nonzero()[:, 0]), expected)
+
+
 def _context_and_segment(vocab: int, seed: int = 0, ctx: int = 120, seg: int = 24):
     generator = torch.Generator().manual_seed(seed)
     return (
@@ -315,9 +426,13 @@ def test_checkpoint_resume_equals_uninterrupted_run(smol_tokenizer, tmp_path):
 @pytest.mark.parametrize("gate", ["hardconcrete", "continuous"])
 def test_ablation_gates_train(smol_tokenizer, tmp_path, gate):
     model = tiny_model("qwen3", vocab_size=len(smol_tokenizer))
-    result = _train(model, smol_tokenizer, tmp_path / gate, gate=gate, steps=2, num_retrieval_heads=4)
+    phases = []
+    result = _train(
+        model, smol_tokenizer, tmp_path / gate, gate=gate, steps=2, num_retrieval_heads=4, on_phase=phases.append
+    )
     roles = resolve_roles(str(result.roles_path), 3, 2, "tiny")
     assert roles.num_retrieval == 4
+    assert phases == ["sample", "prefill", "teacher", "student", "backward", "logging", "end"] * 2
     assert json.loads(result.roles_path.read_text())["threshold_rule"]["gate"] == gate
 
 

@@ -59,19 +59,68 @@ class SparseConfig:
         return {**asdict(self), "scores_from": "previous layer, raw logits before softmax"}
 
 
+def _row_budgets(positions: torch.Tensor, config: SparseConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """(always, extra) per query row at absolute position p: how many of its p + 1 visible keys are sink or recent
+    keys, and how many more its budget floor(ratio (p + 1)) allows (at most its other visible keys).
+
+    Elementwise in float32 like the device computation, so the host evaluates the same numbers without reading
+    anything back from the device.
+    """
+    seen = positions + 1
+    between = ((positions - config.recent + 1).clamp(min=0) - seen.clamp(max=config.sink)).clamp(min=0)
+    always = seen - between
+    budget = torch.floor(config.ratio * seen.float()).long()
+    return always, (budget - always).clamp(min=0)
+
+
+@dataclass(frozen=True)
+class KeyPlan:
+    """The part of the key selection that depends only on (q_len, kv_len) and the config, not on the scores.
+
+    Every layer of one student forward has the same shapes, so HybridState builds this once per forward rather
+    than once per layer; `top`, `kept` and `visible` are host integers, so no layer waits for the device.
+    """
+
+    always: torch.Tensor  # [q, S] bool: each row's visible sink and recent keys
+    excluded: torch.Tensor  # [q, S] bool: keys that are not candidates for the scored part (invisible or always)
+    take: torch.Tensor  # [q, top] bool: a row keeps its r-th best candidate when r < its extra budget
+    top: int  # the largest extra budget of any row (0: no row keeps a scored key)
+    kept: int  # (query row, key) pairs kept per head
+    visible: int  # (query row, key) pairs visible per head
+
+    @classmethod
+    def build(cls, q_len: int, kv_len: int, config: SparseConfig, device: torch.device) -> KeyPlan:
+        """For query rows at the last q_len of kv_len positions (no padding)."""
+        host_always, host_extra = _row_budgets(torch.arange(kv_len - q_len, kv_len), config)
+        top = int(host_extra.max())
+        positions = torch.arange(kv_len - q_len, kv_len, device=device)[:, None]
+        columns = torch.arange(kv_len, device=device)[None, :]
+        visible = columns <= positions
+        always = visible & ((columns < config.sink) | (columns > positions - config.recent))
+        _, extra = _row_budgets(positions[:, 0], config)
+        take = torch.arange(top, device=device)[None, :] < extra[:, None]
+        kept = int((host_always + host_extra).sum())
+        return cls(always, ~visible | always, take, top, kept, q_len * kv_len - q_len * (q_len - 1) // 2)
+
+
 @dataclass
 class HybridState:
     """Carried through one student forward. `z` [num_layers, num_kv_heads] in [0, 1] (float32, may need grad).
 
     mode "hybrid" mixes by z; "sparse" uses only the sparse output after layer 0 (the z = 0 limit); "full" only
-    the full output (the z = 1 limit). `keep` is the mask handed from one layer to the next.
+    the full output (the z = 1 limit). `keep` is the mask handed from one layer to the next. `kept` and
+    `visible` count (query row, key) pairs per head over the sparse layers, as host integers: a row keeps
+    exactly its sink and recent keys plus its extra budget (select_keys' contract, checked by the tests), so
+    counting needs no device reduction and no sync.
     """
 
     z: torch.Tensor | None
     config: SparseConfig
     mode: str = "hybrid"
     keep: torch.Tensor | None = None
-    stats: dict[str, float] = field(default_factory=lambda: {"kept": 0.0, "visible": 0.0})
+    kept: int = 0
+    visible: int = 0
+    plans: dict[tuple[int, int, torch.device], KeyPlan] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -79,53 +128,64 @@ class HybridState:
         if self.mode == "hybrid" and self.z is None:
             raise ValueError("mode 'hybrid' needs the gate sample z")
 
+    def key_plan(self, q_len: int, kv_len: int, device: torch.device) -> KeyPlan:
+        """The shape-only part of the selection, built by the first layer and reused by the others."""
+        key = (q_len, kv_len, device)
+        if key not in self.plans:
+            self.plans[key] = KeyPlan.build(q_len, kv_len, self.config, device)
+        return self.plans[key]
+
     @property
     def kept_fraction(self) -> float:
-        return self.stats["kept"] / max(self.stats["visible"], 1.0)
+        return self.kept / max(self.visible, 1)
 
 
 @torch.no_grad()
-def select_keys(query: torch.Tensor, key: torch.Tensor, config: SparseConfig) -> torch.Tensor:
+def select_keys(
+    query: torch.Tensor, key: torch.Tensor, config: SparseConfig, plan: KeyPlan | None = None
+) -> torch.Tensor:
     """The keep-mask the NEXT layer's sparse heads use: [B, H, q, S] bool (H = KV heads or query heads).
 
-    query [B, Hq, q, D] are the last q positions of the key sequence key [B, Hkv, S, D] (no padding).
+    query [B, Hq, q, D] are the last q positions of the key sequence key [B, Hkv, S, D] (no padding); `plan` is
+    KeyPlan.build(q, S, config, device), given by callers that reuse it. When no row keeps a scored key the
+    mask is a broadcast view of the sink and recent keys.
     """
     batch, num_heads, q_len, head_dim = query.shape
     num_kv_heads, kv_len = key.shape[1], key.shape[2]
-    group = num_heads // num_kv_heads
-    grouped = query.float().view(batch, num_kv_heads, group, q_len, head_dim)
+    plan = plan or KeyPlan.build(q_len, kv_len, config, query.device)
+    shape = (batch, num_kv_heads if config.granularity == "kv_group" else num_heads, q_len, kv_len)
+    if plan.top == 0:
+        return plan.always.expand(shape)
+    grouped = query.float().view(batch, num_kv_heads, num_heads // num_kv_heads, q_len, head_dim)
     if config.granularity == "kv_group":
         scores = torch.einsum("bhqd,bhsd->bhqs", grouped.mean(dim=2), key.float())
     else:
-        scores = torch.einsum("bhgqd,bhsd->bhgqs", grouped, key.float()).reshape(batch, num_heads, q_len, kv_len)
-    device = query.device
-    positions = torch.arange(kv_len - q_len, kv_len, device=device)[:, None]  # [q, 1] absolute query positions
-    columns = torch.arange(kv_len, device=device)[None, :]
-    visible = columns <= positions
-    always = visible & ((columns < config.sink) | (columns > positions - config.recent))
-    budget = torch.floor(config.ratio * (positions[:, 0] + 1).float()).long()
-    extra = (budget - always.sum(dim=-1)).clamp(min=0)  # [q]
-    keep = always.expand_as(scores).clone()
-    top = int(extra.max())
-    if top > 0:
-        candidates = scores.masked_fill(~(visible & ~always), float("-inf"))
-        index = candidates.topk(top, dim=-1).indices
-        take = (torch.arange(top, device=device)[None, :] < extra[:, None]).expand_as(index)
-        keep |= torch.zeros_like(keep).scatter_(-1, index, take)
-    return keep
+        scores = torch.einsum("bhgqd,bhsd->bhgqs", grouped, key.float()).reshape(shape)
+    index = scores.masked_fill_(plan.excluded, float("-inf")).topk(plan.top, dim=-1).indices
+    chosen = torch.zeros(shape, dtype=torch.bool, device=query.device).scatter_(-1, index, plan.take.expand_as(index))
+    return chosen | plan.always
 
 
 def sparse_attention(
     query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, keep: torch.Tensor, scaling: float
 ) -> torch.Tensor:
-    """Attention over the kept keys only: [B, Hq, q, D] from a [B, Hkv or Hq, q, S] keep-mask."""
-    batch, num_heads, q_len, _ = query.shape
-    num_kv_heads = key.shape[1]
+    """Attention over the kept keys only: [B, Hq, q, D] from a [B, Hkv or Hq, q, S] keep-mask.
+
+    Each KV head becomes a batch entry holding its group of query heads, so a per-KV-head mask broadcasts over
+    its group instead of being copied to every query head (SDPA broadcasts a mask over all heads or none).
+    """
+    batch, num_heads, q_len, head_dim = query.shape
+    num_kv_heads, kv_len = key.shape[1], key.shape[2]
     group = num_heads // num_kv_heads
-    if keep.shape[1] == num_kv_heads and group > 1:
-        keep = keep[:, :, None].expand(batch, num_kv_heads, group, q_len, keep.shape[-1])
-        keep = keep.reshape(batch, num_heads, q_len, -1)
-    return F.scaled_dot_product_attention(query, key, value, attn_mask=keep, scale=scaling, enable_gqa=group > 1)
+    out = F.scaled_dot_product_attention(
+        query.reshape(batch * num_kv_heads, group, q_len, head_dim),
+        key.reshape(batch * num_kv_heads, 1, kv_len, head_dim),
+        value.reshape(batch * num_kv_heads, 1, kv_len, value.shape[-1]),
+        attn_mask=keep.reshape(batch * num_kv_heads, -1, q_len, kv_len),
+        scale=scaling,
+        enable_gqa=group > 1,
+    )
+    return out.reshape(batch, num_heads, q_len, -1)
 
 
 def lychee_bench_train_attention(
@@ -149,18 +209,20 @@ def lychee_bench_train_attention(
     layer = module.layer_idx
     previous = None if layer == 0 else state.keep  # layer 0 starts every forward afresh
     last = layer == module.config.num_hidden_layers - 1
-    state.keep = None if last else select_keys(query, key, state.config)
+    plan = state.key_plan(query.shape[2], key.shape[2], query.device)
+    state.keep = None if last else select_keys(query, key, state.config, plan)
     if previous is None:
         return full, None  # layer 0 is always full
+    state.kept += plan.kept
+    state.visible += plan.visible
     sparse = sparse_attention(query, key, value, previous, scaling).transpose(1, 2)  # [B, q, Hq, D]
-    state.stats["kept"] += float(previous.sum()) / previous.shape[1]
-    state.stats["visible"] += float(query.shape[2] * key.shape[2] - query.shape[2] * (query.shape[2] - 1) / 2)
     if state.mode == "sparse":
         return sparse.contiguous(), None
-    group = query.shape[1] // key.shape[1]
-    z = state.z[layer].repeat_interleave(group).view(1, 1, -1, 1)
-    mixed = z * full.float() + (1.0 - z) * sparse.float()
-    return mixed.to(full.dtype).contiguous(), None
+    # A KV head's z covers its group of query heads: mix on [B, q, Hkv, group, D] views.
+    grouped = (*full.shape[:2], key.shape[1], -1, full.shape[-1])
+    z = state.z[layer].view(1, 1, -1, 1, 1)
+    mixed = z * full.float().view(grouped) + (1.0 - z) * sparse.float().view(grouped)
+    return mixed.reshape(full.shape).to(full.dtype).contiguous(), None
 
 
 AttentionInterface.register(TRAIN_ATTENTION_NAME, lychee_bench_train_attention)
@@ -222,6 +284,10 @@ def segment_hidden(
 
 
 def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean over the masked tokens of the mean squared difference of the hidden vectors (float32)."""
+    """Mean over the loss tokens of the mean squared difference of the hidden vectors (float32).
+
+    `mask` is a bool mask over the segment or the indices of its loss tokens; indices (a fixed count) spare the
+    device-to-host sync that selecting by a device bool mask needs to size its result.
+    """
     squared = (student.float() - teacher.float()).pow(2).mean(dim=-1)  # [1, seg]
     return squared[:, mask].mean()

@@ -25,6 +25,7 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -94,6 +95,15 @@ def _atomic_save(obj: Any, path: Path) -> None:
     os.replace(staging, path)
 
 
+def _table(values: list[float], width: int) -> list[list[float]]:
+    """A flat [L * H] list as L rows of H values rounded for the log."""
+    return [[round(v, 5) for v in values[i : i + width]] for i in range(0, len(values), width)]
+
+
+def _no_phase(name: str) -> None:
+    pass
+
+
 def _read_log(path: Path, upto_step: int) -> list[dict[str, Any]]:
     if not path.exists():
         return []
@@ -127,6 +137,7 @@ def train_heads(
     model_info: dict[str, Any] | None = None,
     stop_after: int | None = None,
     progress: bool = True,
+    on_phase: Callable[[str], None] | None = None,
 ) -> TrainResult:
     """Train per-KV-head gates and write roles.json, train_log.jsonl, training.png and checkpoint.pt to out_dir.
 
@@ -134,7 +145,9 @@ def train_heads(
     `target_density` (over layers 1..; the roles are then whatever the threshold gives). `data` overrides the
     passkey settings (its ctx_min/ctx_max are replaced by the arguments); `sparse` the training-time sparse
     heads. Rerun with the same out_dir resumes from checkpoint.pt (the settings must match). `stop_after`
-    ends this call after that many steps (checkpointed), for preemptible jobs.
+    ends this call after that many steps (checkpointed), for preemptible jobs. `on_phase` is called with the
+    name of each phase of a step as it begins ("sample", "prefill", "teacher", "student", "backward",
+    "logging") and with "end" after it (bench_step times the phases with it).
     """
     config = model.config
     num_layers, num_kv_heads = config.num_hidden_layers, config.num_key_value_heads
@@ -203,61 +216,77 @@ def train_heads(
     frozen = {name: p.requires_grad for name, p in model.named_parameters()}
     model.requires_grad_(False)
     samples = PasskeyData(tokenizer, data)
+    phase = on_phase or _no_phase
     end = steps if stop_after is None else min(steps, start + stop_after)
     bar = tqdm(range(start, end), initial=start, total=steps, disable=not progress, desc="train-heads")
     try:
         for step in bar:
             began = time.perf_counter()
+            phase("sample")
             sample = samples.sample(seed * 1_000_003 + step)
             context = sample.context_ids[None].to(device)
             segment = sample.segment_ids[None].to(device)
-            mask = sample.loss_mask.to(device)
-            cache = prefill(model, context, prefill_chunk)
-            teacher = segment_hidden(model, cache, segment, None)
+            answers = sample.loss_mask.nonzero()[:, 0].to(device)
+            # Everything that reads the device back (λ needs c) or copies to it (z's uniforms) happens here,
+            # before the forwards are queued: the only other sync of a step is the logging read-back.
             z = gates.sample(generator)
-            state = HybridState(z, sparse)
-            student = segment_hidden(model, cache, segment, state)
-            del cache
-            distill = distillation_loss(student, teacher, mask)
             density = gates.prob_nonzero()[1:].mean()
             constraint = torch.relu(density - target)
             lam = min(LAMBDA_MAX, max(LAMBDA_MIN, lam * math.exp(lambda_lr * float(constraint.detach()))))
+            phase("prefill")
+            cache = prefill(model, context, prefill_chunk)
+            phase("teacher")
+            teacher = segment_hidden(model, cache, segment, None)
+            phase("student")
+            state = HybridState(z, sparse)
+            student = segment_hidden(model, cache, segment, state)
+            del cache
+            phase("backward")
+            distill = distillation_loss(student, teacher, answers)
             loss = distill + lam * constraint
             for group in optimizer.param_groups:
                 group["lr"] = lr * lr_factor(step, steps, min_lr_ratio)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            loss, distill, density, constraint = (t.detach() for t in (loss, distill, density, constraint))
-            seconds = time.perf_counter() - began
-            elapsed += seconds
+            phase("logging")
             done = step + 1
-            bar.set_postfix(distill=f"{float(distill):.4g}", density=f"{float(density):.3f}", lam=f"{lam:.3g}")
-            if done % log_every == 0 or done == steps or done == end:
-                with torch.no_grad():
-                    record = {
-                        "step": done,
-                        "loss": float(loss),
-                        "distill": float(distill),
-                        "constraint": float(constraint),
-                        "density": float(density),
-                        "target": target,
-                        "lambda": lam,
-                        "lr": optimizer.param_groups[0]["lr"],
-                        "z_mean": float(z[1:].mean()),
-                        "kept_fraction": state.kept_fraction,
-                        "context_tokens": sample.context_length,
-                        "segment_tokens": int(segment.shape[1]),
-                        "seconds": round(seconds, 4),
-                        "elapsed": round(elapsed, 2),
-                        "score": [[round(float(v), 5) for v in row] for row in gates.score(rule).cpu()],
-                        "p_nonzero": [[round(float(v), 5) for v in row] for row in gates.prob_nonzero().cpu()],
-                    }
+            logged = done % log_every == 0 or done == steps or done == end
+            if logged or progress:
+                with torch.no_grad():  # one device read-back for every number logged or shown
+                    scalars = torch.stack([loss, distill, constraint, density, z[1:].mean()])
+                    tensors = [scalars, gates.score(rule).flatten(), gates.prob_nonzero().flatten()]
+                    values = torch.cat(tensors).tolist()
+                loss_v, distill_v, constraint_v, density_v, z_mean = values[:5]
+                tables = _table(values[5:], num_kv_heads)  # the score rows, then the p_nonzero rows
+                bar.set_postfix(distill=f"{distill_v:.4g}", density=f"{density_v:.3f}", lam=f"{lam:.3g}")
+            seconds = time.perf_counter() - began  # after the read-back: the device's work included when logged
+            elapsed += seconds
+            if logged:
+                record = {
+                    "step": done,
+                    "loss": loss_v,
+                    "distill": distill_v,
+                    "constraint": constraint_v,
+                    "density": density_v,
+                    "target": target,
+                    "lambda": lam,
+                    "lr": optimizer.param_groups[0]["lr"],
+                    "z_mean": z_mean,
+                    "kept_fraction": state.kept_fraction,
+                    "context_tokens": sample.context_length,
+                    "segment_tokens": int(segment.shape[1]),
+                    "seconds": round(seconds, 4),
+                    "elapsed": round(elapsed, 2),
+                    "score": tables[:num_layers],
+                    "p_nonzero": tables[num_layers:],
+                }
                 records.append(record)
                 with open(log_path, "a") as handle:
                     handle.write(json.dumps(record) + "\n")
             if done % checkpoint_every == 0 or done == steps or done == end:
                 save_checkpoint(done)
+            phase("end")
     finally:
         bar.close()
         for name, param in model.named_parameters():

@@ -1,0 +1,108 @@
+"""Where the time of one `train-heads` step goes.
+
+    python -m lychee_bench.training.bench_step [--model NAME] [--steps N] [--ctx-min A] [--ctx-max B]
+                                               [--device auto|cpu|cuda]
+
+Loads the model as `train-heads` does and runs the real `train_heads` twice in a throwaway folder, each time for
+2 warm-up steps plus N measured ones (the same samples both times). The first run synchronises the device at
+every phase boundary and prints the median time of each phase; the second runs untouched and gives the steps/s
+of the loop as training runs it (the synchronised phases add up to more, since they forbid the host from
+queueing work ahead of the device).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lychee_bench.harness import models
+from lychee_bench.harness.runner import resolve_device, resolve_dtype
+from lychee_bench.training.trainer import train_heads
+
+WARMUP = 2
+PHASES = ("sample", "prefill", "teacher", "student", "backward", "logging")
+
+
+class PhaseClock:
+    """train_heads' `on_phase` hook: the time each phase begins and each step ends, optionally synchronised."""
+
+    def __init__(self, device: torch.device, synchronise: bool) -> None:
+        self.synchronise = synchronise and device.type == "cuda"
+        self.device = device
+        self.marks: list[tuple[str, float]] = []
+
+    def __call__(self, name: str) -> None:
+        if self.synchronise:
+            torch.cuda.synchronize(self.device)
+        self.marks.append((name, time.perf_counter()))
+
+    def phase_medians(self) -> dict[str, float]:
+        """Median seconds of each phase over the steps after the warm-up."""
+        spans: dict[str, list[float]] = {name: [] for name in PHASES}
+        step = 0
+        for (name, began), (_, ended) in zip(self.marks, self.marks[1:], strict=False):
+            if name == "end":
+                step += 1
+            elif step >= WARMUP:
+                spans[name].append(ended - began)
+        return {name: statistics.median(times) for name, times in spans.items()}
+
+    def steps_per_second(self) -> float:
+        ends = [t for name, t in self.marks if name == "end"][WARMUP - 1 :]
+        return (len(ends) - 1) / (ends[-1] - ends[0])
+
+
+def bench(model_name: str | None, steps: int, ctx_min: int, ctx_max: int, device_name: str) -> None:
+    device_name = resolve_device(device_name)
+    dtype = resolve_dtype("auto", device_name)
+    source = models.resolve_model(model_name)
+    config = models.load_config(source)
+    reasons = models.check_architecture(config) + models.check_context(config, ctx_max, source.name)
+    if reasons:
+        raise models.ModelError("; ".join(reasons))
+    model = models.load_model(source, config, device_name, dtype)
+    tokenizer = models.load_tokenizer(source)
+    device = next(model.parameters()).device
+    settings: dict[str, Any] = dict(
+        target_density=0.1,
+        steps=WARMUP + steps,
+        ctx_min=ctx_min,
+        ctx_max=ctx_max,
+        checkpoint_every=WARMUP + steps,
+        progress=False,
+        model_info={"name": source.name, "fingerprint": source.fingerprint},
+    )
+    clocks = {"synchronised": PhaseClock(device, True), "free": PhaseClock(device, False)}
+    with tempfile.TemporaryDirectory(prefix="lychee-bench-step-") as folder:
+        for name, clock in clocks.items():
+            train_heads(model, tokenizer, out_dir=Path(folder) / name, on_phase=clock, **settings)
+    medians = clocks["synchronised"].phase_medians()
+    print(f"{source.name} on {device} ({dtype}), contexts {ctx_min}..{ctx_max}, {steps} steps after {WARMUP} warm-up")
+    print(f"{'phase':<12}{'median ms':>10}")
+    for name, seconds in [*medians.items(), ("sum", sum(medians.values()))]:
+        print(f"{name:<12}{1000 * seconds:>10.1f}")
+    rate = clocks["free"].steps_per_second()
+    print(f"unsynchronised loop: {rate:.3f} steps/s ({1000 / rate:.1f} ms/step)")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default=None, help="embedded model name, a local folder or a hub id")
+    parser.add_argument("--steps", type=int, default=10, help="measured steps (after 2 warm-up steps)")
+    parser.add_argument("--ctx-min", type=int, default=1000)
+    parser.add_argument("--ctx-max", type=int, default=7000)
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    args = parser.parse_args(argv)
+    if args.steps < 1:
+        parser.error("--steps must be at least 1")
+    bench(args.model, args.steps, args.ctx_min, args.ctx_max, args.device)
+
+
+if __name__ == "__main__":
+    main()
