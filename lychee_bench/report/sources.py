@@ -202,7 +202,7 @@ def _bench_set(file: Path, bench: dict[str, Any]) -> ResultSet:
                 continue
             rows.append(
                 {
-                    "method": item.get("kind"),
+                    "method": item.get("kind") or _sweep_label(item),
                     "task": KERNEL_BENCH_TASK,
                     "subtask": f"retrieval_heads={heads}" if heads is not None else "-",
                     "ctx": item["context"],
@@ -215,6 +215,12 @@ def _bench_set(file: Path, bench: dict[str, Any]) -> ResultSet:
                 }
             )
     return ResultSet("", file, "kernel-bench", rows, bench=bench)
+
+
+def _sweep_label(item: dict[str, Any]) -> str:
+    """A knob-sweep row (``bench_lychee --sweep``) has no kind: name it by its knobs, e.g. sweep[pps=2;FUSED=0]."""
+    knobs = ";".join(f"{key}={value}" for key, value in item.items() if key.isupper() or key == "pps")
+    return f"sweep[{knobs}]"
 
 
 def all_rows(sets: list[ResultSet]) -> list[dict[str, Any]]:
