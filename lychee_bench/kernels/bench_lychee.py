@@ -327,6 +327,7 @@ KNOBS = {  # launch knob -> the module that holds it
     "MERGE_ROWS": "lychee_triton",
     "SMALL_WARPS": "lychee_triton",
     "TOPK_WAYS": "lychee_triton",
+    "MERGE_DOT": "lychee_triton",
     "MERGE_GROUP": "lychee_plan",
     "RETRIEVAL_FIRST": "lychee_plan",
 }
@@ -383,17 +384,18 @@ def sweep(contexts: list[int], batches: list[int], reps: int, copy_bw: float, se
 
     DEFAULT_KNOBS.update(knob_values())
     base = dict(pps=None)
+    dot = dict(base, MERGE_DOT=1)
     variants = [
         base,
         dict(base, FUSED_FINISH=1),
         dict(base, FUSED_FINISH=0),
-        dict(base, FUSED=False),
+        dot,
+        dict(dot, FUSED_FINISH=1),
+        *(dict(dot, MERGE_GROUP=group) for group in (8, 32, 64)),
+        *(dict(base, MERGE_GROUP=group) for group in (8, 32)),
+        dict(base, MERGE_ROWS=16),
+        dict(base, MERGE_ROWS=128),
         dict(base, RETRIEVAL_FIRST=0),
-        dict(base, RETRIEVAL_FIRST=0, FUSED_FINISH=0),
-        *(dict(base, TOPK_WAYS=ways) for ways in (2, 4, 16)),
-        *(dict(base, MERGE_GROUP=group) for group in (8, 32, 4096)),
-        *(dict(base, pps=pps) for pps in (1, 3, 4)),
-        dict(base, STEP_BLOCKS=1),
     ]
     rows: list[dict[str, Any]] = []
     try:

@@ -55,6 +55,7 @@ def kernel_resources(
         STEP=step,
         MERGE_TILE=max(1, lt.MERGE_ROWS // padded),
         MERGE_GROUP=16,
+        MERGE_DOT=lt.MERGE_DOT,
         NB_PAD=2048,
         W_PAD=64,
         WAYS=lt.TOPK_WAYS,
