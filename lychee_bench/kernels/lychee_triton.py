@@ -126,7 +126,8 @@ def _merge_range_dot(
         l_c = tl.load(l_ptr + row, mask=present, other=0.0, cache_modifier=".cg")
         acc_c = tl.load(acc_ptr + row[:, None] * D + d[None, :], mask=present[:, None], other=0.0, cache_modifier=".cg")
         m_new = tl.maximum(m, tl.max(tl.where(owns, m_c[None, :], -1.0e30), axis=1))
-        weights = tl.where(owns, tl.exp2(m_c[None, :] - m_new[:, None]), 0.0)
+        # Rows a head does not own get exponent -inf (weight 0) before exp2, never an overflowing difference.
+        weights = tl.exp2(tl.where(owns, m_c[None, :] - m_new[:, None], float("-inf")))
         keep = tl.exp2(m - m_new)
         l_sum = l_sum * keep + tl.sum(weights * l_c[None, :], axis=1)
         if DOT_IN_FP32:
