@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import triton
@@ -153,7 +154,7 @@ def _merge(
     DOT_IN_FP32: tl.constexpr,
 ):
     if MERGE_DOT:
-        return _merge_range_dot(acc_ptr, m_ptr, l_ptr, first, count, G, GM, D, max(1, 64 // GM), DOT_IN_FP32)
+        return _merge_range_dot(acc_ptr, m_ptr, l_ptr, first, count, G, GM, D, TILE, DOT_IN_FP32)
     else:
         return _merge_range(acc_ptr, m_ptr, l_ptr, first, count, G, GM, D, TILE)
 
@@ -577,7 +578,32 @@ def _check_inputs(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
 
 
 def _merge_tile(group: int) -> int:
+    """Partials per merge load: MERGE_ROWS rows of (partial, query head), at least one partial (and so at least
+    16 rows for the tensor-core merge while MERGE_ROWS >= 16)."""
     return max(1, MERGE_ROWS // triton.next_power_of_2(group))
+
+
+def layer_constants(plan: DecodePlan, group: int, head_dim: int, finish: int, dot_in_fp32: bool) -> dict[str, Any]:
+    """The compile-time arguments of the fused layer kernel for a plan and the module's knobs (also what
+    :mod:`lychee_bench.kernels.resource_usage` compiles)."""
+    return dict(
+        HKV=plan.num_kv_heads,
+        G=group,
+        G_PAD=max(16, triton.next_power_of_2(group)),  # tl.dot needs at least 16 rows on GPUs
+        GM=triton.next_power_of_2(group),
+        D=head_dim,
+        BLOCK=plan.block_size,
+        STEP=STEP_BLOCKS,
+        MERGE_TILE=_merge_tile(group),
+        MERGE_GROUP=plan.merge_group,
+        MERGE_DOT=MERGE_DOT,
+        NB_PAD=triton.next_power_of_2(plan.num_blocks),
+        W_PAD=triton.next_power_of_2(plan.slot_width),
+        WAYS=TOPK_WAYS,
+        FINISH=finish,
+        DOT_IN_FP32=dot_in_fp32,
+        INPUT_PRECISION="ieee" if dot_in_fp32 else "tf32",
+    )
 
 
 def _launch_layer(
@@ -645,22 +671,7 @@ def _launch_layer(
         stride(scores, 1),
         buffers.out.stride(0),
         buffers.out.stride(1),
-        HKV=plan.num_kv_heads,
-        G=group,
-        G_PAD=max(16, triton.next_power_of_2(group)),  # tl.dot needs at least 16 rows on GPUs
-        GM=triton.next_power_of_2(group),
-        D=q.shape[2],
-        BLOCK=plan.block_size,
-        STEP=STEP_BLOCKS,
-        MERGE_TILE=_merge_tile(group),
-        MERGE_GROUP=plan.merge_group,
-        MERGE_DOT=MERGE_DOT,
-        NB_PAD=triton.next_power_of_2(plan.num_blocks),
-        W_PAD=triton.next_power_of_2(plan.slot_width),
-        WAYS=TOPK_WAYS,
-        FINISH=finish,
-        DOT_IN_FP32=dot_in_fp32,
-        INPUT_PRECISION="ieee" if dot_in_fp32 else "tf32",
+        **layer_constants(plan, group, q.shape[2], finish, dot_in_fp32),
         num_warps=ATTENTION_WARPS,
         num_stages=ATTENTION_STAGES,
     )

@@ -23,6 +23,9 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from lychee_bench.kernels import lychee_triton as lt
+from lychee_bench.kernels.lychee_plan import plan_decode_work
+
+CONTEXT, BUDGET_BLOCKS = 131072, 64  # one 128K sequence, 8 KV heads (one retrieval), 4096-token budget
 
 POINTER_TYPES = {
     "q_ptr": "*bf16",
@@ -43,26 +46,10 @@ POINTER_TYPES = {
 def kernel_resources(
     *, arch: int, finish: int, step: int, warps: int, stages: int, group: int = 4, head_dim: int = 128
 ) -> dict[str, Any]:
-    """Compile the fused layer kernel (bf16, 128K context, 64-block budget) and read its resource usage."""
-    padded = triton.next_power_of_2(group)
-    constants = dict(
-        HKV=8,
-        G=group,
-        G_PAD=max(16, padded),
-        GM=padded,
-        D=head_dim,
-        BLOCK=64,
-        STEP=step,
-        MERGE_TILE=max(1, lt.MERGE_ROWS // padded),
-        MERGE_GROUP=16,
-        MERGE_DOT=lt.MERGE_DOT,
-        NB_PAD=2048,
-        W_PAD=64,
-        WAYS=lt.TOPK_WAYS,
-        FINISH=finish,
-        DOT_IN_FP32=False,
-        INPUT_PRECISION="tf32",
-    )
+    """Compile the fused layer kernel (bf16, 128K context, 64-block budget) with the launch's own compile-time
+    arguments and read its resource usage."""
+    plan = plan_decode_work([CONTEXT], [True] + [False] * 7, CONTEXT, BUDGET_BLOCKS, "cpu", target_programs=264)
+    constants = {**lt.layer_constants(plan, group, head_dim, finish, dot_in_fp32=False), "STEP": step}
     names = inspect.signature(lt._decode_layer_kernel.fn).parameters
     signature = {
         n: "constexpr" if n in constants else POINTER_TYPES.get(n, "*i32" if n.endswith("_ptr") else "i32")
