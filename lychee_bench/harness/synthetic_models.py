@@ -70,10 +70,9 @@ def _qwen3_8b() -> Any:
     )
 
 
-def _tiny_llama() -> Any:
-    from transformers import LlamaConfig
-
-    return LlamaConfig(
+def _tiny_shape() -> dict[str, Any]:
+    """The tiny CPU shape, the same sizes for every architecture (a fresh dict: configs may change theirs)."""
+    return dict(
         vocab_size=512,
         hidden_size=128,
         intermediate_size=256,
@@ -85,23 +84,18 @@ def _tiny_llama() -> Any:
         tie_word_embeddings=False,
         rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
     )
+
+
+def _tiny_llama() -> Any:
+    from transformers import LlamaConfig
+
+    return LlamaConfig(**_tiny_shape())
 
 
 def _tiny_qwen3() -> Any:
     from transformers import Qwen3Config
 
-    return Qwen3Config(
-        vocab_size=512,
-        hidden_size=128,
-        intermediate_size=256,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=32,
-        max_position_embeddings=8192,
-        tie_word_embeddings=False,
-        rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
-    )
+    return Qwen3Config(**_tiny_shape())
 
 
 SYNTHETIC_MODELS: dict[str, SyntheticModel] = {
