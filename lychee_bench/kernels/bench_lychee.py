@@ -395,6 +395,7 @@ def sweep(contexts: list[int], batches: list[int], reps: int, copy_bw: float, se
         dict(base, MERGE_ROWS=16),
         dict(base, MERGE_ROWS=128),
         dict(base, RETRIEVAL_FIRST=0),
+        dict(dot, RETRIEVAL_FIRST=0),
     ]
     rows: list[dict[str, Any]] = []
     try:

@@ -3,11 +3,12 @@
     python -m lychee_bench.training.bench_step [--model NAME] [--steps N] [--ctx-min A] [--ctx-max B]
                                                [--device auto|cpu|cuda]
 
-Loads the model as `train-heads` does and runs the real `train_heads` twice in a throwaway folder, each time for
-2 warm-up steps plus N measured ones (the same samples both times). The first run synchronises the device at
-every phase boundary and prints the median time of each phase; the second runs untouched and gives the steps/s
-of the loop as training runs it (the synchronised phases add up to more, since they forbid the host from
-queueing work ahead of the device).
+Loads the model as `train-heads` does and runs the real `train_heads` in a throwaway folder, each time for 2
+warm-up steps plus N measured ones, each run on samples of its own (a new context length is a new shape, so
+repeating samples would flatter whatever caches per shape). The first run synchronises the device at every
+phase boundary and prints the median time of each phase; the second runs untouched and gives the steps/s of the
+loop as training runs it (the synchronised phases add up to more, since they forbid the host from queueing work
+ahead of the device). On CUDA a third run lets SDPA use cuDNN too, which training leaves out.
 """
 
 from __future__ import annotations
@@ -20,10 +21,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.nn.attention import SDPBackend
 
 from lychee_bench.harness import models
 from lychee_bench.harness.runner import resolve_device, resolve_dtype
-from lychee_bench.training.trainer import train_heads
+from lychee_bench.training.trainer import TRAINING_SDPA_BACKENDS, train_heads
 
 WARMUP = 2
 PHASES = ("sample", "prefill", "teacher", "student", "backward", "logging")
@@ -78,17 +80,30 @@ def bench(model_name: str | None, steps: int, ctx_min: int, ctx_max: int, device
         progress=False,
         model_info={"name": source.name, "fingerprint": source.fingerprint},
     )
-    clocks = {"synchronised": PhaseClock(device, True), "free": PhaseClock(device, False)}
+    runs = {"synchronised": (True, TRAINING_SDPA_BACKENDS), "free": (False, TRAINING_SDPA_BACKENDS)}
+    if device.type == "cuda":
+        runs["free, cuDNN allowed"] = (False, (*TRAINING_SDPA_BACKENDS, SDPBackend.CUDNN_ATTENTION))
+    clocks = {name: PhaseClock(device, synchronise) for name, (synchronise, _) in runs.items()}
     with tempfile.TemporaryDirectory(prefix="lychee-bench-step-") as folder:
-        for name, clock in clocks.items():
-            train_heads(model, tokenizer, out_dir=Path(folder) / name, on_phase=clock, **settings)
+        for seed, (name, (_, backends)) in enumerate(runs.items()):
+            clock = clocks[name]
+            train_heads(
+                model,
+                tokenizer,
+                out_dir=Path(folder) / str(seed),
+                on_phase=clock,
+                seed=seed,
+                sdpa_backends=backends,
+                **settings,
+            )
     medians = clocks["synchronised"].phase_medians()
     print(f"{source.name} on {device} ({dtype}), contexts {ctx_min}..{ctx_max}, {steps} steps after {WARMUP} warm-up")
     print(f"{'phase':<12}{'median ms':>10}")
     for name, seconds in [*medians.items(), ("sum", sum(medians.values()))]:
         print(f"{name:<12}{1000 * seconds:>10.1f}")
-    rate = clocks["free"].steps_per_second()
-    print(f"unsynchronised loop: {rate:.3f} steps/s ({1000 / rate:.1f} ms/step)")
+    for name in list(runs)[1:]:
+        rate = clocks[name].steps_per_second()
+        print(f"{name + ' loop:':<28}{rate:.3f} steps/s ({1000 / rate:.1f} ms/step)")
 
 
 def main(argv: list[str] | None = None) -> None:

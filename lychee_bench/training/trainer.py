@@ -17,6 +17,8 @@ Choices recorded in every roles file (`training` block):
 - The final roles: the gate's threshold rule (score > 0.5), layer 0 forced. When N was requested and the
   threshold gives another count, the top N - H heads of layers 1.. by the same score are taken, and that is
   recorded (`selection: "top-n"`).
+- SDPA runs without its cuDNN backend (`sdpa_backends`): every step has new shapes (a new context length), and
+  cuDNN builds an execution plan for each new shape, which cost more than the step's own work on the H200.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from tqdm.auto import tqdm
 
 from lychee_bench.harness.provenance import collect
@@ -45,6 +48,8 @@ LOG = "train_log.jsonl"
 ROLES = "roles.json"
 PLOT = "training.png"
 LAMBDA_MIN, LAMBDA_MAX = 1e-12, 20.0
+# SDPA's backends a step may use: all but cuDNN, which plans anew for every new shape (see the module text).
+TRAINING_SDPA_BACKENDS = (SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH)
 
 
 @dataclass
@@ -138,6 +143,7 @@ def train_heads(
     stop_after: int | None = None,
     progress: bool = True,
     on_phase: Callable[[str], None] | None = None,
+    sdpa_backends: tuple[SDPBackend, ...] = TRAINING_SDPA_BACKENDS,
 ) -> TrainResult:
     """Train per-KV-head gates and write roles.json, train_log.jsonl, training.png and checkpoint.pt to out_dir.
 
@@ -147,7 +153,8 @@ def train_heads(
     heads. Rerun with the same out_dir resumes from checkpoint.pt (the settings must match). `stop_after`
     ends this call after that many steps (checkpointed), for preemptible jobs. `on_phase` is called with the
     name of each phase of a step as it begins ("sample", "prefill", "teacher", "student", "backward",
-    "logging") and with "end" after it (bench_step times the phases with it).
+    "logging") and with "end" after it (bench_step times the phases with it). `sdpa_backends` are the SDPA
+    backends the forwards may use.
     """
     config = model.config
     num_layers, num_kv_heads = config.num_hidden_layers, config.num_key_value_heads
@@ -233,22 +240,23 @@ def train_heads(
             density = gates.prob_nonzero()[1:].mean()
             constraint = torch.relu(density - target)
             lam = min(LAMBDA_MAX, max(LAMBDA_MIN, lam * math.exp(lambda_lr * float(constraint.detach()))))
-            phase("prefill")
-            cache = prefill(model, context, prefill_chunk)
-            phase("teacher")
-            teacher = segment_hidden(model, cache, segment, None)
-            phase("student")
-            state = HybridState(z, sparse)
-            student = segment_hidden(model, cache, segment, state)
-            del cache
-            phase("backward")
-            distill = distillation_loss(student, teacher, answers)
-            loss = distill + lam * constraint
-            for group in optimizer.param_groups:
-                group["lr"] = lr * lr_factor(step, steps, min_lr_ratio)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            with sdpa_kernel(list(sdpa_backends)):
+                phase("prefill")
+                cache = prefill(model, context, prefill_chunk)
+                phase("teacher")
+                teacher = segment_hidden(model, cache, segment, None)
+                phase("student")
+                state = HybridState(z, sparse)
+                student = segment_hidden(model, cache, segment, state)
+                del cache
+                phase("backward")
+                distill = distillation_loss(student, teacher, answers)
+                loss = distill + lam * constraint
+                for group in optimizer.param_groups:
+                    group["lr"] = lr * lr_factor(step, steps, min_lr_ratio)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
             phase("logging")
             done = step + 1
             logged = done % log_every == 0 or done == steps or done == end
@@ -308,6 +316,7 @@ def train_heads(
         "distill_last_tenth": sum(r["distill"] for r in last) / len(last) if last else None,
         "scores": [[round(float(v), 5) for v in row] for row in scores],
         "elapsed_seconds": round(elapsed, 1),
+        "sdpa_backends": [backend.name.lower() for backend in sdpa_backends],
         "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
         "provenance": collect(str(device)),
     }
