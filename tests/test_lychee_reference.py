@@ -40,6 +40,18 @@ def test_roles_file_round_trip_and_checksum(tmp_path):
         resolve_roles(None, 4, 2, "no-such-model")
 
 
+def test_default_model_ships_trained_roles():
+    """`--method lychee` on the default model needs no roles flag: its HardKuma-trained roles ship (issue 4)."""
+    from lychee_bench.harness import models
+
+    source = models.resolve_model(None)
+    roles = resolve_roles(None, 30, 3, source.name)
+    assert roles.source == f"shipped:{source.name}" and roles.num_retrieval == 11 and bool(roles.retrieval[0].all())
+    assert roles.info["model"]["fingerprint"] == source.fingerprint
+    training = roles.info["training"]
+    assert training["gate"] == "hardkuma" and training["steps_completed"] == training["steps"] == 3000
+
+
 def test_token_selection_keeps_sink_recent_and_top_scores():
     length, sink, recent, budget = 40, 3, 5, 12
     valid = torch.ones(1, length, dtype=torch.bool)
