@@ -153,7 +153,8 @@ class _NoHostReads(TorchDispatchMode):
 
 def test_graph_safe_full_step_has_no_host_reads(tiny):
     """The CPU stand-in for CUDA-graph capture: the whole decode step (HF model, cache, method) never reads a
-    value back. (The unwrapped FullAttention does, via .item(); the wrapper exists for that.)"""
+    value back. The plain FullAttention needs none either, since the step carries the host lengths (the static
+    decoder and the engine give them)."""
     ctx = 32
     cache = _cache(tiny, 1, ctx)
     cache.fill_random(ctx - 1)
@@ -161,7 +162,7 @@ def test_graph_safe_full_step_has_no_host_reads(tiny):
     with _NoHostReads():
         decoder.step()
     plain = StaticDecoder(tiny, cache, 1, FullAttention())
-    with pytest.raises(AssertionError, match="host read"), _NoHostReads():
+    with _NoHostReads():
         plain.step()
 
 

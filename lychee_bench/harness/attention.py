@@ -33,7 +33,10 @@ class DecodeState:
     `slots` maps a KV-head index to the token set chosen for it in this step (absolute cache positions, or
     block indices, as the method defines); it is emptied at the start of every step. `layer_data` is free
     per-step space keyed by whatever the method needs. `counters` accumulates statistics over the whole run
-    (for example the K/V tokens actually read), so a result can report them.
+    (for example the K/V tokens actually read), so a result can report them; a tensor value is added on its
+    device, and `totals()` reads everything back once at the end instead of once per layer. `lengths` are the
+    real tokens of each sequence in this decode step (the current one included), known on the host: the
+    engine sets them so that methods need not read the validity mask back from the device.
     """
 
     method: Method
@@ -41,17 +44,32 @@ class DecodeState:
     step: int = 0
     slots: dict[Any, torch.Tensor] = field(default_factory=dict)
     layer_data: dict[Any, Any] = field(default_factory=dict)
-    counters: dict[str, float] = field(default_factory=dict)
+    counters: dict[str, float | torch.Tensor] = field(default_factory=dict)
+    lengths: list[int] | None = None
 
-    def begin_step(self, phase: str) -> None:
+    def begin_step(self, phase: str, lengths: list[int] | None = None) -> None:
         self.phase = phase
+        self.lengths = lengths
         self.slots.clear()
         self.layer_data.clear()
         if phase == "decode":
             self.step += 1
 
-    def count(self, name: str, value: float) -> None:
-        self.counters[name] = self.counters.get(name, 0.0) + float(value)
+    def count(self, name: str, value: float | torch.Tensor) -> None:
+        """Add to a run statistic; a tensor stays on its device (no sync) until `totals()`."""
+        if isinstance(value, torch.Tensor):
+            value = value.detach().double()
+        self.counters[name] = self.counters.get(name, 0.0) + value
+
+    def totals(self) -> dict[str, float]:
+        """The statistics as plain numbers (one read-back per statistic)."""
+        return {name: float(value) for name, value in self.counters.items()}
+
+    def host_lengths(self, valid: torch.Tensor) -> list[int]:
+        """Real tokens per sequence in this step: the engine's host copy, or one read-back of `valid` per step."""
+        if self.lengths is None:
+            self.lengths = valid.sum(-1).tolist()
+        return self.lengths
 
 
 def key_validity(attention_mask: torch.Tensor | None, batch: int, kv_len: int, device: torch.device) -> torch.Tensor:

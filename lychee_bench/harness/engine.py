@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import inspect
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,6 +45,13 @@ class Generation:
     new_tokens: int
     exercise_tokens: int
     stop_reason: str  # "eos" or "length"
+    decode_seconds: float = 0.0  # this method's whole decode loop for the batch (shared by its rows)
+    decode_steps: int = 0  # forward calls of that loop
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 class InputFormatter:
@@ -131,6 +139,8 @@ class Engine:
         fallback_pad = min(self.stop_ids or {0})
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else fallback_pad
         self.cache_keyword = _cache_keyword(model)
+        self.last_prefill_seconds = 0.0  # the shared dense prefill of the last generate()
+        self.last_counters: dict[str, float] = {}  # the last method's statistics (e.g. K/V tokens read)
 
     def _forward(self, input_ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: Any, state):
         return self.model(
@@ -160,18 +170,26 @@ class Engine:
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
 
         cache = DynamicCache(config=self.model.config)
+        began = time.perf_counter()
         with method_attention(self.model):
             state = DecodeState(method=methods[0])
             state.begin_step("prefill")
             logits = self._forward(input_ids, mask, positions, cache, state).logits[:, -1, :]
+            _synchronize(self.device)
+            self.last_prefill_seconds = time.perf_counter() - began
+            lengths = [len(ids) for ids in prefill]
             results = {}
             for index, method in enumerate(methods):
                 # The last method may consume the prefilled cache itself; the others decode from copies.
                 own_cache = cache if index == len(methods) - 1 else copy.deepcopy(cache)
-                results[method.label] = self._decode(inputs, settings, method, own_cache, logits, mask, positions)
+                results[method.label] = self._decode(
+                    inputs, settings, method, own_cache, logits, mask, positions, lengths
+                )
         return results
 
-    def _decode(self, inputs, settings, method, cache, logits, mask, positions) -> list[Generation]:
+    def _decode(self, inputs, settings, method, cache, logits, mask, positions, lengths) -> list[Generation]:
+        """Decode every row until it stops; `lengths` are the rows' real prefilled tokens (host values)."""
+        began = time.perf_counter()
         batch = len(inputs)
         forced = [item.input_ids[len(item.input_ids) - item.exercise_tokens :] for item in inputs]
         generators = [_generator(settings.seed, row) for row in range(batch)] if settings.temperature > 0 else []
@@ -182,8 +200,11 @@ class Engine:
         next_positions = positions[:, -1:] + 1
         period = int(getattr(method.config, "correction_period", 0) or 0)
         sparse_inputs: list[torch.Tensor] = []  # tokens decoded sparsely since the last correction
+        steps = 0
         while True:
             next_tokens = []
+            # Greedy: one argmax and one read-back for the whole batch.
+            greedy = logits.argmax(dim=-1).tolist() if settings.temperature <= 0 else None
             for row in range(batch):
                 if forced[row]:
                     next_tokens.append(forced[row].pop(0))
@@ -191,7 +212,10 @@ class Engine:
                 if done[row]:
                     next_tokens.append(self.pad_id)
                     continue
-                token = _choose(logits[row], settings, generators[row] if generators else None)
+                if greedy is not None:
+                    token = int(greedy[row])
+                else:
+                    token = _choose(logits[row], settings, generators[row] if generators else None)
                 if token in self.stop_ids:
                     done[row], stop_reason[row] = True, "eos"
                 else:
@@ -203,7 +227,8 @@ class Engine:
                 break
             step_ids = torch.tensor(next_tokens, device=self.device)[:, None]
             mask = torch.cat([mask, torch.ones((batch, 1), dtype=mask.dtype, device=self.device)], dim=1)
-            state.begin_step("decode")
+            steps += 1  # every row feeds a token (a finished row a pad) with mask 1, so each grows by one
+            state.begin_step("decode", [length + steps for length in lengths])
             logits = self._forward(step_ids, mask, next_positions, cache, state).logits[:, -1, :]
             next_positions = next_positions + 1
             if period:
@@ -211,13 +236,16 @@ class Engine:
                 if len(sparse_inputs) == period:
                     self._correct_cache(cache, sparse_inputs, mask, next_positions, state)
                     sparse_inputs.clear()
-        self.last_counters = dict(state.counters)
+        self.last_counters = state.totals()
+        seconds = time.perf_counter() - began  # the loop ends on a read-back of the last logits: device work done
         return [
             Generation(
                 text=self.tokenizer.decode(generated[row], skip_special_tokens=True),
                 new_tokens=len(generated[row]),
                 exercise_tokens=inputs[row].exercise_tokens,
                 stop_reason=stop_reason[row],
+                decode_seconds=seconds,
+                decode_steps=steps,
             )
             for row in range(batch)
         ]

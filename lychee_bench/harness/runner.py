@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -302,16 +301,21 @@ def run(plan: RunPlan, log: Any = print) -> list[dict[str, Any]]:
             settings = GenerationSettings(
                 max_new_tokens=max(s.max_new_tokens for s in chunk), seed=plan.seed, **settings_base
             )
-            began = time.perf_counter()
             outputs = engine.generate(inputs, settings, active)
-            elapsed = (time.perf_counter() - began) / (len(chunk) * len(active))
+            prefill_share = engine.last_prefill_seconds / len(active)  # one prefill serves every method
             for method in active:
                 for sample, formatted, output in zip(chunk, inputs, outputs[method.label], strict=True):
                     if sample.index not in todo[method.label]:
                         continue
+                    timing = {
+                        "elapsed_s": round((prefill_share + output.decode_seconds) / len(chunk), 4),
+                        "decode_steps": output.decode_steps,
+                        "decode_ms_per_step": round(1000 * output.decode_seconds / max(1, output.decode_steps), 3),
+                    }
                     writer.append(
                         _sample_record(method, task, sample, formatted, output, plan, source, run_keys[method.label])
-                        | {"batch": len(chunk), "input_format": input_format, "elapsed_s": round(elapsed, 4)}
+                        | {"batch": batch_size, "forward_batch": len(chunk), "input_format": input_format}
+                        | timing
                         | {"code": prov["code"]}
                     )
                     progress.update(1)

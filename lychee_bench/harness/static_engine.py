@@ -189,7 +189,7 @@ class StaticDecoder:
         """One eager decode step at context C (writes slot C-1; the cache keeps C-1 earlier tokens)."""
         self.cache.write_positions = self.decode_slot
         self.cache.visible = None
-        self.state.begin_step("decode")
+        self.state.begin_step("decode", [self.context] * self.batch)
         with torch.inference_mode(), method_attention(self.model):
             self.logits = self._forward(self.input_ids, self.position_ids, self.decode_mask)
         return self.logits

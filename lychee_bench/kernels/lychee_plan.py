@@ -83,6 +83,18 @@ def default_target_programs(device: torch.device | str, work_blocks: int = 0) ->
     return 16  # interpreter runs: a few chunks per head exercise the merge without being slow
 
 
+def _to_device(arrays: list[torch.Tensor], device: torch.device | str) -> list[torch.Tensor]:
+    """Host int64 arrays on `device` with one copy: packed into one (pinned) buffer, copied without blocking the
+    host, and split there. Separate copies from pageable memory would each wait for the device's queued work."""
+    device = torch.device(device)
+    packed = torch.cat([array.flatten().to(torch.int64) for array in arrays])
+    if device.type == "cuda":
+        moved = packed.pin_memory().to(device, non_blocking=True)
+    else:
+        moved = packed.to(device)
+    return list(torch.split(moved, [array.numel() for array in arrays])) if arrays else []
+
+
 def plan_decode_work(
     lengths: Sequence[int] | torch.Tensor,
     is_retrieval: Sequence[bool] | torch.Tensor,
@@ -144,13 +156,17 @@ def plan_decode_work(
     retrieval_row[retrieval_heads] = torch.arange(retrieval_heads.numel())
     merge_group = MERGE_GROUP
     head_groups = (flat_counts + merge_group - 1) // merge_group
+    items, offsets, counts, retrieval_row, retrieval_heads, group_offsets = _to_device(
+        [items, offsets, flat_counts, retrieval_row, retrieval_heads, torch.cumsum(head_groups, 0) - head_groups],
+        device,
+    )
     return DecodePlan(
-        items=items.to(device=device, dtype=torch.int32).contiguous(),
-        offsets=offsets.to(device=device, dtype=torch.int32),
-        counts=flat_counts.to(device=device, dtype=torch.int32),
-        retrieval_row=retrieval_row.to(device=device, dtype=torch.int32),
-        retrieval_heads=retrieval_heads.to(device=device),
-        group_offsets=(torch.cumsum(head_groups, 0) - head_groups).to(device=device, dtype=torch.int32),
+        items=items.view(-1, 5).to(torch.int32).contiguous(),
+        offsets=offsets.to(torch.int32),
+        counts=counts.to(torch.int32),
+        retrieval_row=retrieval_row.to(torch.int32),
+        retrieval_heads=retrieval_heads,
+        group_offsets=group_offsets.to(torch.int32),
         num_groups=int(head_groups.sum()),
         merge_group=merge_group,
         batch=batch,

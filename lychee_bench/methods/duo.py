@@ -76,5 +76,5 @@ class DuoAttention(Method):
         window = sink_and_recent(valid, self.config.sink, self.config.recent)
         keep = torch.where(retrieval[None, :, None], valid[:, None, :], window[:, None, :])  # [B, Hkv, S]
         state.layer_data[("keep", layer_idx)] = keep
-        state.count("kv_tokens_read", keep.sum().item())
+        state.count("kv_tokens_read", keep.sum())
         return masked_decode_attention(query, key, value, keep, scaling)

@@ -39,6 +39,7 @@ class FullAttention(Method):
         scaling: float,
         state: DecodeState,
     ) -> torch.Tensor:
-        state.count("kv_tokens_read", valid.sum().item() * key.shape[1])
-        mask = None if bool(valid.all()) else valid[:, None, None, :]
+        lengths = state.host_lengths(valid)
+        state.count("kv_tokens_read", sum(lengths) * key.shape[1])
+        mask = None if min(lengths) == key.shape[2] else valid[:, None, None, :]
         return F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scaling, enable_gqa=True)

@@ -71,6 +71,7 @@ class LycheeDecode(Method):
         super().__init__(config)
         self.roles: HeadRoles | None = None
         self._path: str | None = None
+        self._head_indices: dict[tuple[int, str], torch.Tensor] = {}
 
     def check_config(self, shape: RunShape) -> list[str]:
         reasons = []
@@ -117,6 +118,7 @@ class LycheeDecode(Method):
             self.roles = resolve_roles(self.config.roles, config.num_hidden_layers, config.num_key_value_heads, name)
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
         self._path = self._choose_path(str(next(model.parameters()).device), head_dim)
+        self._head_indices.clear()
 
     @property
     def path(self) -> str:
@@ -135,13 +137,24 @@ class LycheeDecode(Method):
             return torch.clamp((count[:, 0].float() * self.config.budget_ratio).round().long(), min=1)
         return torch.full_like(count[:, 0], self.config.budget)
 
-    def select(self, scores: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        """Selected positions [B, R, S] from the retrieval heads' scores [B, R, S]."""
+    def select(self, scores: torch.Tensor, valid: torch.Tensor, lengths: list[int] | None = None) -> torch.Tensor:
+        """Selected positions [B, R, S] from the retrieval heads' scores [B, R, S]. `lengths`, the real tokens
+        per sequence on the host, bound the top-k sizes without reading the device back."""
         budget = self.budget_for(valid)
         cfg = self.config
+        longest = None if lengths is None else max(lengths)
+        if longest is None:
+            bound = None
+        elif cfg.budget_ratio is not None:
+            bound = max(1, round(longest * cfg.budget_ratio))
+        else:
+            bound = cfg.budget
         if cfg.granularity == "token":
-            return select_tokens(scores, valid, budget, cfg.sink, cfg.recent)
-        return select_blocks(scores, valid, torch.clamp(budget // cfg.block_size, min=1), cfg.block_size)
+            return select_tokens(scores, valid, budget, cfg.sink, cfg.recent, bound)
+        blocks = None if bound is None else max(1, bound // cfg.block_size)
+        return select_blocks(
+            scores, valid, torch.clamp(budget // cfg.block_size, min=1), cfg.block_size, blocks, longest
+        )
 
     def decode_attention(
         self,
@@ -164,9 +177,9 @@ class LycheeDecode(Method):
         if retrieval_heads:
             group = num_heads // num_kv_heads
             mean_query = query.float().view(batch, num_kv_heads, group, head_dim).mean(dim=2)  # [B, Hkv, D]
-            heads = torch.tensor(retrieval_heads, device=key.device)
+            heads = self._head_index(layer_idx, retrieval_heads, key.device)
             scores = torch.einsum("bhd,bhsd->bhs", mean_query[:, heads], key[:, heads].float())
-            chosen = self.select(scores, valid)
+            chosen = self.select(scores, valid, state.host_lengths(valid))
             for i, h in enumerate(retrieval_heads):
                 keep[:, h] = valid  # a retrieval head reads the whole cache, always
                 state.slots[h] = chosen[:, i]
@@ -175,8 +188,15 @@ class LycheeDecode(Method):
                 if h not in state.slots:
                     raise RuntimeError(f"sparse head {h} of layer {layer_idx} has an empty slot; layer 0 must fill it")
                 keep[:, h] = state.slots[h]
-        state.count("kv_tokens_read", keep.sum().item())
+        state.count("kv_tokens_read", keep.sum())
         return masked_decode_attention(query, key, value, keep, scaling)
+
+    def _head_index(self, layer_idx: int, heads: list[int], device: torch.device) -> torch.Tensor:
+        """The layer's retrieval heads as a device index, made once (a copy per step would wait for the device)."""
+        key = (layer_idx, str(device))
+        if key not in self._head_indices:
+            self._head_indices[key] = torch.tensor(heads, device=device)
+        return self._head_indices[key]
 
     def _decode_triton(
         self,
@@ -194,9 +214,9 @@ class LycheeDecode(Method):
         from lychee_bench.kernels.lychee_triton import lychee_decode_layer
 
         step = state.layer_data.get("lychee")
-        if step is None:  # once per decode step: lengths on the host (one sync), plans per role pattern
+        if step is None:  # once per decode step: lengths on the host (the engine's, or one sync), plans per roles
             count = valid.sum(-1)
-            lengths_host = count.tolist()
+            lengths_host = state.host_lengths(valid)
             if self.config.budget_ratio is not None:
                 budget = max(1, round(max(lengths_host) * self.config.budget_ratio))
             else:

@@ -107,5 +107,5 @@ class QuestAttention(Method):
             keep = self.select(query, key, valid)
         state.layer_data[("keep", layer_idx)] = keep
         per_kv = keep.view(keep.shape[0], num_kv_heads, -1, keep.shape[-1]).any(dim=2)
-        state.count("kv_tokens_read", per_kv.sum().item())
+        state.count("kv_tokens_read", per_kv.sum())
         return masked_decode_attention(query, key, value, keep, scaling)

@@ -46,5 +46,5 @@ class StreamingAttention(Method):
         state: DecodeState,
     ) -> torch.Tensor:
         keep = sink_and_recent(valid, self.config.sink, self.config.recent)
-        state.count("kv_tokens_read", keep.sum().item() * key.shape[1])
+        state.count("kv_tokens_read", keep.sum() * key.shape[1])
         return masked_decode_attention(query, key, value, keep[:, None, :].expand(-1, key.shape[1], -1), scaling)

@@ -142,5 +142,5 @@ class TidalDecode(Method):
         state.layer_data[("keep", layer_idx)] = keep
         # K/V rows read: the union of the group's sets per KV head.
         per_kv = keep.view(keep.shape[0], num_kv_heads, -1, keep.shape[-1]).any(dim=2)
-        state.count("kv_tokens_read", per_kv.sum().item())
+        state.count("kv_tokens_read", per_kv.sum())
         return masked_decode_attention(query, key, value, keep, scaling)

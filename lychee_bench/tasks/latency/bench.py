@@ -389,7 +389,7 @@ class Bench:
         scaling = head_dim**-0.5
 
         def attention_pass() -> None:
-            state.begin_step("decode")
+            state.begin_step("decode", [decoder.context] * batch)
             for index, layer in enumerate(cache.layers):
                 method.decode_attention(index, query, layer.keys, layer.values, decoder.static.valid, scaling, state)
 
