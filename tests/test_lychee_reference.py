@@ -135,6 +135,29 @@ def test_small_budget_changes_the_output(smol_tokenizer):
     assert outputs["lychee"][0].text != outputs["full"][0].text
 
 
+def test_one_roles_table_under_two_names_is_decoded_once(smol_tokenizer, tmp_path):
+    """`lychee[roles=uniform:4]` and a roles file holding the same table decode identically by construction: the
+    engine decodes them once and says so; another budget is decoded on its own."""
+    model = tiny_model("llama", vocab_size=len(smol_tokenizer))
+    config = model.config
+    table = uniform_roles(4, config.num_hidden_layers, config.num_key_value_heads)
+    path = tmp_path / "same.json"
+    path.write_text(json.dumps(roles_to_json(table, {"name": "tiny"}, threshold_rule="test")))
+    methods = []
+    for label, roles, budget in (("named", "uniform:4", 64), ("file", str(path), 64), ("other", "uniform:4", 128)):
+        method = LycheeDecode(LycheeConfig(roles=roles, budget=budget, granularity="block"))
+        method.prepare(model)
+        method.label = label
+        methods.append(method)
+    formatter = InputFormatter(smol_tokenizer, exercise_chars=60)
+    inputs = [formatter.format("The quick brown fox jumps over the lazy dog. " * 40 + "What does the fox do?", " A:")]
+    engine = Engine(model, smol_tokenizer)
+    outputs = engine.generate(inputs, GenerationSettings(8), methods)
+    assert engine.last_shared == {"file": "named"}
+    alone = engine.generate(inputs, GenerationSettings(8), [methods[1]])["file"]
+    assert [g.text for g in outputs["file"]] == [g.text for g in outputs["named"]] == [g.text for g in alone]
+
+
 def test_cache_correction_rewrites_sparse_kv_densely(smol_tokenizer):
     model = tiny_model("qwen3", vocab_size=len(smol_tokenizer))
     formatter = InputFormatter(smol_tokenizer, exercise_chars=60)

@@ -128,7 +128,8 @@ class Engine:
 
     Prefill is dense in every method, so one prefill serves all the methods compared on a batch: each method
     decodes from its own copy of the prefilled cache. That halves the CPU cost of comparing two methods and
-    guarantees they start from bit-identical caches.
+    guarantees they start from bit-identical caches. Methods with equal `decode_signature()` (the same method
+    and effective options under different labels) are decoded once; `last_shared` says which reused which.
     """
 
     def __init__(self, model: torch.nn.Module, tokenizer: Any):
@@ -141,6 +142,7 @@ class Engine:
         self.cache_keyword = _cache_keyword(model)
         self.last_prefill_seconds = 0.0  # the shared dense prefill of the last generate()
         self.last_counters: dict[str, float] = {}  # the last method's statistics (e.g. K/V tokens read)
+        self.last_shared: dict[str, str] = {}  # label -> the label whose identical decode it reuses
 
     def _forward(self, input_ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: Any, state):
         return self.model(
@@ -178,10 +180,19 @@ class Engine:
             _synchronize(self.device)
             self.last_prefill_seconds = time.perf_counter() - began
             lengths = [len(ids) for ids in prefill]
-            results = {}
-            for index, method in enumerate(methods):
-                # The last method may consume the prefilled cache itself; the others decode from copies.
-                own_cache = cache if index == len(methods) - 1 else copy.deepcopy(cache)
+            results: dict[str, list[Generation]] = {}
+            decoded: dict[str, str] = {}  # decode signature -> the label that decoded it
+            self.last_shared = {}
+            distinct = {method.decode_signature() for method in methods}
+            for method in methods:
+                signature = method.decode_signature()
+                if signature in decoded:  # the same decode by construction (e.g. one roles table under two names)
+                    self.last_shared[method.label] = decoded[signature]
+                    results[method.label] = copy.deepcopy(results[decoded[signature]])
+                    continue
+                decoded[signature] = method.label
+                # The last distinct method may consume the prefilled cache itself; the others decode from copies.
+                own_cache = cache if len(decoded) == len(distinct) else copy.deepcopy(cache)
                 results[method.label] = self._decode(
                     inputs, settings, method, own_cache, logits, mask, positions, lengths
                 )

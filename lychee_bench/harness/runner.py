@@ -312,6 +312,8 @@ def run(plan: RunPlan, log: Any = print) -> list[dict[str, Any]]:
                         "decode_steps": output.decode_steps,
                         "decode_ms_per_step": round(1000 * output.decode_seconds / max(1, output.decode_steps), 3),
                     }
+                    if method.label in engine.last_shared:
+                        timing["same_decode_as"] = engine.last_shared[method.label]
                     writer.append(
                         _sample_record(method, task, sample, formatted, output, plan, source, run_keys[method.label])
                         | {"batch": batch_size, "forward_batch": len(chunk), "input_format": input_format}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -119,6 +120,12 @@ class Method(ABC):
     def describe(self) -> dict[str, Any]:
         """The method config recorded in every result, including which implementation path runs."""
         return {"name": self.name, "path": self.path, **dataclasses.asdict(self.config)}
+
+    def decode_signature(self) -> str:
+        """Equal signatures decode identically: the engine decodes such entries once and shares the result.
+        By default the recorded config; a method whose options name the same thing in several ways (lychee's
+        roles by name or by file) replaces them with what they resolve to."""
+        return json.dumps(self.describe(), sort_keys=True, default=str)
 
     @property
     def path(self) -> str:
