@@ -193,3 +193,25 @@ def test_synthetic_qwen3_builds_finite():
     logits = model(input_ids=torch.tensor([[1, 2, 3]])).logits
     assert torch.isfinite(logits).all()
     assert torch.allclose(model.model.layers[0].self_attn.q_norm.weight, torch.ones(1))
+
+
+def test_compiled_dense_blocks_keep_the_logits_and_restore_the_model(tiny, tmp_path):
+    """torch.compile of norms, MLPs and rotary (the bench's default on CUDA) changes no logit beyond rounding,
+    and the model is plain eager again afterwards; the bench records what it compiled."""
+    import sys
+
+    from lychee_bench.harness.fused_blocks import ROTARY_FUNCTION, compiled_dense_blocks
+
+    ids = torch.randint(0, tiny.config.vocab_size, (2, 12), generator=torch.Generator().manual_seed(0))
+    modeling = sys.modules[type(tiny).__module__]
+    rotary = getattr(modeling, ROTARY_FUNCTION)
+    with torch.no_grad():
+        eager = tiny(ids).logits
+        with compiled_dense_blocks(tiny) as compiled:
+            fused = tiny(ids).logits
+        assert {"apply_rotary_pos_emb"} < set(compiled) and any(name.endswith("MLP") for name in compiled)
+        torch.testing.assert_close(fused, eager, rtol=1e-5, atol=1e-5)
+    assert getattr(modeling, ROTARY_FUNCTION) is rotary
+    assert all("forward" not in vars(module) for module in tiny.modules())
+    records = run_bench(["full"], [192], [1], model=TINY, out=tmp_path, reps=1, smoke=True, compile=True)
+    assert records and all("RMSNorm" in " ".join(r["compiled"]) for r in records)

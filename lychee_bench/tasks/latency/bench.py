@@ -10,6 +10,7 @@ copy: ``torch.mul(src, 1, out=dst)`` on 2 GiB, read + write counted). SPEC §6; 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import time
@@ -22,6 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from lychee_bench.harness import provenance, records
+from lychee_bench.harness.fused_blocks import compiled_dense_blocks
 from lychee_bench.harness.static_engine import (
     FixedSlotCache,
     StaticDecoder,
@@ -75,6 +77,7 @@ class BenchPlan:
     attention: bool = True  # also time the attention alone
     smoke: bool = False
     seed: int = 0
+    compile: bool | None = None  # torch.compile the norms, MLPs and rotary embedding; None: on CUDA, off in smoke
 
 
 def run_bench(
@@ -188,6 +191,11 @@ class Bench:
             method.prepare(model)
             safe_methods.append(make_graph_safe(method))
 
+        compile_blocks = (not plan.smoke) if plan.compile is None else plan.compile
+        with compiled_dense_blocks(model) if compile_blocks else contextlib.nullcontext([]) as compiled:
+            return self._run_points(plan, config, model_info, model, safe_methods, started, compiled)
+
+    def _run_points(self, plan, config, model_info, model, safe_methods, started, compiled) -> list[dict[str, Any]]:
         prov = provenance.collect(str(self.device))
         copy = self._copy_bandwidth()
         self.log(f"copy bandwidth {copy['copy_bw_bytes_per_s'] / 1e12:.3f} TB/s ({copy['copy_method']})")
@@ -217,6 +225,7 @@ class Bench:
             "dtype": self.dtype_name,
             "device": prov["device"],
             "timing_mode": self._timing_mode(),
+            "compiled": compiled,  # the parts of the step that ran through torch.compile (empty: all eager)
             "label": SMOKE_LABEL if plan.smoke else model_info.get("weights") + " weights",
             "copy_bw_bytes_per_s": copy["copy_bw_bytes_per_s"],
             "provenance": prov,
