@@ -41,8 +41,10 @@ class DuoAttention(Method):
     def __init__(self, config: DuoConfig | None = None):
         super().__init__(config)
         self.roles: HeadRoles | None = None
+        self._device_roles: dict[str, torch.Tensor] = {}  # the roles table on each device, copied once
 
     def check_config(self, shape: RunShape) -> list[str]:
+        self._device_roles.clear()
         try:
             self.roles = resolve_roles(self.config.roles, shape.num_layers, shape.num_kv_heads, shape.model_name)
         except RolesError as error:
@@ -54,6 +56,7 @@ class DuoAttention(Method):
             config = model.config
             name = getattr(config, "_name_or_path", "")
             self.roles = resolve_roles(self.config.roles, config.num_hidden_layers, config.num_key_value_heads, name)
+        self._device_roles.clear()
 
     def describe(self) -> dict[str, Any]:
         described = super().describe()
@@ -72,7 +75,10 @@ class DuoAttention(Method):
         state: DecodeState,
     ) -> torch.Tensor:
         assert self.roles is not None, "prepare() loads the roles before decoding"
-        retrieval = self.roles.retrieval[layer_idx].to(key.device)  # [Hkv]
+        device = str(key.device)
+        if device not in self._device_roles:  # a copy per layer would wait for the device's queued work
+            self._device_roles[device] = self.roles.retrieval.to(key.device)
+        retrieval = self._device_roles[device][layer_idx]  # [Hkv]
         window = sink_and_recent(valid, self.config.sink, self.config.recent)
         keep = torch.where(retrieval[None, :, None], valid[:, None, :], window[:, None, :])  # [B, Hkv, S]
         state.layer_data[("keep", layer_idx)] = keep

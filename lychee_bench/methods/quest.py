@@ -36,10 +36,15 @@ class QuestConfig:
             raise ValueError(f"quest dense_layers {self.dense_layers} must be >= 0")
 
 
-def page_bounds(key: torch.Tensor, valid: torch.Tensor, page_size: int) -> tuple[torch.Tensor, ...]:
-    """Per page of `page_size` real tokens: key min and max [B, Hkv, P, D], page exists [B, P], page id [B, S]."""
+def page_bounds(
+    key: torch.Tensor, valid: torch.Tensor, page_size: int, longest: int | None = None
+) -> tuple[torch.Tensor, ...]:
+    """Per page of `page_size` real tokens: key min and max [B, Hkv, P, D], page exists [B, P], page id [B, S].
+
+    `longest`, the most real tokens of any row as a host value, spares the read-back that sizes the pages."""
     rank, count = valid_rank(valid)
-    num_pages = max(1, -(-int(count.max().item()) // page_size))
+    longest = int(count.max().item()) if longest is None else longest
+    num_pages = max(1, -(-longest // page_size))
     page_id = torch.where(valid, rank // page_size, torch.full_like(rank, num_pages))  # padding -> spare page
     batch, num_kv_heads, _, head_dim = key.shape
     index = page_id[:, None, :, None].expand(batch, num_kv_heads, -1, head_dim)
@@ -67,10 +72,14 @@ class QuestAttention(Method):
     description: ClassVar[str] = "Quest: pages of 16 tokens ranked by a min/max key bound; top pages per head"
     Config: ClassVar[type] = QuestConfig
 
-    def select(self, query: torch.Tensor, key: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        """keep [B, Hq, S]: the top pages (the current token's page always) or everything within budget."""
+    def select(
+        self, query: torch.Tensor, key: torch.Tensor, valid: torch.Tensor, lengths: list[int] | None = None
+    ) -> torch.Tensor:
+        """keep [B, Hq, S]: the top pages (the current token's page always) or everything within budget.
+        `lengths`: the real tokens per row on the host, when known."""
         cfg = self.config
-        low, high, exists, page_id = page_bounds(key, valid, cfg.page_size)
+        longest = None if lengths is None else max(lengths)
+        low, high, exists, page_id = page_bounds(key, valid, cfg.page_size, longest)
         scores = page_scores(query, low, high, exists)
         _, count = valid_rank(valid)
         last_page = (count - 1).clamp(min=0) // cfg.page_size  # [B, 1]
@@ -104,7 +113,7 @@ class QuestAttention(Method):
         if layer_idx < self.config.dense_layers:
             keep = valid[:, None, :].expand(-1, num_kv_heads, -1)
         else:
-            keep = self.select(query, key, valid)
+            keep = self.select(query, key, valid, state.host_lengths(valid))
         state.layer_data[("keep", layer_idx)] = keep
         per_kv = keep.view(keep.shape[0], num_kv_heads, -1, keep.shape[-1]).any(dim=2)
         state.count("kv_tokens_read", per_kv.sum())
