@@ -203,6 +203,38 @@ def train_heads_cmd(
 
 
 @app.command()
+def calibrate(
+    method: Annotated[str, typer.Option(help="kascade (anchor layers + head map) or tidal (re-selection layer)")],
+    model: Annotated[str | None, typer.Option(help="embedded model name, a local folder or a hub id")] = None,
+    ctx: Annotated[int, typer.Option(help="tokens per calibration prompt")] = 4096,
+    samples: Annotated[int, typer.Option(min=1, help="calibration prompts")] = 8,
+    seed: int = 0,
+    anchors: Annotated[int | None, typer.Option(help="kascade anchor count (default: 5 per 32 layers)")] = None,
+    importance: Annotated[
+        bool, typer.Option("--importance/--no-importance", help="kascade: weight layers by importance (its code)")
+    ] = False,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N")] = "auto",
+    out: Annotated[Path | None, typer.Option(help="artifact (default runs/calibrate/<method>/<model>.json)")] = None,
+) -> None:
+    """Calibrate Kascade's anchor layers or TidalDecode's re-selection layer for a model; writes the artifact."""
+    from lychee_bench.calibration.command import run_calibrate
+    from lychee_bench.calibration.data import CalibrationSet
+    from lychee_bench.harness.models import ModelError
+    from lychee_bench.harness.runner import resolve_device
+
+    try:
+        spec = CalibrationSet(ctx=ctx, samples=samples, seed=seed)
+        chosen_device = resolve_device(device)
+        path, data = run_calibrate(method, model, spec, out, chosen_device, "float32", anchors, importance=importance)
+    except (ModelError, ValueError) as error:
+        _fail(str(error))
+    chosen = f"anchors {data['anchors']}" if method == "kascade" else f"reselect_layer {data['reselect_layer']}"
+    typer.echo(f"{method}: {chosen} ({data['calibration']['seconds']} s); artifact: {path}")
+    use = f"-o anchors={path}" if method == "kascade" else f"-o reselect_layer={data.get('reselect_layer')}"
+    typer.echo(f"use it with {use}, or ship it as lychee_bench/artifacts/{method}/<model>.json")
+
+
+@app.command()
 def bench(
     methods: Annotated[str, typer.Option(help="comma list, e.g. full,lychee")] = "full,lychee",
     ctx: Annotated[str, typer.Option(help="comma list of contexts")] = "4096,16384,32768,65536,131072",

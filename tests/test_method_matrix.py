@@ -14,17 +14,19 @@ import dataclasses
 import pytest
 import torch
 
+from lychee_bench.calibration.artifacts import kascade_to_json, write_json
 from lychee_bench.harness.attention import DecodeState
 from lychee_bench.harness.catalog import METHODS
 from lychee_bench.harness.engine import Engine, GenerationSettings, InputFormatter
 from lychee_bench.methods.base import Method, RunShape
 from lychee_bench.methods.duo import DuoAttention
 from lychee_bench.methods.full import FullAttention
+from lychee_bench.methods.kascade import Kascade
 from lychee_bench.methods.quest import QuestAttention
 from lychee_bench.methods.tidal import TidalDecode
 from tests.conftest import tiny_config
 
-BASELINES = {"tidal": TidalDecode, "quest": QuestAttention, "duo": DuoAttention}
+BASELINES = {"tidal": TidalDecode, "quest": QuestAttention, "duo": DuoAttention, "kascade": Kascade}
 ALL_METHODS = sorted(set(METHODS.names()) | set(BASELINES))
 NUM_LAYERS = 6  # dense 0-1, tidal selects at 2, reuses at 3, re-selects at 4, reuses at 5
 # Options that make each method valid (and its selection visible) on a tiny model; `budget` is set per test.
@@ -34,7 +36,21 @@ TINY_OPTIONS = {
     "streaming": {"sink": 4},
     "tidal": {"reselect_layer": 4},
     "quest": {"page_size": 4},
+    "kascade": {},  # `anchors` is a file the fixture below writes
 }
+SCALING = 0.25
+# Kascade on the tiny shape: anchors 0, 2, 4; reuse layers read another head's set where the map says so.
+KASCADE_ANCHORS = [0, 2, 4]
+KASCADE_HEAD_MAP = [[0, 1], [1, 0], [0, 1], [1, 1], [0, 1], [0, 0]]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def kascade_artifact(tmp_path_factory):
+    path = tmp_path_factory.mktemp("kascade") / "tiny.json"
+    write_json(path, kascade_to_json(KASCADE_ANCHORS, KASCADE_HEAD_MAP, {"name": "tiny", "fingerprint": "-"}, {}))
+    TINY_OPTIONS["kascade"]["anchors"] = str(path)
+    yield
+    TINY_OPTIONS["kascade"].pop("anchors")
 
 
 def method_class(name: str) -> type[Method]:
@@ -131,6 +147,21 @@ def naive_sets(name, method, layer, query, key, valid, memory) -> list[list[set[
             row = (
                 [set(real)] * num_heads if layer <= cfg.selection_layer or layer == method.reselect_layer else memory[b]
             )
+        elif name == "kascade":
+            if cfg.budget is not None:
+                k = cfg.budget
+            else:
+                k = max(cfg.min_budget, int(cfg.budget_ratio * len(real)))
+            if layer in method.anchors.anchors:
+                probs = torch.softmax(logits[:, real] * SCALING, dim=-1)  # post-softmax over the real keys
+                pooled = torch.full((key.shape[1], valid.shape[1]), float("-inf"), dtype=torch.float64)
+                pooled[:, real] = probs.view(-1, group, len(real)).sum(1)  # summed over the group
+                memory[(b, "kascade")] = [_top(real, pooled[kv], k) for kv in range(key.shape[1])]
+                sets = memory[(b, "kascade")]
+                row = [set(real) if layer == 0 else sets[h // group] for h in range(num_heads)]
+            else:
+                sets = memory[(b, "kascade")]
+                row = [sets[method.anchors.head_map[layer][h // group]] for h in range(num_heads)]
         elif name == "quest":
             if layer < cfg.dense_layers or len(real) <= cfg.budget:
                 row = [set(real)] * num_heads
@@ -201,8 +232,9 @@ def test_reference_decode_equals_naive_masked_attention(name):
         if sets is None:
             pytest.fail(f"no naive model of {name!r} in this test yet; add one to naive_sets")
         bites |= any(len(sets[b][h]) < int(valid[b].sum()) for b in range(batch) for h in range(num_heads))
-        out = method.decode_attention(layer, query, key, value, valid, 0.25, state)
-        torch.testing.assert_close(out.double(), naive_attention(query, key, value, sets, 0.25), atol=1e-5, rtol=1e-5)
+        out = method.decode_attention(layer, query, key, value, valid, SCALING, state)
+        expected = naive_attention(query, key, value, sets, SCALING)
+        torch.testing.assert_close(out.double(), expected, atol=1e-5, rtol=1e-5)
         recorded = state.layer_data.get(("keep", layer))
         if recorded is not None:  # the mask the method says it used is the naive set
             recorded = recorded.repeat_interleave(num_heads // recorded.shape[1], dim=1)

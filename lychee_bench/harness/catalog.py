@@ -32,6 +32,11 @@ METHODS.register(
     aliases=("tidaldecode",),
 )
 METHODS.register(
+    "kascade",
+    "lychee_bench.methods.kascade:Kascade",
+    "Kascade: anchor layers pick top-k by post-softmax mass, the others reuse it via a head map (SPEC §4)",
+)
+METHODS.register(
     "quest",
     "lychee_bench.methods.quest:QuestAttention",
     "Quest: 16-token pages ranked by a min/max key bound, top pages per query head (SPEC §4)",

@@ -123,9 +123,18 @@ class Method(ABC):
 
     def decode_signature(self) -> str:
         """Equal signatures decode identically: the engine decodes such entries once and shares the result.
-        By default the recorded config; a method whose options name the same thing in several ways (lychee's
-        roles by name or by file) replaces them with what they resolve to."""
-        return json.dumps(self.describe(), sort_keys=True, default=str)
+        The recorded config, with every option that names an artifact (by shipped name or by file) replaced by
+        the checksum of what it resolved to (`resolved_artifacts`)."""
+        described = self.describe()
+        for option, checksum in self.resolved_artifacts().items():
+            described.pop(option, None)
+            described.pop(f"{option}_used", None)
+            described[f"{option}_sha256"] = checksum
+        return json.dumps(described, sort_keys=True, default=str)
+
+    def resolved_artifacts(self) -> dict[str, str]:
+        """Options that name an artifact, mapped to the checksum of the loaded artifact (none by default)."""
+        return {}
 
     @property
     def path(self) -> str:

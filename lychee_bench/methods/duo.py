@@ -58,6 +58,9 @@ class DuoAttention(Method):
             self.roles = resolve_roles(self.config.roles, config.num_hidden_layers, config.num_key_value_heads, name)
         self._device_roles.clear()
 
+    def resolved_artifacts(self) -> dict[str, str]:
+        return {} if self.roles is None else {"roles": self.roles.checksum}
+
     def describe(self) -> dict[str, Any]:
         described = super().describe()
         if self.roles is not None:

@@ -9,7 +9,6 @@ lets later retrieval heads see only earlier-selected blocks; here they never do)
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -131,13 +130,8 @@ class LycheeDecode(Method):
             described["roles_used"] = self.roles.describe()
         return described
 
-    def decode_signature(self) -> str:
-        """The roles by their table's checksum, not by the name or file they came from."""
-        described = self.describe()
-        described.pop("roles", None)
-        if self.roles is not None:
-            described["roles_used"] = self.roles.checksum
-        return json.dumps(described, sort_keys=True, default=str)
+    def resolved_artifacts(self) -> dict[str, str]:
+        return {} if self.roles is None else {"roles": self.roles.checksum}
 
     def budget_for(self, valid: torch.Tensor) -> torch.Tensor:
         """Token budget per sequence [B]."""

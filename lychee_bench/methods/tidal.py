@@ -6,6 +6,10 @@ the top-k tokens by raw logit q·k; the layers after it reuse that set. One re-s
 does full attention and selects again; later layers reuse the new set. Selection is per query head by
 default (as in the reference code), or per KV head with the group-mean query (`per_kv_head=True`).
 Token granularity; no sink or recent window. Sets are rebuilt at every decode step.
+
+Which re-selection layer: the `reselect_layer` option; else the published one (32-layer Llama-3); else the model's
+shipped calibration artifact (lychee_bench/artifacts/tidal/<model>.json, written by `lychee-bench calibrate
+--method tidal`, see calibration/tidal.py); else the run is refused.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from lychee_bench.calibration.artifacts import ArtifactError, shipped_tidal
 from lychee_bench.harness.attention import DecodeState
 from lychee_bench.methods.base import Method, RunShape
 from lychee_bench.methods.common import masked_decode_attention, valid_rank
@@ -62,40 +67,73 @@ class TidalDecode(Method):
     def __init__(self, config: TidalConfig | None = None):
         super().__init__(config)
         self.reselect_layer: int | None = self.config.reselect_layer
+        self.reselect_source: str | None = "option" if self.config.reselect_layer is not None else None
 
-    def _resolve_reselect(self, model_type: str, num_layers: int, num_kv_heads: int) -> tuple[int | None, list[str]]:
+    def _resolve_reselect(
+        self, model_type: str, num_layers: int, num_kv_heads: int, model_name: str
+    ) -> tuple[int | None, str | None, list[str]]:
+        """(re-selection layer, where it came from, reasons to refuse)."""
         cfg = self.config
         reasons = []
         if num_layers <= cfg.selection_layer:
             reasons.append(f"tidal selection_layer {cfg.selection_layer} needs a model with more layers ({num_layers})")
-        reselect = cfg.reselect_layer
+        reselect, source = cfg.reselect_layer, "option"
         if reselect is None:
-            reselect = default_reselect_layer(model_type, num_layers, num_kv_heads)
-            if reselect is None:
+            reselect, source = default_reselect_layer(model_type, num_layers, num_kv_heads), "published (Llama-3)"
+        if reselect is None:
+            reselect, source, reason = self._calibrated(num_layers, model_name)
+            if reason:
                 reasons.append(
                     f"tidal has no published re-selection layer for this model ({model_type}, {num_layers} layers, "
-                    f"{num_kv_heads} KV heads); give --option reselect_layer=L (calibrate it for this model)"
+                    f"{num_kv_heads} KV heads) {reason}; give --option reselect_layer=L, or calibrate it: "
+                    f"`lychee-bench calibrate --method tidal --model {model_name or 'M'}`"
                 )
         elif reselect >= num_layers:
             reasons.append(f"tidal reselect_layer {reselect} is past the model's last layer ({num_layers - 1})")
-        return reselect, reasons
+        return reselect, source, reasons
+
+    def _calibrated(self, num_layers: int, model_name: str) -> tuple[int | None, str | None, str]:
+        """The shipped calibration artifact's layer for this model, or a reason why there is none."""
+        try:
+            artifact = shipped_tidal(model_name)
+        except ArtifactError as error:
+            return None, None, f"and its shipped artifact is unusable ({error})"
+        if artifact is None:
+            return None, None, "and no calibrated one ships for it"
+        if (artifact.num_layers, artifact.selection_layer) != (num_layers, self.config.selection_layer):
+            return (
+                None,
+                None,
+                (
+                    f"and the shipped artifact {artifact.source} is for {artifact.num_layers} layers with selection "
+                    f"layer {artifact.selection_layer}, not {num_layers} and {self.config.selection_layer}"
+                ),
+            )
+        return artifact.reselect_layer, f"{artifact.source} (sha256 {artifact.checksum[:12]})", ""
 
     def check_config(self, shape: RunShape) -> list[str]:
-        reselect, reasons = self._resolve_reselect(shape.model_type, shape.num_layers, shape.num_kv_heads)
-        self.reselect_layer = reselect
+        reselect, source, reasons = self._resolve_reselect(
+            shape.model_type, shape.num_layers, shape.num_kv_heads, shape.model_name
+        )
+        self.reselect_layer, self.reselect_source = reselect, source
         return reasons
 
     def prepare(self, model: torch.nn.Module) -> None:
         config = model.config
-        reselect, reasons = self._resolve_reselect(
-            config.model_type, config.num_hidden_layers, config.num_key_value_heads
+        name = getattr(config, "_name_or_path", "")
+        reselect, source, reasons = self._resolve_reselect(
+            config.model_type, config.num_hidden_layers, config.num_key_value_heads, name
         )
         if reasons:
             raise ValueError("; ".join(reasons))
-        self.reselect_layer = reselect
+        self.reselect_layer, self.reselect_source = reselect, source
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "reselect_layer_used": self.reselect_layer}
+        return {
+            **super().describe(),
+            "reselect_layer_used": self.reselect_layer,
+            "reselect_layer_source": self.reselect_source,
+        }
 
     def layer_role(self, layer_idx: int) -> str:
         """ "dense", "select" (full attention + new set) or "reuse" (attend to the current set)."""
