@@ -251,6 +251,10 @@ def bench(
     prefill_chunk: int = 4096,
     attention: Annotated[bool, typer.Option("--attention/--no-attention", help="also time attention alone")] = True,
     smoke: Annotated[bool, typer.Option("--smoke", help="CPU smoke mode: tiny model, not a measurement")] = False,
+    compile_blocks: Annotated[
+        bool | None,
+        typer.Option("--compile/--no-compile", help="torch.compile norms, MLPs, rotary (default: on CUDA)"),
+    ] = None,
     device: str = "cuda",
     seed: int = 0,
     out: Annotated[Path, typer.Option(help="result folder")] = Path("runs/latency"),
@@ -281,6 +285,7 @@ def bench(
             prefill=prefill,
             prefill_chunk=prefill_chunk,
             attention=attention,
+            compile=compile_blocks,
             smoke=smoke,
             seed=seed,
             log=lambda text: typer.echo(text, err=True),
