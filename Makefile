@@ -52,7 +52,7 @@ gpu-baselines: setup
 	@base=$${BASE_REV:-HEAD~1}; \
 	for d in $$(git diff --name-only $$base HEAD -- results | grep -E '\.(json|jsonl)$$' | xargs -r -n1 dirname | sort -u); do \
 	  [ -d $$d ] || { echo "removed: $$d"; continue; }; \
-	  ls $$d/records.jsonl $$d/*kernel_bench*.json >/dev/null 2>&1 || { echo "skip: $$d (no result records)"; continue; }; \
+	  { [ -f $$d/records.jsonl ] || ls $$d/*kernel_bench*.json >/dev/null 2>&1; } || { echo "skip: $$d (no result records)"; continue; }; \
 	  git cat-file -e $$base:$$d 2>/dev/null || { echo "new: $$d (no baseline)"; continue; }; \
 	  tmp=$$(mktemp -d); git archive $$base $$d | tar -x -C $$tmp; \
 	  echo "compare $$d against $$base"; $(BIN)/lychee-bench compare $$tmp/$$d $$d || exit 1; \
