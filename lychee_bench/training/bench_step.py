@@ -1,14 +1,15 @@
 """Where the time of one `train-heads` step goes.
 
     python -m lychee_bench.training.bench_step [--model NAME] [--steps N] [--ctx-min A] [--ctx-max B]
-                                               [--device auto|cpu|cuda]
+                                               [--device auto|cpu|cuda] [--profile N]
 
 Loads the model as `train-heads` does and runs the real `train_heads` in a throwaway folder, each time for 2
 warm-up steps plus N measured ones, each run on samples of its own (a new context length is a new shape, so
 repeating samples would flatter whatever caches per shape). The first run synchronises the device at every
 phase boundary and prints the median time of each phase; the second runs untouched and gives the steps/s of the
 loop as training runs it (the synchronised phases add up to more, since they forbid the host from queueing work
-ahead of the device). On CUDA a third run lets SDPA use cuDNN too, which training leaves out.
+ahead of the device). On CUDA a third run lets SDPA use cuDNN too, which training leaves out. `--profile N`
+adds a run under torch.profiler and prints its N most expensive ops (device time on CUDA).
 """
 
 from __future__ import annotations
@@ -60,7 +61,33 @@ class PhaseClock:
         return (len(ends) - 1) / (ends[-1] - ends[0])
 
 
-def bench(model_name: str | None, steps: int, ctx_min: int, ctx_max: int, device_name: str) -> None:
+def profile_steps(model: Any, tokenizer: Any, settings: dict[str, Any], folder: Path, top: int) -> str:
+    """torch.profiler over the measured steps of one more run: the `top` ops by device (else CPU) time."""
+    from torch.profiler import ProfilerActivity, profile, schedule
+
+    device = next(model.parameters()).device
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    steps = settings["steps"] - WARMUP
+    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    tables: list[str] = []
+
+    def keep_table(profiler: Any) -> None:
+        tables.append(profiler.key_averages().table(sort_by=key, row_limit=top))
+
+    plan = schedule(wait=0, warmup=WARMUP, active=steps, repeat=1)
+    with profile(activities=activities, schedule=plan, on_trace_ready=keep_table) as profiler:
+
+        def on_phase(name: str) -> None:
+            if name == "end":
+                profiler.step()
+
+        train_heads(model, tokenizer, out_dir=folder, on_phase=on_phase, seed=len(PHASES), **settings)
+    return tables[0] if tables else "(no profile: too few steps)"
+
+
+def bench(
+    model_name: str | None, steps: int, ctx_min: int, ctx_max: int, device_name: str, profile_top: int = 0
+) -> None:
     device_name = resolve_device(device_name)
     dtype = resolve_dtype("auto", device_name)
     source = models.resolve_model(model_name)
@@ -104,6 +131,9 @@ def bench(model_name: str | None, steps: int, ctx_min: int, ctx_max: int, device
     for name in list(runs)[1:]:
         rate = clocks[name].steps_per_second()
         print(f"{name + ' loop:':<28}{rate:.3f} steps/s ({1000 / rate:.1f} ms/step)")
+    if profile_top:
+        with tempfile.TemporaryDirectory(prefix="lychee-bench-profile-") as folder:
+            print(profile_steps(model, tokenizer, settings, Path(folder), profile_top))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -113,10 +143,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ctx-min", type=int, default=1000)
     parser.add_argument("--ctx-max", type=int, default=7000)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--profile", type=int, default=0, metavar="N", help="also profile the steps: top N ops")
     args = parser.parse_args(argv)
-    if args.steps < 1:
-        parser.error("--steps must be at least 1")
-    bench(args.model, args.steps, args.ctx_min, args.ctx_max, args.device)
+    if args.steps < 1 or args.profile < 0:
+        parser.error("--steps must be at least 1 and --profile at least 0")
+    bench(args.model, args.steps, args.ctx_min, args.ctx_max, args.device, args.profile)
 
 
 if __name__ == "__main__":
