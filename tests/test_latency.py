@@ -14,7 +14,7 @@ from lychee_bench.harness.engine import Engine
 from lychee_bench.harness.records import read_records
 from lychee_bench.harness.static_engine import FixedSlotCache, StaticDecoder
 from lychee_bench.harness.synthetic_models import build_synthetic, synthetic_config
-from lychee_bench.methods.base import RunShape
+from lychee_bench.methods.base import Method, RunShape
 from lychee_bench.methods.full import FullAttention
 from lychee_bench.methods.lychee import LycheeConfig, LycheeDecode
 from lychee_bench.tasks.latency.bench import SMOKE_LABEL, BenchError, run_bench
@@ -215,3 +215,44 @@ def test_compiled_dense_blocks_keep_the_logits_and_restore_the_model(tiny, tmp_p
     assert all("forward" not in vars(module) for module in tiny.modules())
     records = run_bench(["full"], [192], [1], model=TINY, out=tmp_path, reps=1, smoke=True, compile=True)
     assert records and all("RMSNorm" in " ".join(r["compiled"]) for r in records)
+
+
+def _no_read_methods(tmp_path) -> dict[str, Method]:
+    """Every built-in method, configured for the tiny synthetic model (4 layers, 2 KV heads)."""
+    from lychee_bench.calibration.artifacts import kascade_to_json, write_json
+    from lychee_bench.harness.catalog import METHODS
+
+    anchors = tmp_path / "anchors.json"
+    write_json(anchors, kascade_to_json([0, 2], [[0, 1], [1, 0], [0, 1], [1, 1]], {"name": "tiny"}, {}))
+    options = {
+        "lychee": {
+            "roles": "uniform:3",
+            "path": "reference",
+            "budget": 64,
+            "granularity": "token",
+            "sink": 4,
+            "recent": 8,
+        },
+        "duo": {"roles": "uniform:3", "sink": 4, "budget": 32},
+        "streaming": {"sink": 4, "budget": 32},
+        "tidal": {"budget": 64, "reselect_layer": 3},
+        "quest": {"budget": 64, "page_size": 8},
+        "kascade": {"budget": 64, "anchors": str(anchors)},
+    }
+    return {name: METHODS.get(name).from_options(options.get(name, {})) for name in METHODS.names()}
+
+
+def test_every_method_decode_step_has_no_host_reads(tiny, tmp_path):
+    """With the step's host lengths, no method reads a device value back inside a decode step (what a CUDA graph
+    capture needs; `.tolist()` on a CPU tensor escapes this check, item/bool/nonzero do not)."""
+    ctx = 160
+    cache = _cache(tiny, 2, ctx)
+    cache.fill_random(ctx - 1, seed=5)
+    methods = _no_read_methods(tmp_path)
+    assert {"full", "lychee", "tidal", "quest", "duo", "streaming", "kascade"} <= set(methods)
+    for name, method in methods.items():
+        method.prepare(tiny)
+        decoder = StaticDecoder(tiny, cache, 2, method)
+        with _NoHostReads():
+            logits = decoder.step()
+        assert bool(torch.isfinite(logits).all()), name

@@ -155,7 +155,7 @@ class TidalDecode(Method):
             grouped = query.float().view(batch, num_kv_heads, group, head_dim)
             scores = torch.einsum("bhgd,bhsd->bhgs", grouped, key.float()).reshape(batch, num_heads, -1)
         budget = torch.full_like(valid_rank(valid)[1][:, 0], self.config.budget)
-        return select_tokens(scores, valid, budget, sink=0, recent=0)
+        return select_tokens(scores, valid, budget, sink=0, recent=0, max_budget=self.config.budget)
 
     def decode_attention(
         self,
