@@ -169,3 +169,26 @@ def test_variants_share_a_run_and_resume(tiny_folder, tmp_path):
     compared = runner.invoke(app, ["compare", str(out), str(out), "--format", "json"])
     assert compared.exit_code == 0, compared.output
     assert {r["method"] for r in json.loads(compared.output)["rows"]} == set(rows)
+
+
+def test_batches_span_subtasks_and_keep_each_rows_limit(tiny_folder, tmp_path):
+    """A batch larger than a subtask takes rows of the next one; each row stops at its own subtask's limit of new
+    tokens, so the records equal those of a run one sample at a time."""
+
+    def run(batch: int) -> dict[tuple[str, int], tuple[str, int]]:
+        out = tmp_path / f"batch{batch}"
+        args = ["run", "--model", str(tiny_folder), "--method", "full", "--task", "ruler/vt,ruler/niah_single_1"]
+        args += ["--ctx", "768", "--samples", "2", "--device", "cpu", "--batch-size", str(batch), "--out", str(out)]
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, result.output
+        samples = [
+            r for r in map(json.loads, (out / "records.jsonl").read_text().splitlines()) if r["kind"] == "sample"
+        ]
+        return {(r["subtask"], r["index"]): (r["prediction"], r["new_tokens"], r["forward_batch"]) for r in samples}
+
+    together, alone = run(3), run(1)
+    assert sorted(together) == sorted(alone) and len(together) == 4
+    assert together[("niah_single_1", 0)][2] == 3  # the batch took vt's two samples and this one
+    assert {k: v[:2] for k, v in together.items()} == {k: v[:2] for k, v in alone.items()}
+    limits = {subtask: max(v[1] for k, v in together.items() if k[0] == subtask) for subtask in ("vt", "niah_single_1")}
+    assert limits["vt"] != limits["niah_single_1"], "the tiny model should run each subtask to its own limit"

@@ -157,10 +157,21 @@ class Engine:
 
     @torch.inference_mode()
     def generate(
-        self, inputs: list[FormattedInput], settings: GenerationSettings, methods: list[Method]
+        self,
+        inputs: list[FormattedInput],
+        settings: GenerationSettings,
+        methods: list[Method],
+        row_limits: list[int] | None = None,
     ) -> dict[str, list[Generation]]:
-        """Generate for a batch of inputs (left-padded) with each method; results keyed by method label."""
+        """Generate for a batch of inputs (left-padded) with each method; results keyed by method label.
+
+        `row_limits` gives each row its own most new tokens (rows of different tasks in one batch); without it
+        every row has `settings.max_new_tokens`.
+        """
         batch = len(inputs)
+        if row_limits is not None and len(row_limits) != batch:
+            raise ValueError(f"row_limits has {len(row_limits)} entries for {batch} inputs")
+        limits = row_limits or [settings.max_new_tokens] * batch
         prefill = [item.input_ids[: len(item.input_ids) - item.exercise_tokens] for item in inputs]
         width = max(len(ids) for ids in prefill)
         input_ids = torch.full((batch, width), self.pad_id, dtype=torch.long)
@@ -194,12 +205,13 @@ class Engine:
                 # The last distinct method may consume the prefilled cache itself; the others decode from copies.
                 own_cache = cache if len(decoded) == len(distinct) else copy.deepcopy(cache)
                 results[method.label] = self._decode(
-                    inputs, settings, method, own_cache, logits, mask, positions, lengths
+                    inputs, settings, method, own_cache, logits, mask, positions, lengths, limits
                 )
         return results
 
-    def _decode(self, inputs, settings, method, cache, logits, mask, positions, lengths) -> list[Generation]:
-        """Decode every row until it stops; `lengths` are the rows' real prefilled tokens (host values)."""
+    def _decode(self, inputs, settings, method, cache, logits, mask, positions, lengths, limits) -> list[Generation]:
+        """Decode every row until it stops (end of sequence, or its limit of new tokens); `lengths` are the rows'
+        real prefilled tokens (host values)."""
         began = time.perf_counter()
         batch = len(inputs)
         forced = [item.input_ids[len(item.input_ids) - item.exercise_tokens :] for item in inputs]
@@ -231,7 +243,7 @@ class Engine:
                     done[row], stop_reason[row] = True, "eos"
                 else:
                     generated[row].append(token)
-                    if len(generated[row]) >= settings.max_new_tokens:
+                    if len(generated[row]) >= limits[row]:
                         done[row] = True
                 next_tokens.append(token)
             if all(done):

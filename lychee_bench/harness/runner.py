@@ -282,45 +282,50 @@ def run(plan: RunPlan, log: Any = print) -> list[dict[str, Any]]:
     engine = Engine(model, tokenizer)
     total = len(methods) * sum(len(s) for _, _, s in work)
     progress = tqdm(total=total, desc="samples", unit="sample", dynamic_ncols=True)
+    # Every (task, subtask, sample) some method still needs, in task order; a batch may span subtasks (each row
+    # keeps its own limit of new tokens), so a large --batch-size fills its forwards.
+    pending: list[tuple[Any, Any, dict[str, str], set[str]]] = []  # (task, sample, run keys, labels to do)
     for name, subtask, samples in work:
         task = tasks[name]
         run_keys = {
             method.label: _run_key(method, name, task, plan, model_info, input_format, settings_base)
             for method in methods
         }
-        todo = {
-            m.label: {s.index for s in samples if (run_keys[m.label], subtask, s.index) not in done} for m in methods
-        }
-        progress.update(sum(len(samples) - len(todo[m.label]) for m in methods))
-        pending = [s for s in samples if any(s.index in todo[m.label] for m in methods)]
-        for start in range(0, len(pending), batch_size):
-            chunk = pending[start : start + batch_size]
-            active = [m for m in methods if any(s.index in todo[m.label] for s in chunk)]
-            progress.set_postfix_str(f"{subtask} ({', '.join(m.label for m in active)})")
-            inputs = [formatter.format(s.prompt, s.answer_prefix) for s in chunk]
-            settings = GenerationSettings(
-                max_new_tokens=max(s.max_new_tokens for s in chunk), seed=plan.seed, **settings_base
-            )
-            outputs = engine.generate(inputs, settings, active)
-            prefill_share = engine.last_prefill_seconds / len(active)  # one prefill serves every method
-            for method in active:
-                for sample, formatted, output in zip(chunk, inputs, outputs[method.label], strict=True):
-                    if sample.index not in todo[method.label]:
-                        continue
-                    timing = {
-                        "elapsed_s": round((prefill_share + output.decode_seconds) / len(chunk), 4),
-                        "decode_steps": output.decode_steps,
-                        "decode_ms_per_step": round(1000 * output.decode_seconds / max(1, output.decode_steps), 3),
-                    }
-                    if method.label in engine.last_shared:
-                        timing["same_decode_as"] = engine.last_shared[method.label]
-                    writer.append(
-                        _sample_record(method, task, sample, formatted, output, plan, source, run_keys[method.label])
-                        | {"batch": batch_size, "forward_batch": len(chunk), "input_format": input_format}
-                        | timing
-                        | {"code": prov["code"]}
-                    )
-                    progress.update(1)
+        for sample in samples:
+            labels = {m.label for m in methods if (run_keys[m.label], subtask, sample.index) not in done}
+            progress.update(len(methods) - len(labels))
+            if labels:
+                pending.append((task, sample, run_keys, labels))
+    for start in range(0, len(pending), batch_size):
+        chunk = pending[start : start + batch_size]
+        active = [m for m in methods if any(m.label in labels for *_, labels in chunk)]
+        subtasks = dict.fromkeys(sample.subtask for _, sample, _, _ in chunk)
+        progress.set_postfix_str(f"{', '.join(subtasks)} ({', '.join(m.label for m in active)})")
+        inputs = [formatter.format(sample.prompt, sample.answer_prefix) for _, sample, _, _ in chunk]
+        limits = [sample.max_new_tokens for _, sample, _, _ in chunk]
+        settings = GenerationSettings(max_new_tokens=max(limits), seed=plan.seed, **settings_base)
+        outputs = engine.generate(inputs, settings, active, row_limits=limits)
+        prefill_share = engine.last_prefill_seconds / len(active)  # one prefill serves every method
+        for method in active:
+            for (task, sample, run_keys, labels), formatted, output in zip(
+                chunk, inputs, outputs[method.label], strict=True
+            ):
+                if method.label not in labels:
+                    continue
+                timing = {
+                    "elapsed_s": round((prefill_share + output.decode_seconds) / len(chunk), 4),
+                    "decode_steps": output.decode_steps,
+                    "decode_ms_per_step": round(1000 * output.decode_seconds / max(1, output.decode_steps), 3),
+                }
+                if method.label in engine.last_shared:
+                    timing["same_decode_as"] = engine.last_shared[method.label]
+                writer.append(
+                    _sample_record(method, task, sample, formatted, output, plan, source, run_keys[method.label])
+                    | {"batch": batch_size, "forward_batch": len(chunk), "input_format": input_format}
+                    | timing
+                    | {"code": prov["code"]}
+                )
+                progress.update(1)
     progress.close()
 
     rows = records.summarize(records.read_records(out / records.RECORDS_FILE))
