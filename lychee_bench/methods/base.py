@@ -72,6 +72,9 @@ class Method(ABC):
     capabilities: ClassVar[Capabilities] = Capabilities()
     # Decode-only methods change nothing in prefill, so the harness decodes the question's tail by default.
     decode_only: ClassVar[bool] = True
+    # Its decode step reads nothing back from the device when the step carries host lengths, so the latency
+    # bench captures it in a CUDA graph as it is (tests/test_latency.py checks every method's step).
+    graph_safe: ClassVar[bool] = False
 
     def __init__(self, config: Any = None):
         self.config = config if config is not None else self.Config()

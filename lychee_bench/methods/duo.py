@@ -37,6 +37,7 @@ class DuoAttention(Method):
     name: ClassVar[str] = "duo"
     description: ClassVar[str] = "DuoAttention: retrieval heads full, streaming heads 128 sink + 256 recent"
     Config: ClassVar[type] = DuoConfig
+    graph_safe: ClassVar[bool] = True
 
     def __init__(self, config: DuoConfig | None = None):
         super().__init__(config)

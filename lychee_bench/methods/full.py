@@ -23,6 +23,7 @@ class FullAttention(Method):
     name: ClassVar[str] = "full"
     description: ClassVar[str] = "dense attention over the whole cache (torch SDPA); the baseline"
     Config: ClassVar[type] = FullConfig
+    graph_safe: ClassVar[bool] = True
     decode_only: ClassVar[bool] = False
 
     @property

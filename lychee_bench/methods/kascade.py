@@ -77,6 +77,7 @@ class Kascade(Method):
     name: ClassVar[str] = "kascade"
     description: ClassVar[str] = "Kascade: anchor layers pick top-k by post-softmax mass, others reuse via a head map"
     Config: ClassVar[type] = KascadeConfig
+    graph_safe: ClassVar[bool] = True
 
     def __init__(self, config: KascadeConfig | None = None):
         super().__init__(config)

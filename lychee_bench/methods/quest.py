@@ -71,6 +71,7 @@ class QuestAttention(Method):
     name: ClassVar[str] = "quest"
     description: ClassVar[str] = "Quest: pages of 16 tokens ranked by a min/max key bound; top pages per head"
     Config: ClassVar[type] = QuestConfig
+    graph_safe: ClassVar[bool] = True
 
     def select(
         self, query: torch.Tensor, key: torch.Tensor, valid: torch.Tensor, lengths: list[int] | None = None

@@ -31,6 +31,7 @@ class StreamingAttention(Method):
     name: ClassVar[str] = "streaming"
     description: ClassVar[str] = "StreamingLLM: every head sees 128 sink + 256 recent tokens only"
     Config: ClassVar[type] = StreamingConfig
+    graph_safe: ClassVar[bool] = True
 
     def check_config(self, shape: RunShape) -> list[str]:
         return []

@@ -63,6 +63,7 @@ class TidalDecode(Method):
     name: ClassVar[str] = "tidal"
     description: ClassVar[str] = "TidalDecode: layer 2 and one re-selection layer pick top-k tokens, others reuse"
     Config: ClassVar[type] = TidalConfig
+    graph_safe: ClassVar[bool] = True
 
     def __init__(self, config: TidalConfig | None = None):
         super().__init__(config)

@@ -1,31 +1,18 @@
 """Graph-safe variants of the methods: the same attention, with no device-to-host reads inside a decode step.
 
-Until the methods read ``state.static`` themselves (the patches in the issue #5 note), the bench wraps them
-here. A wrapper changes nothing in what the method computes, only where host-known facts come from: the
-lengths of the sequences (all C at a fixed context) and whether every cache slot is valid. Plans, scratch
-buffers and the slot table are built once, during the eager warm-up, and reused by the captured step.
+Methods that declare `graph_safe` (their step takes the host lengths the static decoder gives) run as they are.
+LycheeDecode's Triton path builds plans and scratch buffers per step, which a captured graph cannot repeat, so the
+bench wraps it here: the same attention, with plans, buffers and the slot table built once during the eager
+warm-up and reused by the captured step.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from lychee_bench.harness.attention import DecodeState
 from lychee_bench.methods.base import Method
-from lychee_bench.methods.full import FullAttention
 from lychee_bench.methods.lychee import LycheeDecode
-
-
-class GraphSafeFull(FullAttention):
-    """Dense SDPA with no mask when the state says every slot is valid (no ``.item()``, no ``valid.all()``)."""
-
-    def decode_attention(self, layer_idx, query, key, value, valid, scaling, state: DecodeState) -> torch.Tensor:
-        static = getattr(state, "static", None)
-        if static is None:
-            return super().decode_attention(layer_idx, query, key, value, valid, scaling, state)
-        mask = None if static.all_valid else valid[:, None, None, :]
-        return F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scaling, enable_gqa=True)
 
 
 class GraphSafeLychee(LycheeDecode):
@@ -82,9 +69,7 @@ def make_graph_safe(method: Method) -> tuple[Method, bool]:
     failure (with the reason) if it reads the device back inside the step."""
     if getattr(method, "graph_safe", False):  # a method that declares itself safe (the proposed hook)
         return method, True
-    if type(method) is FullAttention:
-        safe = GraphSafeFull(method.config)
-    elif type(method) is LycheeDecode:
+    if type(method) is LycheeDecode:
         safe = GraphSafeLychee(method.config)
         safe.roles, safe._path = method.roles, method._path
     else:
