@@ -59,6 +59,14 @@ class LycheeConfig:
         if self.correction_period < 0:
             raise ValueError("lychee correction_period must be >= 0 (0 turns it off)")
 
+    def host_budget(self, longest: int) -> int:
+        """The token budget, as a host number, for sequences of at most `longest` real tokens."""
+        return max(1, round(longest * self.budget_ratio)) if self.budget_ratio is not None else self.budget
+
+    def host_budget_blocks(self, longest: int) -> int:
+        """`host_budget` in whole blocks (at least one)."""
+        return max(1, self.host_budget(longest) // self.block_size)
+
 
 class LycheeDecode(Method):
     """Retrieval heads: full attention + selection into their slot. Sparse heads: attention over their slot."""
@@ -146,15 +154,10 @@ class LycheeDecode(Method):
         budget = self.budget_for(valid)
         cfg = self.config
         longest = None if lengths is None else max(lengths)
-        if longest is None:
-            bound = None
-        elif cfg.budget_ratio is not None:
-            bound = max(1, round(longest * cfg.budget_ratio))
-        else:
-            bound = cfg.budget
         if cfg.granularity == "token":
+            bound = None if longest is None else cfg.host_budget(longest)
             return select_tokens(scores, valid, budget, cfg.sink, cfg.recent, bound)
-        blocks = None if bound is None else max(1, bound // cfg.block_size)
+        blocks = None if longest is None else cfg.host_budget_blocks(longest)
         return select_blocks(
             scores, valid, torch.clamp(budget // cfg.block_size, min=1), cfg.block_size, blocks, longest
         )
@@ -220,15 +223,11 @@ class LycheeDecode(Method):
         if step is None:  # once per decode step: lengths on the host (the engine's, or one sync), plans per roles
             count = valid.sum(-1)
             lengths_host = state.host_lengths(valid)
-            if self.config.budget_ratio is not None:
-                budget = max(1, round(max(lengths_host) * self.config.budget_ratio))
-            else:
-                budget = self.config.budget
             step = {
                 "lengths": count.to(torch.int32),
                 "lengths_host": lengths_host,
                 "starts": (valid.shape[1] - count).to(torch.int32),  # left padding: real tokens are at the end
-                "budget_blocks": max(1, budget // self.config.block_size),
+                "budget_blocks": self.config.host_budget_blocks(max(lengths_host)),
                 "plans": {},
             }
             state.layer_data["lychee"] = step

@@ -27,12 +27,8 @@ class GraphSafeLychee(LycheeDecode):
             return super()._decode_triton(layer_idx, query, key, value, valid, scaling, state)
         entry = static.method_cache.get("lychee")
         if entry is None:
-            lengths_host = static.lengths_host
-            if self.config.budget_ratio is not None:
-                budget = max(1, round(max(lengths_host) * self.config.budget_ratio))
-            else:
-                budget = self.config.budget
-            entry = {"budget_blocks": max(1, budget // self.config.block_size), "plans": {}, "buffers": {}}
+            budget_blocks = self.config.host_budget_blocks(max(static.lengths_host))
+            entry = {"budget_blocks": budget_blocks, "plans": {}, "buffers": {}}
             static.method_cache["lychee"] = entry
         roles = self.roles.retrieval[layer_idx]
         pattern = tuple(roles.tolist())  # a CPU tensor: no device read

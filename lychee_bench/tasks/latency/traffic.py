@@ -29,11 +29,9 @@ def full_kv_bytes(shape: RunShape, ctx: int, batch: int) -> int:
 
 def lychee_sparse_tokens(config: Any, ctx: int) -> int:
     """Tokens a sparse head reads at context ``ctx``: its budget (block granularity: whole 64-token blocks)."""
-    budget = max(1, round(ctx * config.budget_ratio)) if config.budget_ratio is not None else config.budget
     if config.granularity == "block":
-        blocks = max(1, budget // config.block_size)
-        return min(ctx, blocks * config.block_size)
-    return min(ctx, budget)
+        return min(ctx, config.host_budget_blocks(ctx) * config.block_size)
+    return min(ctx, config.host_budget(ctx))
 
 
 def lychee_kv_bytes(method: Any, shape: RunShape, ctx: int, batch: int) -> int:
