@@ -194,9 +194,9 @@ class Engine:
             results: dict[str, list[Generation]] = {}
             decoded: dict[str, str] = {}  # decode signature -> the label that decoded it
             self.last_shared = {}
-            distinct = {method.decode_signature() for method in methods}
-            for method in methods:
-                signature = method.decode_signature()
+            signatures = [method.decode_signature() for method in methods]
+            distinct = set(signatures)
+            for method, signature in zip(methods, signatures, strict=True):
                 if signature in decoded:  # the same decode by construction (e.g. one roles table under two names)
                     self.last_shared[method.label] = decoded[signature]
                     results[method.label] = copy.deepcopy(results[decoded[signature]])
@@ -238,7 +238,7 @@ class Engine:
                 if greedy is not None:
                     token = int(greedy[row])
                 else:
-                    token = _choose(logits[row], settings, generators[row] if generators else None)
+                    token = _sample(logits[row], settings, generators[row])
                 if token in self.stop_ids:
                     done[row], stop_reason[row] = True, "eos"
                 else:
@@ -291,9 +291,8 @@ def _generator(seed: int, row: int) -> torch.Generator:
     return generator
 
 
-def _choose(logits: torch.Tensor, settings: GenerationSettings, generator: torch.Generator | None) -> int:
-    if settings.temperature <= 0:
-        return int(torch.argmax(logits).item())
+def _sample(logits: torch.Tensor, settings: GenerationSettings, generator: torch.Generator) -> int:
+    """One token drawn at `settings.temperature` (> 0), within the top-p mass when top_p < 1."""
     probs = torch.softmax(logits.float().cpu() / settings.temperature, dim=-1)
     if settings.top_p < 1.0:
         sorted_probs, order = torch.sort(probs, descending=True)
