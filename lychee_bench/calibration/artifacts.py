@@ -10,6 +10,7 @@ Kascade file (JSON, `format: lychee-bench/kascade-anchors`, version 1):
 TidalDecode file (`format: lychee-bench/tidal-reselect`, version 1): model, selection_layer, reselect_layer,
 calibration, and sha256 of {num_layers, num_kv_heads, selection_layer, reselect_layer}.
 Shipped files live in lychee_bench/artifacts/<kind>/ and are loaded by name (a model's own file by its name).
+`checksum` and `shipped_path` serve the head-roles files (methods/roles.py) too.
 """
 
 from __future__ import annotations

@@ -10,14 +10,14 @@ Shipped files live in lychee_bench/artifacts/roles/ and are loaded by name.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from lychee_bench.calibration.artifacts import checksum, shipped_path
 
 FORMAT = "lychee-bench/head-roles"
 VERSION = 1
@@ -43,10 +43,7 @@ class HeadRoles:
 
 
 def roles_checksum(num_layers: int, num_kv_heads: int, retrieval: list[list[int]]) -> str:
-    canonical = json.dumps(
-        {"num_layers": num_layers, "num_kv_heads": num_kv_heads, "retrieval": retrieval}, sort_keys=True
-    )
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    return checksum({"num_layers": num_layers, "num_kv_heads": num_kv_heads, "retrieval": retrieval})
 
 
 def _as_lists(table: torch.Tensor) -> list[list[int]]:
@@ -84,8 +81,7 @@ def roles_to_json(table: torch.Tensor, model: dict[str, Any], **provenance: Any)
 
 
 def shipped_roles_path(name: str) -> Path | None:
-    candidate = resources.files("lychee_bench") / "artifacts" / "roles" / f"{name}.json"
-    return Path(str(candidate)) if candidate.is_file() else None
+    return shipped_path("roles", name)
 
 
 def load_roles_file(path: Path, source: str) -> HeadRoles:
