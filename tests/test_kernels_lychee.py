@@ -360,27 +360,24 @@ def test_triton_top_blocks_match_torch_topk_with_ties_and_short_rows(kernels, se
 
 
 @pytest.mark.parametrize(
-    ("fused", "step", "retrieval_first", "merge_group", "merge_dot"),
+    ("fused", "step", "retrieval_first", "merge_group"),
     [
-        (True, 1, True, 16, 0),
-        (True, 4, False, 2, 0),
-        (False, 2, True, 3, 0),
-        (True, 2, True, 2, 1),
-        (True, 1, False, 5, 1),
+        (True, 1, True, 16),
+        (True, 4, False, 2),
+        (False, 2, True, 3),
+        (True, 2, True, 2),
+        (True, 1, False, 5),
     ],
 )
-def test_layer_knobs_give_the_same_layer(
-    kernels, seed, monkeypatch, fused, step, retrieval_first, merge_group, merge_dot
-):
-    """One fused launch or three, 1/2/4 blocks per loop step, either work order, any merge group, either merge
-    arithmetic: the same layer."""
+def test_layer_knobs_give_the_same_layer(kernels, seed, monkeypatch, fused, step, retrieval_first, merge_group):
+    """One fused launch or three, 1/2/4 blocks per loop step, either work order, any merge group: the same
+    layer."""
     from lychee_bench.kernels import lychee_plan
 
     monkeypatch.setattr(kernels, "FUSED", fused)
     monkeypatch.setattr(kernels, "STEP_BLOCKS", step)
     monkeypatch.setattr(lychee_plan, "RETRIEVAL_FIRST", retrieval_first)
     monkeypatch.setattr(lychee_plan, "MERGE_GROUP", merge_group)
-    monkeypatch.setattr(kernels, "MERGE_DOT", merge_dot)
     q, k, v, lengths = random_case(3, 3, 4, 64, 1500, torch.bfloat16, min_len=700)
     roles = torch.tensor([True, False, True])
     slots = random_slots(lengths, 3, 1500, 5)

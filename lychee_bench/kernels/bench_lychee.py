@@ -327,7 +327,6 @@ KNOBS = {  # launch knob -> the module that holds it
     "MERGE_ROWS": "lychee_triton",
     "SMALL_WARPS": "lychee_triton",
     "TOPK_WAYS": "lychee_triton",
-    "MERGE_DOT": "lychee_triton",
     "MERGE_GROUP": "lychee_plan",
     "RETRIEVAL_FIRST": "lychee_plan",
 }
@@ -383,19 +382,14 @@ def sweep(contexts: list[int], batches: list[int], reps: int, copy_bw: float, se
 
     DEFAULT_KNOBS.update(knob_values())
     base = dict(pps=None)
-    dot = dict(base, MERGE_DOT=1)
     variants = [
         base,
         dict(base, FUSED_FINISH=1),
         dict(base, FUSED_FINISH=0),
-        dot,
-        dict(dot, FUSED_FINISH=1),
-        *(dict(dot, MERGE_GROUP=group) for group in (8, 32, 64)),
         *(dict(base, MERGE_GROUP=group) for group in (8, 32)),
         dict(base, MERGE_ROWS=16),
         dict(base, MERGE_ROWS=128),
         dict(base, RETRIEVAL_FIRST=0),
-        dict(dot, RETRIEVAL_FIRST=0),
     ]
     rows: list[dict[str, Any]] = []
     try:

@@ -54,7 +54,6 @@ ATTENTION_WARPS = 4
 ATTENTION_STAGES = 3
 STEP_BLOCKS = 2
 MERGE_ROWS = 64
-MERGE_DOT = 0  # 1: the merge's weighted sums as tensor-core products instead of 3-D reductions
 SMALL_WARPS = 4  # the separate merge and top-k launches
 TOPK_WAYS = 4  # cut-offs per round of the top-k search (2: binary search)
 FUSED = True  # one launch per layer; False: attention, merge and top-k as three launches
@@ -96,72 +95,8 @@ def _merge_range(
 
 
 @triton.jit
-def _merge_range_dot(
-    acc_ptr,
-    m_ptr,
-    l_ptr,
-    first,
-    count,
-    G: tl.constexpr,
-    GM: tl.constexpr,
-    D: tl.constexpr,
-    TILE: tl.constexpr,
-    DOT_IN_FP32: tl.constexpr,
-):
-    """The same merge with the weighted sum on the tensor cores: per tile, a [16, TILE*GM] weight matrix (row g
-    holds query head g's weights, zero elsewhere) times the [TILE*GM, D] partial rows, which are loaded as one
-    2-D tile. Returns 16-row m, l, acc (rows >= G unused)."""
-    rows = tl.arange(0, TILE * GM)
-    p = rows // GM
-    g_of_row = rows % GM
-    heads = tl.arange(0, 16)
-    owns = heads[:, None] == g_of_row[None, :]  # [16, TILE*GM]
-    d = tl.arange(0, D)
-    m = tl.full([16], -1.0e30, tl.float32)
-    l_sum = tl.zeros([16], tl.float32)
-    acc = tl.zeros([16, D], tl.float32)
-    for start in range(0, count, TILE):
-        present = (start + p < count) & (g_of_row < G)
-        row = (first + start + p).to(tl.int64) * G + g_of_row
-        m_c = tl.load(m_ptr + row, mask=present, other=-1.0e30, cache_modifier=".cg")
-        l_c = tl.load(l_ptr + row, mask=present, other=0.0, cache_modifier=".cg")
-        acc_c = tl.load(acc_ptr + row[:, None] * D + d[None, :], mask=present[:, None], other=0.0, cache_modifier=".cg")
-        m_new = tl.maximum(m, tl.max(tl.where(owns, m_c[None, :], -1.0e30), axis=1))
-        # Rows a head does not own get exponent -inf (weight 0) before exp2, never an overflowing difference.
-        weights = tl.exp2(tl.where(owns, m_c[None, :] - m_new[:, None], float("-inf")))
-        keep = tl.exp2(m - m_new)
-        l_sum = l_sum * keep + tl.sum(weights * l_c[None, :], axis=1)
-        if DOT_IN_FP32:
-            acc = acc * keep[:, None] + tl.dot(weights, acc_c, input_precision="ieee")
-        else:
-            acc = acc * keep[:, None] + tl.dot(weights, acc_c, input_precision="tf32x3")
-        m = m_new
-    return m, l_sum, acc
-
-
-@triton.jit
-def _merge(
-    acc_ptr,
-    m_ptr,
-    l_ptr,
-    first,
-    count,
-    G: tl.constexpr,
-    GM: tl.constexpr,
-    D: tl.constexpr,
-    TILE: tl.constexpr,
-    MERGE_DOT: tl.constexpr,
-    DOT_IN_FP32: tl.constexpr,
-):
-    if MERGE_DOT:
-        return _merge_range_dot(acc_ptr, m_ptr, l_ptr, first, count, G, GM, D, TILE, DOT_IN_FP32)
-    else:
-        return _merge_range(acc_ptr, m_ptr, l_ptr, first, count, G, GM, D, TILE)
-
-
-@triton.jit
 def _store_rows(acc_ptr, m_ptr, l_ptr, row, m, l_sum, acc, G: tl.constexpr, GM: tl.constexpr, D: tl.constexpr):
-    g = tl.arange(0, m.shape[0])
+    g = tl.arange(0, GM)
     d = tl.arange(0, D)
     part = row.to(tl.int64) * G + g
     tl.store(m_ptr + part, m, mask=g < G)
@@ -171,7 +106,7 @@ def _store_rows(acc_ptr, m_ptr, l_ptr, row, m, l_sum, acc, G: tl.constexpr, GM: 
 
 @triton.jit
 def _store_out(out_ptr, b, h, l_sum, acc, stride_ob, stride_oh, G: tl.constexpr, GM: tl.constexpr, D: tl.constexpr):
-    g = tl.arange(0, l_sum.shape[0])
+    g = tl.arange(0, GM)
     d = tl.arange(0, D)
     out = acc / tl.where(l_sum > 0, l_sum, 1.0)[:, None]
     pointers = out_ptr + b.to(tl.int64) * stride_ob + (h * G + g)[:, None] * stride_oh + d[None, :]
@@ -346,7 +281,6 @@ def _decode_layer_kernel(
     STEP: tl.constexpr,
     MERGE_TILE: tl.constexpr,
     MERGE_GROUP: tl.constexpr,
-    MERGE_DOT: tl.constexpr,
     NB_PAD: tl.constexpr,
     W_PAD: tl.constexpr,
     WAYS: tl.constexpr,
@@ -429,18 +363,8 @@ def _decode_layer_kernel(
         ticket = tl.atomic_add(tickets_ptr + group_base + group, 1, sem="acq_rel")
         if ticket == group_items - 1:
             tl.atomic_xchg(tickets_ptr + group_base + group, 0)
-            m, l_sum, acc_m = _merge(
-                part_acc_ptr,
-                part_m_ptr,
-                part_l_ptr,
-                group_first,
-                group_items,
-                G,
-                GM,
-                D,
-                MERGE_TILE,
-                MERGE_DOT,
-                DOT_IN_FP32,
+            m, l_sum, acc_m = _merge_range(
+                part_acc_ptr, part_m_ptr, part_l_ptr, group_first, group_items, G, GM, D, MERGE_TILE
             )
             done = head_groups == 1
             if head_groups > 1:
@@ -450,18 +374,8 @@ def _decode_layer_kernel(
                 done = head_ticket == head_groups - 1
                 if done:
                     tl.atomic_xchg(tickets_ptr + num_groups + head, 0)
-                    m, l_sum, acc_m = _merge(
-                        group_acc_ptr,
-                        group_m_ptr,
-                        group_l_ptr,
-                        group_base,
-                        head_groups,
-                        G,
-                        GM,
-                        D,
-                        MERGE_TILE,
-                        MERGE_DOT,
-                        DOT_IN_FP32,
+                    m, l_sum, acc_m = _merge_range(
+                        group_acc_ptr, group_m_ptr, group_l_ptr, group_base, head_groups, G, GM, D, MERGE_TILE
                     )
             if done:
                 _store_out(out_ptr, b, h, l_sum, acc_m, stride_ob, stride_oh, G, GM, D)
@@ -578,8 +492,7 @@ def _check_inputs(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
 
 
 def _merge_tile(group: int) -> int:
-    """Partials per merge load: MERGE_ROWS rows of (partial, query head), at least one partial (and so at least
-    16 rows for the tensor-core merge while MERGE_ROWS >= 16)."""
+    """Partials per merge load: MERGE_ROWS rows of (partial, query head), at least one partial."""
     return max(1, MERGE_ROWS // triton.next_power_of_2(group))
 
 
@@ -596,7 +509,6 @@ def layer_constants(plan: DecodePlan, group: int, head_dim: int, finish: int, do
         STEP=STEP_BLOCKS,
         MERGE_TILE=_merge_tile(group),
         MERGE_GROUP=plan.merge_group,
-        MERGE_DOT=MERGE_DOT,
         NB_PAD=triton.next_power_of_2(plan.num_blocks),
         W_PAD=triton.next_power_of_2(plan.slot_width),
         WAYS=TOPK_WAYS,
