@@ -26,6 +26,8 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
+from lychee_bench.harness.attention import attention_implementation
+
 ATTENTION_NAME = "lychee_bench_calibration"
 
 
@@ -79,12 +81,10 @@ def recording(model: torch.nn.Module) -> Iterator[list[torch.Tensor]]:
 
         handles.append(layer.register_forward_pre_hook(keep_input, with_kwargs=True))
         handles.append(layer.self_attn.register_forward_hook(score))
-    previous = model.config._attn_implementation
-    model.set_attn_implementation(ATTENTION_NAME)
     try:
-        yield importance
+        with attention_implementation(model, ATTENTION_NAME):
+            yield importance
     finally:
-        model.set_attn_implementation(previous)
         for handle in handles:
             handle.remove()
 

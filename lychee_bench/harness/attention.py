@@ -9,7 +9,7 @@ selected token sets lives in the state, never in module globals or on the model.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -116,11 +116,17 @@ AttentionMaskInterface.register(ATTENTION_NAME, sdpa_mask)
 
 
 @contextmanager
-def method_attention(model: torch.nn.Module) -> Iterator[None]:
-    """Route the model's attention through lychee-bench for the duration; always restores the original."""
+def attention_implementation(model: torch.nn.Module, name: str) -> Iterator[None]:
+    """Route the model's attention through the registered attention function `name` for the duration; always
+    restores the original."""
     previous = model.config._attn_implementation
-    model.set_attn_implementation(ATTENTION_NAME)
+    model.set_attn_implementation(name)
     try:
         yield
     finally:
         model.set_attn_implementation(previous)
+
+
+def method_attention(model: torch.nn.Module) -> AbstractContextManager[None]:
+    """Route the model's attention through lychee-bench for the duration; always restores the original."""
+    return attention_implementation(model, ATTENTION_NAME)

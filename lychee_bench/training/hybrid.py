@@ -23,8 +23,7 @@ travels as the `lychee_train_state` keyword, like the harness's `lychee_state`.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -33,6 +32,8 @@ import torch.nn.functional as F
 from transformers import AttentionInterface, DynamicCache
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+from lychee_bench.harness.attention import attention_implementation
 
 TRAIN_ATTENTION_NAME = "lychee_bench_train"
 MODES = ("hybrid", "sparse", "full")
@@ -229,15 +230,9 @@ AttentionInterface.register(TRAIN_ATTENTION_NAME, lychee_bench_train_attention)
 AttentionMaskInterface.register(TRAIN_ATTENTION_NAME, sdpa_mask)
 
 
-@contextmanager
-def training_attention(model: torch.nn.Module) -> Iterator[None]:
+def training_attention(model: torch.nn.Module) -> AbstractContextManager[None]:
     """Route attention through the hybrid training function for the duration; always restores the original."""
-    previous = model.config._attn_implementation
-    model.set_attn_implementation(TRAIN_ATTENTION_NAME)
-    try:
-        yield
-    finally:
-        model.set_attn_implementation(previous)
+    return attention_implementation(model, TRAIN_ATTENTION_NAME)
 
 
 def decoder(model: torch.nn.Module) -> torch.nn.Module:
