@@ -97,8 +97,7 @@ class KascadeAnchors:
         return len(self.head_map[0])
 
     def governing_anchor(self, layer: int) -> int:
-        """The most recent anchor layer at or before `layer`."""
-        return max(a for a in self.anchors if a <= layer)
+        return governing_anchor(self.anchors, layer)
 
     def describe(self) -> dict[str, Any]:
         calibration = self.info.get("calibration", {})
@@ -108,6 +107,11 @@ class KascadeAnchors:
             "anchors": list(self.anchors),
             "head_map_origin": calibration.get("head_map", calibration.get("method", "unknown")),
         }
+
+
+def governing_anchor(anchors: list[int], layer: int) -> int:
+    """The most recent anchor layer at or before `layer`."""
+    return max(a for a in anchors if a <= layer)
 
 
 def kascade_content(num_layers: int, num_kv_heads: int, anchors: list[int], head_map: list[list[int]]) -> dict:

@@ -12,15 +12,11 @@ from lychee_bench.calibration.collect import collect_statistics
 from lychee_bench.calibration.data import CalibrationSet, calibration_prompts
 from lychee_bench.calibration.kascade import calibrate_kascade
 from lychee_bench.calibration.tidal import choose_reselect_layer
+from lychee_bench.methods.kascade import KascadeConfig
 
 METHODS = ("kascade", "tidal")
 KASCADE_SETS = "(per KV head, probabilities summed over the group, min over queries, mean over prompts)"
 TIDAL_SETS = "(per query head against the same head, mean over queries, heads and prompts)"
-
-
-def default_topk(ctx: int) -> int:
-    """Kascade's rule, k = max(128, 10% of the context), used for both methods' sets."""
-    return min(ctx, max(128, ctx // 10))
 
 
 def default_out(method: str, model_name: str) -> Path:
@@ -59,14 +55,14 @@ def run_calibrate(
     prompts = calibration_prompts(tokenizer, spec)
     model = models.load_model(source, config, device, dtype)
     started = time.perf_counter()
-    k = default_topk(spec.ctx)
+    k = KascadeConfig().tokens_for(spec.ctx)  # Kascade's default k, used for both methods' sets
     stats = collect_statistics(model, prompts, spec.queries, k, progress=progress)
     calibration = {
         "command": f"lychee-bench calibrate --method {method} --model {source.name} --ctx {spec.ctx} "
         f"--samples {spec.samples} --seed {spec.seed}",
         "data": spec.describe(),
         "topk": k,
-        "topk_rule": "max(128, ctx // 10)",
+        "topk_rule": KascadeConfig().budget_rule(),
         "similarity": "attention-mass recall of a top-k set, relative to the layer's own top-k "
         + (KASCADE_SETS if method == "kascade" else TIDAL_SETS),
         "device": device,

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import torch
 
+from lychee_bench.calibration.artifacts import governing_anchor
 from lychee_bench.calibration.collect import SetStatistics
 
 ANCHOR_COUNT_RULE = "max(2, round(5 * num_layers / 32)): Kascade uses 5 anchors (layer 0 included) for 32 layers"
@@ -74,7 +75,7 @@ def head_mapping(recall: torch.Tensor, anchors: list[int]) -> list[list[int]]:
         if layer in anchors:
             table.append(list(range(num_kv_heads)))
         else:
-            anchor = max(a for a in anchors if a <= layer)
+            anchor = governing_anchor(anchors, layer)
             table.append(recall[anchor, layer].argmax(dim=-1).tolist())
     return table
 
@@ -90,7 +91,7 @@ def calibrate_kascade(
     anchors = choose_anchors(values, count)
     table = head_mapping(stats.recall, anchors)
     layer_recall = stats.recall.amax(dim=-1).mean(dim=-1)
-    covered = [round(float(layer_recall[max(a for a in anchors if a <= j), j]), 4) for j in range(num_layers)]
+    covered = [round(float(layer_recall[governing_anchor(anchors, j), j]), 4) for j in range(num_layers)]
     info = {
         "anchor_count": count,
         "anchor_count_rule": ANCHOR_COUNT_RULE if count == default_anchor_count(num_layers) else "given",
