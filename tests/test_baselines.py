@@ -139,3 +139,9 @@ def test_duo_refuses_without_roles_and_budget_sets_the_window():
     reasons = DuoAttention().check(shape(name="no-such-model"))
     assert len(reasons) == 1 and "uniform:N" in reasons[0]
     assert DuoAttention.from_options({"budget": "1024"}).config.recent == 1024 - 128
+
+
+def test_duo_defaults_to_the_shipped_continuous_gate_roles():
+    duo = DuoAttention()
+    assert duo.check(shape(layers=30, heads=9, kv=3, dim=64, name="smollm2-135m")) == []
+    assert duo.roles is not None and duo.roles.source == "shipped:smollm2-135m-continuous"

@@ -116,9 +116,19 @@ def _convert_embedded(model: EmbeddedModel, target: Path) -> None:
             "converted_with": "transformers " + __import__("transformers").__version__,
         }
         (staging / "lychee_bench_source.json").write_text(json.dumps(source, indent=2))
-        os.replace(staging, target)  # atomic: a half-converted folder is never seen as done
+        publish_folder(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def publish_folder(staging: Path, target: Path) -> None:
+    """Move a finished conversion into place atomically; a half-converted folder is never seen as done.
+    When another process (a second run, a training job) finished the same conversion first, theirs is kept."""
+    try:
+        os.replace(staging, target)
+    except OSError:
+        if not (target / "lychee_bench_source.json").exists():
+            raise
 
 
 @dataclass

@@ -1,13 +1,15 @@
 """DuoAttention (Xiao et al., 2024, arXiv 2410.10819): retrieval heads keep full attention; streaming heads
 see only the attention sinks and a recent window (128 + 256 by default). The roles are a per-model table of
 KV heads in the same file format as LycheeDecode's (methods/roles.py); DuoAttention learns them with
-continuous gates (`lychee-bench train-heads --gate continuous`). The shared format requires every head of
+continuous gates (`lychee-bench train-heads --gate continuous`); a model's shipped `<model>-continuous` roles
+are the default. The shared format requires every head of
 layer 0 to be a retrieval head, which DuoAttention itself does not. SPEC §4.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -15,12 +17,29 @@ import torch
 from lychee_bench.harness.attention import DecodeState
 from lychee_bench.methods.base import Method, RunShape
 from lychee_bench.methods.common import masked_decode_attention, sink_and_recent, streaming_window
-from lychee_bench.methods.roles import HeadRoles, RolesError, resolve_roles
+from lychee_bench.methods.roles import HeadRoles, RolesError, resolve_roles, shipped_roles_path
+
+CONTINUOUS_SUFFIX = "-continuous"  # shipped roles trained with `train-heads --gate continuous`
+
+
+def duo_roles_spec(spec: str | None, model_name: str) -> str:
+    """The roles DuoAttention uses: `spec` when given, else the model's shipped continuous-gate roles."""
+    if spec is not None:
+        return spec
+    shipped = f"{Path(model_name).name}{CONTINUOUS_SUFFIX}"
+    if shipped_roles_path(shipped) is None:
+        raise RolesError(
+            f"no DuoAttention (continuous-gate) roles ship for model {model_name!r}. Train them with "
+            f"`lychee-bench train-heads --gate continuous` and give --option roles=<file>, or give "
+            f"--option roles=uniform:N for N retrieval heads spread evenly."
+        )
+    return shipped
 
 
 @dataclass
 class DuoConfig:
-    """`roles`: see methods/roles.py. `budget`, when given, sets the streaming window: recent = budget - sink."""
+    """`roles`: see methods/roles.py; by default the model's shipped `<model>-continuous` roles.
+    `budget`, when given, sets the streaming window: recent = budget - sink."""
 
     roles: str | None = None
     sink: int = 128
@@ -47,7 +66,8 @@ class DuoAttention(Method):
     def check_config(self, shape: RunShape) -> list[str]:
         self._device_roles.clear()
         try:
-            self.roles = resolve_roles(self.config.roles, shape.num_layers, shape.num_kv_heads, shape.model_name)
+            spec = duo_roles_spec(self.config.roles, shape.model_name)
+            self.roles = resolve_roles(spec, shape.num_layers, shape.num_kv_heads, shape.model_name)
         except RolesError as error:
             return [str(error)]
         return []
@@ -56,7 +76,8 @@ class DuoAttention(Method):
         if self.roles is None:
             config = model.config
             name = getattr(config, "_name_or_path", "")
-            self.roles = resolve_roles(self.config.roles, config.num_hidden_layers, config.num_key_value_heads, name)
+            spec = duo_roles_spec(self.config.roles, name)
+            self.roles = resolve_roles(spec, config.num_hidden_layers, config.num_key_value_heads, name)
         self._device_roles.clear()
 
     def resolved_artifacts(self) -> dict[str, str]:
