@@ -317,17 +317,18 @@ def plot(
 @app.command()
 def report(
     path: Annotated[Path, typer.Argument(help="a run folder, a records .jsonl file, or a folder of runs")],
-    format: Annotated[str, typer.Option("--format", help="table or json")] = "table",
+    format: Annotated[str, typer.Option("--format", help="table, markdown or json")] = "table",
     html: Annotated[
         Path | None, typer.Option("--html", help="also write one self-contained HTML page (tables, plots, provenance)")
     ] = None,
 ) -> None:
-    """Summarise results: per-subtask scores with the average (table), or machine-readable rows (json)."""
+    """Summarise results: per-subtask scores with the average (table or markdown), a bench folder's latency
+    table, or machine-readable rows (json)."""
     from lychee_bench.harness.records import average_rows, read_records, summarize
-    from lychee_bench.harness.tables import score_table
+    from lychee_bench.harness.tables import score_markdown, score_table
 
-    if format not in ("table", "json"):
-        _fail(f"unknown --format {format!r}; use table or json")
+    if format not in ("table", "markdown", "json"):
+        _fail(f"unknown --format {format!r}; use table, markdown or json")
     if not path.exists():
         _fail(f"{path} does not exist; give a run folder (see `run --out`) or a records .jsonl file")
     problems: list = []
@@ -335,15 +336,23 @@ def report(
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        rows = summarize(read_records(path, problems))
+        records = read_records(path, problems)
+        rows = summarize(records)
     for problem in problems:
         typer.echo(f"warning: {problem}", err=True)
-    rows = rows + average_rows(rows)
+    latency = [r for r in records if r.get("kind") == "latency"]
     if format == "json":
-        clean = [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()} for r in rows]
+        found = rows + average_rows(rows) + latency
+        clean = [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()} for r in found]
         typer.echo(json.dumps(clean, indent=1))
+    elif latency and not rows:  # a bench folder: the table `bench` prints
+        from lychee_bench.tasks.latency.plot import latency_table
+
+        typer.echo(latency_table(latency))
+    elif format == "markdown":
+        typer.echo(score_markdown(rows + average_rows(rows)))
     else:
-        typer.echo(score_table(rows))
+        typer.echo(score_table(rows + average_rows(rows)))
     if html is not None:
         from lychee_bench.report.html import write_html
         from lychee_bench.report.sources import ResultsError
@@ -373,7 +382,7 @@ def compare(
     fail_on_missing: Annotated[
         bool, typer.Option("--fail-on-missing", help="rows of BASE absent from NEW fail too (default: warn)")
     ] = False,
-    format: Annotated[str, typer.Option("--format", help="table or json")] = "table",
+    format: Annotated[str, typer.Option("--format", help="table, markdown or json")] = "table",
     changes_only: Annotated[bool, typer.Option("--changes-only", help="table: hide rows that did not move")] = False,
 ) -> None:
     """Compare two result sets row by row; exit 1 if a score drops or a latency rises beyond its tolerance."""

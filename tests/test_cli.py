@@ -55,3 +55,17 @@ def test_bad_method_option_exits_2():
 def test_report_on_missing_path_exits_2(tmp_path):
     result = _run("report", str(tmp_path / "nothing"))
     assert result.exit_code == 2
+
+
+def test_report_markdown_puts_methods_down_with_the_average_last():
+    result = _run("report", "results/ruler/smollm2-135m_ctx2048_niah_single_1_full_cpu", "--format", "markdown")
+    assert result.exit_code == 0, result.output
+    header, rule, row = [line for line in result.output.splitlines() if line.startswith("|")]
+    assert header.split("|")[1].strip() == "method" and header.rstrip(" |").endswith("average (n=10)")
+    assert rule.count("---") == 3 and row.startswith("| `full` | 100.0 ± 0.0 |")
+
+
+def test_report_on_a_bench_folder_prints_the_latency_table():
+    result = _run("report", "results/latency/h200-compile")
+    assert result.exit_code == 0, result.output
+    assert "time/floor" in result.output and "lychee" in result.output and "(no results)" not in result.output
