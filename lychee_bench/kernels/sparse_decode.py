@@ -1,0 +1,317 @@
+"""One Triton decode-attention kernel for every "attend to these positions" method.
+
+TidalDecode, Kascade, Quest, DuoAttention and StreamingLLM differ in *which* cache positions a head attends to
+during decode, not in how it attends to them (SPEC §4). This module is the efficient path they share: a
+split-KV ("flash-decoding") pass over per-row position lists, then a log-sum-exp merge, matching
+:func:`lychee_bench.methods.common.masked_decode_attention` with the same positions kept.
+
+Rows. A *selection row* is a set of query heads that attend to the same positions of one KV head: one row per
+KV head (its whole GQA group: Kascade, DuoAttention, StreamingLLM) or one row per query head (TidalDecode,
+Quest). Row ``r`` of ``HS`` rows belongs to KV head ``r // (HS // Hkv)`` and serves query heads
+``r * GS .. r * GS + GS - 1`` with ``GS = Hq // HS``.
+
+Positions. A *listed* row reads the entries of its row of ``index`` [B, HS, W] (int32): entry ``e`` means
+tokens ``e * unit .. e * unit + unit - 1`` (``unit`` 1: tokens; Quest's pages: 16), counted from the sequence's
+first real token (``starts``: left padding), and -1 is an unused entry. A *dense* row (``dense_rows``) reads
+all of the sequence's ``lengths`` tokens in order, with no index (DuoAttention's retrieval heads). Entries
+must not repeat: a position listed twice would count twice.
+
+Work. Every row is cut into chunks of ``chunk_tiles`` tiles of ``TILE`` tokens; one program per (row, chunk)
+leaves a partial (running max, sum of exponentials, unnormalised output), and one program per row merges
+its partials. The grid depends only on host numbers (batch, rows, index width, the longest sequence), so a
+decode step with it can be captured in a CUDA graph. Runs under ``TRITON_INTERPRET=1`` on CPU, where the dot
+operands are upcast to float32 (the interpreter's bfloat16 ``tl.dot`` is wrong, see lychee_triton.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import triton
+import triton.language as tl
+
+from lychee_bench.kernels.lychee_plan import SUPPORTED_HEAD_DIMS, default_target_programs
+from lychee_bench.kernels.lychee_triton import (
+    LOG2E,
+    SUPPORTED_DTYPES,
+    _interpreting,
+    _merge_range,
+    _store_out,
+)
+
+TILE = 64  # tokens per loop step
+WARPS = 4
+STAGES = 3
+MERGE_ROWS = 64  # partial rows (chunks x query heads) per merge load
+
+
+@triton.jit
+def _sparse_partials_kernel(
+    q_ptr,
+    k_ptr,
+    v_ptr,
+    lengths_ptr,
+    starts_ptr,
+    index_ptr,
+    dense_ptr,
+    part_acc_ptr,
+    part_m_ptr,
+    part_l_ptr,
+    scale_log2e,
+    width,
+    chunk_tiles,
+    stride_qb,
+    stride_qh,
+    stride_kb,
+    stride_kh,
+    stride_ks,
+    stride_vb,
+    stride_vh,
+    stride_vs,
+    stride_ib,
+    stride_ih,
+    HS: tl.constexpr,
+    ROWS_PER_KV: tl.constexpr,
+    GS: tl.constexpr,
+    G_PAD: tl.constexpr,
+    D: tl.constexpr,
+    UNIT: tl.constexpr,
+    TILE: tl.constexpr,
+    DOT_IN_FP32: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr,
+):
+    row = tl.program_id(0)
+    chunk = tl.program_id(1)
+    b = (row // HS).to(tl.int64)
+    hs = row % HS
+    kvh = (hs // ROWS_PER_KV).to(tl.int64)
+    length = tl.load(lengths_ptr + b)
+    start = tl.load(starts_ptr + b).to(tl.int64)
+    dense_flag = tl.load(dense_ptr + hs)
+    row_tokens = tl.where(dense_flag != 0, length, width * UNIT)
+    tile_first = chunk * chunk_tiles
+    tile_end = tl.minimum(tile_first + chunk_tiles, (row_tokens + TILE - 1) // TILE)
+
+    g = tl.arange(0, G_PAD)
+    d = tl.arange(0, D)
+    t = tl.arange(0, TILE)
+    g_valid = g < GS
+    q_rows = q_ptr + b * stride_qb + (hs * GS + g)[:, None] * stride_qh + d[None, :]
+    q = tl.load(q_rows, mask=g_valid[:, None], other=0.0)
+    if DOT_IN_FP32:
+        q = q.to(tl.float32)
+    k_base = k_ptr + b * stride_kb + kvh * stride_kh + start * stride_ks
+    v_base = v_ptr + b * stride_vb + kvh * stride_vh + start * stride_vs
+    index_row = index_ptr + b * stride_ib + hs * stride_ih
+    # Per-lane copies of the row kind: the interpreter turns `tensor & scalar` into an int mask tl.load refuses.
+    listed_lanes = (t * 0 + dense_flag) == 0
+
+    m_i = tl.full([G_PAD], -1.0e30, tl.float32)  # finite: exp2(-inf - -inf) would be NaN for an empty chunk
+    l_i = tl.zeros([G_PAD], tl.float32)
+    acc = tl.zeros([G_PAD, D], tl.float32)
+    for tile in range(tile_first, tile_end):
+        offset = tile * TILE + t  # the tile's tokens within the row
+        entry = offset // UNIT
+        listed = tl.load(index_row + entry, mask=listed_lanes & (entry < width), other=-1)
+        pos = tl.where(listed_lanes, listed * UNIT + offset % UNIT, offset)
+        valid = (offset < row_tokens) & (pos >= 0) & (pos < length)
+        k = tl.load(k_base + pos[:, None] * stride_ks + d[None, :], mask=valid[:, None], other=0.0)
+        v = tl.load(v_base + pos[:, None] * stride_vs + d[None, :], mask=valid[:, None], other=0.0)
+        if DOT_IN_FP32:
+            k = k.to(tl.float32)
+        s = tl.dot(q, tl.trans(k), input_precision=INPUT_PRECISION) * scale_log2e
+        s = tl.where(valid[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        alpha = tl.exp2(m_i - m_new)
+        p = tl.exp2(s - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        p_v = p.to(v.dtype)  # rounded to the cache dtype for the tensor cores, as flash attention does
+        if DOT_IN_FP32:
+            p_v = p_v.to(tl.float32)
+            v = v.to(tl.float32)
+        acc = acc * alpha[:, None] + tl.dot(p_v, v, input_precision=INPUT_PRECISION)
+        m_i = m_new
+
+    part = (row * tl.num_programs(1) + chunk).to(tl.int64) * GS + g
+    tl.store(part_m_ptr + part, m_i, mask=g_valid)
+    tl.store(part_l_ptr + part, l_i, mask=g_valid)
+    tl.store(part_acc_ptr + part[:, None] * D + d[None, :], acc, mask=g_valid[:, None])
+
+
+@triton.jit
+def _sparse_merge_kernel(
+    part_acc_ptr,
+    part_m_ptr,
+    part_l_ptr,
+    out_ptr,
+    num_chunks,
+    stride_ob,
+    stride_oh,
+    HS: tl.constexpr,
+    GS: tl.constexpr,
+    GM: tl.constexpr,
+    D: tl.constexpr,
+    MERGE_TILE: tl.constexpr,
+):
+    row = tl.program_id(0)
+    m, l_sum, acc = _merge_range(
+        part_acc_ptr, part_m_ptr, part_l_ptr, row * num_chunks, num_chunks, GS, GM, D, MERGE_TILE
+    )
+    _store_out(out_ptr, (row // HS).to(tl.int64), row % HS, l_sum, acc, stride_ob, stride_oh, GS, GM, D)
+
+
+def _check(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, rows: int) -> None:
+    if q.dim() != 3 or k_cache.dim() != 4 or k_cache.shape != v_cache.shape:
+        raise ValueError(
+            f"expected q [B, Hq, D] and k/v caches [B, Hkv, S_max, D] of one shape, got {tuple(q.shape)}, "
+            f"{tuple(k_cache.shape)}, {tuple(v_cache.shape)}"
+        )
+    batch, hq, dim = q.shape
+    hkv = k_cache.shape[1]
+    if k_cache.shape[0] != batch or k_cache.shape[3] != dim or hq % hkv:
+        raise ValueError(f"q {tuple(q.shape)} does not match the cache {tuple(k_cache.shape)}")
+    if rows not in (hkv, hq):
+        raise ValueError(f"{rows} selection rows: need one per KV head ({hkv}) or one per query head ({hq})")
+    if dim not in SUPPORTED_HEAD_DIMS:
+        raise ValueError(f"head dim {dim} is not supported; supported: {SUPPORTED_HEAD_DIMS}")
+    if q.dtype not in SUPPORTED_DTYPES or k_cache.dtype != q.dtype or v_cache.dtype != q.dtype:
+        raise ValueError(f"dtypes q={q.dtype} k={k_cache.dtype} v={v_cache.dtype}; need one of {SUPPORTED_DTYPES}")
+    if any(t.stride(-1) != 1 for t in (q, k_cache, v_cache)):
+        raise ValueError("q, k_cache and v_cache need a contiguous last (head) dimension")
+
+
+def sparse_decode_attention(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    lengths: torch.Tensor,
+    starts: torch.Tensor,
+    index: torch.Tensor | None,
+    scale: float,
+    *,
+    dense_rows: Sequence[bool] | None = None,
+    unit: int = 1,
+    max_length: int | None = None,
+    chunk_tiles: int | None = None,
+) -> torch.Tensor:
+    """Decode attention of ``q`` [B, Hq, D] over the listed positions; returns [B, Hq, D] in q's dtype.
+
+    ``lengths`` / ``starts`` [B] int32 on q's device: real tokens per sequence and where the first one sits.
+    ``index`` [B, HS, W] int32 (any strides; an expanded row is fine) or None when every row is dense (then
+    HS = Hkv). ``dense_rows`` (host, HS flags) marks rows that read all their tokens instead of a list.
+    ``max_length`` (host) bounds ``lengths``; it is needed with dense rows to size the grid (default: the
+    cache size). ``chunk_tiles`` (tiles of 64 tokens per program) defaults to about two programs per SM.
+    """
+    if unit < 1:
+        raise ValueError(f"unit {unit} must be >= 1 token per index entry")
+    hkv = k_cache.shape[1]
+    rows = hkv if index is None else index.shape[1]
+    _check(q, k_cache, v_cache, rows)
+    batch, hq, dim = q.shape
+    dense = [True] * rows if index is None else [bool(x) for x in (dense_rows or [False] * rows)]
+    if len(dense) != rows:
+        raise ValueError(f"dense_rows has {len(dense)} flags for {rows} selection rows")
+    width = 0 if index is None else index.shape[2]
+    if index is not None and (index.shape[0] != batch or index.dtype != torch.int32):
+        raise ValueError(f"index must be int32 [B={batch}, rows, W], got {index.dtype} {tuple(index.shape)}")
+    longest = k_cache.shape[2] if max_length is None else max_length
+    row_tokens = max(longest if any(dense) else 0, width * unit if not all(dense) else 0, 1)
+    max_tiles = -(-row_tokens // TILE)
+    if chunk_tiles is None:
+        busy_rows = batch * rows
+        chunk_tiles = max(1, -(-busy_rows * max_tiles // default_target_programs(q.device)))
+    num_chunks = -(-max_tiles // chunk_tiles)
+    group = hq // rows
+    f32 = dict(device=q.device, dtype=torch.float32)
+    part_acc = torch.empty(batch * rows * num_chunks, group, dim, **f32)
+    part_m = torch.empty(batch * rows * num_chunks, group, **f32)
+    part_l = torch.empty(batch * rows * num_chunks, group, **f32)
+    out = torch.empty_like(q)
+    dense_flags = _dense_flags(dense, q.device)
+    index_arg = index if index is not None else dense_flags  # never read for dense rows
+    dot_in_fp32 = _interpreting() or q.dtype == torch.float32
+    _sparse_partials_kernel[(batch * rows, num_chunks)](
+        q,
+        k_cache,
+        v_cache,
+        lengths,
+        starts,
+        index_arg,
+        dense_flags,
+        part_acc,
+        part_m,
+        part_l,
+        scale * LOG2E,
+        width,
+        chunk_tiles,
+        q.stride(0),
+        q.stride(1),
+        k_cache.stride(0),
+        k_cache.stride(1),
+        k_cache.stride(2),
+        v_cache.stride(0),
+        v_cache.stride(1),
+        v_cache.stride(2),
+        index.stride(0) if index is not None else 0,
+        index.stride(1) if index is not None else 0,
+        HS=rows,
+        ROWS_PER_KV=rows // hkv,
+        GS=group,
+        G_PAD=max(16, triton.next_power_of_2(group)),  # tl.dot needs at least 16 rows on GPUs
+        D=dim,
+        UNIT=unit,
+        TILE=TILE,
+        DOT_IN_FP32=dot_in_fp32,
+        INPUT_PRECISION="ieee" if dot_in_fp32 else "tf32",
+        num_warps=WARPS,
+        num_stages=STAGES,
+    )
+    _sparse_merge_kernel[(batch * rows,)](
+        part_acc,
+        part_m,
+        part_l,
+        out,
+        num_chunks,
+        out.stride(0),
+        out.stride(1),
+        HS=rows,
+        GS=group,
+        GM=triton.next_power_of_2(group),
+        D=dim,
+        MERGE_TILE=max(1, MERGE_ROWS // triton.next_power_of_2(group)),
+        num_warps=WARPS,
+    )
+    return out
+
+
+_DENSE_FLAGS: dict[tuple[tuple[bool, ...], str], torch.Tensor] = {}
+
+
+def _dense_flags(dense: list[bool], device: torch.device) -> torch.Tensor:
+    """The row kinds as an int32 device tensor, made once per pattern and device (a copy per call would wait
+    for the device's queued work and could not be captured in a CUDA graph)."""
+    key = (tuple(dense), str(device))
+    if key not in _DENSE_FLAGS:
+        _DENSE_FLAGS[key] = torch.tensor([int(x) for x in dense], dtype=torch.int32, device=device)
+    return _DENSE_FLAGS[key]
+
+
+def window_index(lengths: torch.Tensor, sink: int, recent: int) -> torch.Tensor:
+    """[B, sink + recent] int32 positions of the first ``sink`` and last ``recent`` real tokens, counted from the
+    first real token; a sequence with no more tokens than that lists each of its tokens once (-1 after)."""
+    width = sink + recent
+    i = torch.arange(width, device=lengths.device, dtype=torch.int32)[None, :]
+    n = lengths.to(torch.int32)[:, None]
+    short = torch.where(i < n, i, torch.full_like(i, -1))
+    long = torch.where(i < sink, i, n - width + i)
+    return torch.where(n <= width, short, long).to(torch.int32)
+
+
+def top_index(scores: torch.Tensor, k: int, starts: torch.Tensor) -> torch.Tensor:
+    """[B, H, min(k, S)] int32: the top-``k`` positions of ``scores`` [B, H, S] (absolute cache positions, -inf
+    where not allowed), counted from each sequence's first real token (``starts`` [B]); -1 where fewer than
+    ``k`` positions are allowed. Same choice as torch.topk on the same scores."""
+    top = torch.topk(scores, min(k, scores.shape[-1]), dim=-1)
+    relative = top.indices - starts.to(top.indices.dtype)[:, None, None]
+    return torch.where(top.values > float("-inf"), relative, torch.full_like(relative, -1)).to(torch.int32)

@@ -1,0 +1,146 @@
+"""The shared sparse decode kernel (kernels/sparse_decode.py) against masked attention in plain torch.
+
+Fresh random inputs on every run; each test prints its seed (rerun with LYCHEE_TEST_SEED=<seed>). The kernel
+runs under TRITON_INTERPRET=1 on CPU. The reference is built here from the same position lists, independently
+of the kernel: a boolean mask over the cache, then SDPA.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from lychee_bench.methods.common import masked_decode_attention  # noqa: E402
+
+try:
+    from lychee_bench.kernels import sparse_decode
+except ImportError as error:  # a missing Triton must fail loudly, never skip
+    sparse_decode = None
+    IMPORT_ERROR = f"the sparse kernel cannot be imported ({error}); install Triton: pip install triton"
+
+TOLERANCE = {torch.float32: 2e-4, torch.bfloat16: 2e-2}
+
+
+@pytest.fixture
+def kernel():
+    if sparse_decode is None:
+        pytest.fail(IMPORT_ERROR)
+    torch.manual_seed(int(os.environ.get("LYCHEE_TEST_SEED", random.SystemRandom().randrange(2**31))))
+    print(f"seed={torch.initial_seed()}")
+    return sparse_decode
+
+
+def left_padded(batch: int, hkv: int, group: int, dim: int, max_len: int, dtype: torch.dtype):
+    """Queries, a left-padded cache (padding filled with huge values: reading it would show) and lengths."""
+    q = torch.randn(batch, hkv * group, dim).to(dtype)
+    k = torch.randn(batch, hkv, max_len, dim).to(dtype)
+    v = torch.randn(batch, hkv, max_len, dim).to(dtype)
+    lengths = torch.randint(1, max_len + 1, (batch,))
+    lengths[0] = max_len
+    starts = max_len - lengths
+    for b in range(batch):
+        k[b, :, : starts[b]] = 1e4
+        v[b, :, : starts[b]] = 1e4
+    return q, k, v, lengths.to(torch.int32), starts.to(torch.int32)
+
+
+def random_index(lengths: torch.Tensor, rows: int, width: int, unit: int) -> torch.Tensor:
+    """[B, rows, width] int32 distinct entries below each sequence's entry count, in random order, -1 mixed in."""
+    index = torch.full((lengths.numel(), rows, width), -1, dtype=torch.int32)
+    for b, n in enumerate(lengths.tolist()):
+        entries = -(-n // unit)
+        for r in range(rows):
+            take = torch.randint(0, min(width, entries) + 1, ()).item()
+            chosen = torch.randperm(entries)[:take]
+            slots = torch.randperm(width)[:take]
+            index[b, r, slots] = chosen.to(torch.int32)
+    return index
+
+
+def reference(q, k, v, lengths, starts, index, dense, unit, scale):
+    """Masked attention with the positions the index (or a dense row) names."""
+    batch, _, max_len, _ = k.shape
+    rows = index.shape[1]
+    keep = torch.zeros(batch, rows, max_len, dtype=torch.bool)
+    for b in range(batch):
+        start, n = int(starts[b]), int(lengths[b])
+        for r in range(rows):
+            if dense[r]:
+                keep[b, r, start : start + n] = True
+                continue
+            for entry in index[b, r].tolist():
+                if entry >= 0:
+                    first = start + entry * unit
+                    keep[b, r, first : min(first + unit, start + n)] = True
+    empty = ~keep.any(-1)
+    keep[..., -1] |= empty  # SDPA needs one position per row; such rows are zeroed below
+    out = masked_decode_attention(q[:, :, None].float(), k.float(), v.float(), keep, scale)[:, :, 0]
+    group = q.shape[1] // rows
+    return out.masked_fill(empty.repeat_interleave(group, dim=1)[..., None], 0.0)
+
+
+@pytest.mark.parametrize(
+    "batch, hkv, group, dim, per_query_head, unit, dtype",
+    [
+        (3, 2, 4, 64, False, 1, torch.float32),  # Kascade / StreamingLLM: one row per KV head, tokens
+        (2, 2, 3, 128, True, 1, torch.float32),  # TidalDecode: one row per query head
+        (3, 1, 4, 64, True, 16, torch.float32),  # Quest: pages of 16 per query head
+        (2, 3, 1, 64, False, 1, torch.bfloat16),  # no GQA, bf16
+    ],
+)
+def test_listed_rows_match_masked_attention(kernel, batch, hkv, group, dim, per_query_head, unit, dtype):
+    max_len = 203  # not a multiple of the 64-token tile
+    q, k, v, lengths, starts = left_padded(batch, hkv, group, dim, max_len, dtype)
+    rows = hkv * group if per_query_head else hkv
+    width = 37 if unit == 1 else 5
+    index = random_index(lengths, rows, width, unit)
+    dense = [False] * rows
+    out = kernel.sparse_decode_attention(q, k, v, lengths, starts, index, 0.125, unit=unit, chunk_tiles=1)
+    expected = reference(q, k, v, lengths, starts, index, dense, unit, 0.125)
+    torch.testing.assert_close(out.float(), expected, atol=TOLERANCE[dtype], rtol=TOLERANCE[dtype])
+
+
+def test_dense_and_listed_rows_in_one_launch(kernel):
+    """DuoAttention's layer: retrieval KV heads read everything, streaming heads their sink + recent window."""
+    q, k, v, lengths, starts = left_padded(3, 3, 2, 64, 300, torch.float32)
+    lengths[1] = 7  # shorter than the window: every token once
+    starts = (300 - lengths).to(torch.int32)
+    window = kernel.window_index(lengths, sink=4, recent=20)
+    index = window[:, None, :].expand(-1, 3, -1)  # one window for every head, not copied
+    dense = [True, False, True]
+    out = kernel.sparse_decode_attention(
+        q, k, v, lengths, starts, index, 0.2, dense_rows=dense, max_length=int(lengths.max()), chunk_tiles=2
+    )
+    expected = reference(q, k, v, lengths, starts, index, dense, 1, 0.2)
+    torch.testing.assert_close(out, expected, atol=2e-4, rtol=2e-4)
+
+
+def test_window_index_lists_sink_and_recent_once(kernel):
+    lengths = torch.tensor([10, 30, 24], dtype=torch.int32)
+    index = kernel.window_index(lengths, sink=4, recent=20)
+    assert index[0].tolist() == list(range(10)) + [-1] * 14
+    assert index[1].tolist() == [0, 1, 2, 3] + list(range(10, 30))
+    assert index[2].tolist() == list(range(24))
+
+
+def test_top_index_counts_from_the_first_real_token_and_marks_missing(kernel):
+    scores = torch.tensor([[[float("-inf"), float("-inf"), 3.0, 1.0, 2.0]]])
+    index = kernel.top_index(scores, 4, torch.tensor([2]))
+    assert index.tolist() == [[[0, 2, 1, -1]]]
+
+
+def test_default_chunking_and_bad_input(kernel):
+    q, k, v, lengths, starts = left_padded(2, 2, 2, 64, 150, torch.float32)
+    index = random_index(lengths, 2, 70, 1)
+    out = kernel.sparse_decode_attention(q, k, v, lengths, starts, index, 0.3)
+    expected = reference(q, k, v, lengths, starts, index, [False, False], 1, 0.3)
+    torch.testing.assert_close(out, expected, atol=2e-4, rtol=2e-4)
+    with pytest.raises(ValueError, match="selection rows"):
+        kernel.sparse_decode_attention(q, k, v, lengths, starts, index[:, :1].expand(-1, 3, -1), 0.3)
+    with pytest.raises(ValueError, match="int32"):
+        kernel.sparse_decode_attention(q, k, v, lengths, starts, index.long(), 0.3)
