@@ -16,6 +16,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from lychee_bench.methods.common import masked_decode_attention  # noqa: E402
+from lychee_bench.methods.efficient import top_index, window_index  # noqa: E402
 
 try:
     from lychee_bench.kernels import sparse_decode
@@ -110,7 +111,7 @@ def test_dense_and_listed_rows_in_one_launch(kernel):
     q, k, v, lengths, starts = left_padded(3, 3, 2, 64, 300, torch.float32)
     lengths[1] = 7  # shorter than the window: every token once
     starts = (300 - lengths).to(torch.int32)
-    window = kernel.window_index(lengths, sink=4, recent=20)
+    window = window_index(lengths, sink=4, recent=20)
     index = window[:, None, :].expand(-1, 3, -1)  # one window for every head, not copied
     dense = [True, False, True]
     out = kernel.sparse_decode_attention(
@@ -120,17 +121,17 @@ def test_dense_and_listed_rows_in_one_launch(kernel):
     torch.testing.assert_close(out, expected, atol=2e-4, rtol=2e-4)
 
 
-def test_window_index_lists_sink_and_recent_once(kernel):
+def test_window_index_lists_sink_and_recent_once():
     lengths = torch.tensor([10, 30, 24], dtype=torch.int32)
-    index = kernel.window_index(lengths, sink=4, recent=20)
+    index = window_index(lengths, sink=4, recent=20)
     assert index[0].tolist() == list(range(10)) + [-1] * 14
     assert index[1].tolist() == [0, 1, 2, 3] + list(range(10, 30))
     assert index[2].tolist() == list(range(24))
 
 
-def test_top_index_counts_from_the_first_real_token_and_marks_missing(kernel):
+def test_top_index_counts_from_the_first_real_token_and_marks_missing():
     scores = torch.tensor([[[float("-inf"), float("-inf"), 3.0, 1.0, 2.0]]])
-    index = kernel.top_index(scores, 4, torch.tensor([2]))
+    index = top_index(scores, 4, torch.tensor([2]))
     assert index.tolist() == [[[0, 2, 1, -1]]]
 
 

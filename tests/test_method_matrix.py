@@ -256,3 +256,49 @@ def test_unsupported_architecture_gives_reasons(name):
         reasons = method.check(shape)
         assert isinstance(reasons, list) and all(isinstance(r, str) for r in reasons)
         assert any("gpt2" in r for r in reasons)
+
+
+# Methods whose only path is the dense reference itself (nothing to compare an efficient path against).
+SINGLE_PATH = {"full"}
+
+
+@pytest.mark.parametrize("name", ALL_METHODS)
+def test_efficient_path_matches_the_reference(name):
+    """The Triton path (interpreter) against the same method's reference path: odd sizes, batch 3 with left
+    padding, fresh random inputs, a budget that drops positions."""
+    cls = method_class(name)
+    if "path" not in {f.name for f in dataclasses.fields(cls.Config)}:
+        if name in SINGLE_PATH:
+            return
+        pytest.fail(f"{name} has no `path` option, so no efficient path to test; give it one (methods/efficient.py)")
+    batch, num_heads, num_kv, dim, length = 3, 8, 2, 64, 157
+    shape = RunShape("llama", NUM_LAYERS, num_heads, num_kv, dim, "float32", "cpu", batch, length, "tiny")
+    paths = {}
+    for path in ("reference", "triton"):
+        method = build(name, budget=40)
+        method.config.path = path
+        if name == "lychee":
+            method.config.granularity = "block"
+            method.config.block_size = 64
+            method.config.budget = 64
+        assert method.check(shape) == [], path
+        assert method.path == path
+        paths[path] = method
+    generator = torch.Generator().manual_seed(torch.seed() % 2**31)
+    valid = torch.ones(batch, length, dtype=torch.bool)
+    valid[1, :23] = False  # left padding
+    valid[2, :120] = False  # shorter than some windows and budgets
+    lengths = valid.sum(-1).tolist()
+    states = {path: DecodeState(method=m, phase="decode") for path, m in paths.items()}
+    for state in states.values():
+        state.begin_step("decode", lengths)
+    for layer in range(NUM_LAYERS):
+        query = torch.randn(batch, num_heads, 1, dim, generator=generator)
+        key = torch.randn(batch, num_kv, length, dim, generator=generator)
+        value = torch.randn(batch, num_kv, length, dim, generator=generator)
+        outs = {
+            path: m.decode_attention(layer, query, key, value, valid, SCALING, states[path]) for path, m in paths.items()
+        }
+        torch.testing.assert_close(outs["triton"], outs["reference"], atol=2e-4, rtol=2e-4, msg=f"layer {layer}")
+    totals = {path: state.totals().get("kv_tokens_read") for path, state in states.items()}
+    assert totals["triton"] == totals["reference"], "both paths must count the K/V rows they read alike"

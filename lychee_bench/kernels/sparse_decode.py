@@ -295,23 +295,3 @@ def _dense_flags(dense: list[bool], device: torch.device) -> torch.Tensor:
     if key not in _DENSE_FLAGS:
         _DENSE_FLAGS[key] = torch.tensor([int(x) for x in dense], dtype=torch.int32, device=device)
     return _DENSE_FLAGS[key]
-
-
-def window_index(lengths: torch.Tensor, sink: int, recent: int) -> torch.Tensor:
-    """[B, sink + recent] int32 positions of the first ``sink`` and last ``recent`` real tokens, counted from the
-    first real token; a sequence with no more tokens than that lists each of its tokens once (-1 after)."""
-    width = sink + recent
-    i = torch.arange(width, device=lengths.device, dtype=torch.int32)[None, :]
-    n = lengths.to(torch.int32)[:, None]
-    short = torch.where(i < n, i, torch.full_like(i, -1))
-    long = torch.where(i < sink, i, n - width + i)
-    return torch.where(n <= width, short, long).to(torch.int32)
-
-
-def top_index(scores: torch.Tensor, k: int, starts: torch.Tensor) -> torch.Tensor:
-    """[B, H, min(k, S)] int32: the top-``k`` positions of ``scores`` [B, H, S] (absolute cache positions, -inf
-    where not allowed), counted from each sequence's first real token (``starts`` [B]); -1 where fewer than
-    ``k`` positions are allowed. Same choice as torch.topk on the same scores."""
-    top = torch.topk(scores, min(k, scores.shape[-1]), dim=-1)
-    relative = top.indices - starts.to(top.indices.dtype)[:, None, None]
-    return torch.where(top.values > float("-inf"), relative, torch.full_like(relative, -1)).to(torch.int32)

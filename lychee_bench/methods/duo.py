@@ -17,6 +17,7 @@ import torch
 from lychee_bench.harness.attention import DecodeState
 from lychee_bench.methods.base import Method, RunShape
 from lychee_bench.methods.common import masked_decode_attention, sink_and_recent, streaming_window
+from lychee_bench.methods.efficient import KernelPath, attend, check_path, step_geometry, window_index
 from lychee_bench.methods.roles import HeadRoles, RolesError, resolve_roles, shipped_roles_path
 
 CONTINUOUS_SUFFIX = "-continuous"  # shipped roles trained with `train-heads --gate continuous`
@@ -39,19 +40,23 @@ def duo_roles_spec(spec: str | None, model_name: str) -> str:
 @dataclass
 class DuoConfig:
     """`roles`: see methods/roles.py; by default the model's shipped `<model>-continuous` roles.
-    `budget`, when given, sets the streaming window: recent = budget - sink."""
+    `budget`, when given, sets the streaming window: recent = budget - sink. `path`: auto (the shared Triton
+    kernel on CUDA), reference or triton."""
 
     roles: str | None = None
     sink: int = 128
     recent: int = 256
     budget: int | None = None
+    path: str = "auto"
 
     def __post_init__(self) -> None:
         self.recent = streaming_window("duo", self.sink, self.recent, self.budget)
+        check_path("duo", self.path)
 
 
-class DuoAttention(Method):
-    """Retrieval heads: full cache. Streaming heads: sink + recent (reference path: masked attention)."""
+class DuoAttention(KernelPath, Method):
+    """Retrieval heads: full cache. Streaming heads: sink + recent (reference path: masked attention; efficient
+    path: one launch of the shared kernel, retrieval heads as dense rows, streaming heads over the window)."""
 
     name: ClassVar[str] = "duo"
     description: ClassVar[str] = "DuoAttention: retrieval heads full, streaming heads 128 sink + 256 recent"
@@ -62,6 +67,7 @@ class DuoAttention(Method):
         super().__init__(config)
         self.roles: HeadRoles | None = None
         self._device_roles: dict[str, torch.Tensor] = {}  # the roles table on each device, copied once
+        self._patterns: dict[int, tuple[bool, ...]] = {}  # each layer's roles as host flags (efficient path)
 
     def check_config(self, shape: RunShape) -> list[str]:
         self._device_roles.clear()
@@ -70,7 +76,7 @@ class DuoAttention(Method):
             self.roles = resolve_roles(spec, shape.num_layers, shape.num_kv_heads, shape.model_name)
         except RolesError as error:
             return [str(error)]
-        return []
+        return self.resolve_path(shape.device, shape.head_dim)
 
     def prepare(self, model: torch.nn.Module) -> None:
         if self.roles is None:
@@ -79,6 +85,7 @@ class DuoAttention(Method):
             spec = duo_roles_spec(self.config.roles, name)
             self.roles = resolve_roles(spec, config.num_hidden_layers, config.num_key_value_heads, name)
         self._device_roles.clear()
+        self.resolve_path_for(model)
 
     def resolved_artifacts(self) -> dict[str, str]:
         return {} if self.roles is None else {"roles": self.roles.checksum}
@@ -100,6 +107,8 @@ class DuoAttention(Method):
         state: DecodeState,
     ) -> torch.Tensor:
         assert self.roles is not None, "prepare() loads the roles before decoding"
+        if self.path == "triton":
+            return self._decode_triton(layer_idx, query, key, value, valid, scaling, state)
         device = str(key.device)
         if device not in self._device_roles:  # a copy per layer would wait for the device's queued work
             self._device_roles[device] = self.roles.retrieval.to(key.device)
@@ -109,3 +118,28 @@ class DuoAttention(Method):
         state.layer_data[("keep", layer_idx)] = keep
         state.count("kv_tokens_read", keep.sum())
         return masked_decode_attention(query, key, value, keep, scaling)
+
+    def _decode_triton(
+        self,
+        layer_idx: int,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        valid: torch.Tensor,
+        scaling: float,
+        state: DecodeState,
+    ) -> torch.Tensor:
+        assert self.roles is not None
+        geometry = step_geometry(valid, state)
+        window = state.layer_data.get("window")
+        if window is None:  # the same positions for every streaming head of this step
+            window = window_index(geometry.lengths, self.config.sink, self.config.recent)
+            state.layer_data["window"] = window
+        pattern = self._patterns.get(layer_idx)
+        if pattern is None:  # host flags per layer, read once
+            pattern = self._patterns[layer_idx] = tuple(self.roles.retrieval[layer_idx].tolist())
+        retrieval = sum(pattern)
+        windowed = (window >= 0).sum() * (len(pattern) - retrieval)
+        state.count("kv_tokens_read", geometry.lengths.sum() * retrieval + windowed)
+        index = window[:, None, :].expand(-1, key.shape[1], -1)
+        return attend(query, key, value, scaling, geometry, index, dense_rows=pattern)

@@ -17,11 +17,11 @@ import torch
 from lychee_bench.harness.attention import DecodeState
 from lychee_bench.methods.base import Method, RunShape
 from lychee_bench.methods.common import masked_decode_attention, valid_rank
+from lychee_bench.methods.efficient import check_path, choose_path, rows_read, triton_refusals
 from lychee_bench.methods.roles import HeadRoles, RolesError, resolve_roles
 from lychee_bench.methods.selection import select_blocks, select_tokens
 
 GRANULARITIES = ("token", "block")
-PATHS = ("auto", "reference", "triton")
 
 
 @dataclass
@@ -39,8 +39,7 @@ class LycheeConfig:
     path: str = "auto"  # auto: Triton kernels on CUDA for block granularity, the torch reference elsewhere
 
     def __post_init__(self) -> None:
-        if self.path not in PATHS:
-            raise ValueError(f"lychee path {self.path!r}: use one of {', '.join(PATHS)}")
+        check_path("lychee", self.path)
         if self.granularity not in GRANULARITIES:
             raise ValueError(f"lychee granularity {self.granularity!r}: use one of {', '.join(GRANULARITIES)}")
         if self.budget_ratio is not None:
@@ -95,29 +94,15 @@ class LycheeDecode(Method):
 
     def _triton_refusals(self, device: str, head_dim: int) -> list[str]:
         """Why the Triton kernels cannot run here (empty: they can)."""
-        import importlib.util
-        import os
-
-        from lychee_bench.kernels.lychee_plan import SUPPORTED_HEAD_DIMS
-
         reasons = []
         if self.config.granularity != "block":
             reasons.append("the kernels implement block granularity only; use --option granularity=block")
-        if head_dim not in SUPPORTED_HEAD_DIMS:
-            reasons.append(f"the kernels support head dims {SUPPORTED_HEAD_DIMS}, not {head_dim}")
         if self.config.block_size != 64:
             reasons.append("the kernels use 64-token blocks; leave block_size at 64")
-        if importlib.util.find_spec("triton") is None:
-            reasons.append("triton is not installed (pip install triton)")
-        if not device.startswith("cuda") and os.environ.get("TRITON_INTERPRET") != "1":
-            reasons.append("the kernels need a CUDA GPU (or TRITON_INTERPRET=1 for slow CPU checks)")
-        return reasons
+        return reasons + triton_refusals(device, head_dim)
 
     def _choose_path(self, device: str, head_dim: int) -> str:
-        if self.config.path != "auto":
-            return self.config.path
-        usable = device.startswith("cuda") and not self._triton_refusals(device, head_dim)
-        return "triton" if usable else "reference"
+        return choose_path(self.config.path, device, head_dim, self._triton_refusals(device, head_dim))
 
     def prepare(self, model: torch.nn.Module) -> None:
         config = model.config
@@ -237,6 +222,14 @@ class LycheeDecode(Method):
             step["plans"][pattern] = plan_decode_work(
                 step["lengths_host"], roles, key.shape[2], step["budget_blocks"], key.device
             )
+        read_by_sparse = None
+        if not all(pattern):  # the blocks the sparse heads read: the slots as they are before this layer writes
+            blocks = state.slots.get("blocks")
+            if blocks is not None:
+                read_by_sparse = (
+                    rows_read(blocks, self.config.block_size, step["lengths"])
+                    * self._sparse_mask(layer_idx, pattern, key.device)
+                ).sum()
         out, slots = lychee_decode_layer(
             query[:, :, 0],
             key,
@@ -251,7 +244,14 @@ class LycheeDecode(Method):
             inplace_slots=True,
         )
         state.slots["blocks"] = slots
-        read_sparse = sum(min(n, step["budget_blocks"] * self.config.block_size) for n in step["lengths_host"])
-        retrieval = sum(pattern)
-        state.count("kv_tokens_read", retrieval * sum(step["lengths_host"]) + (len(pattern) - retrieval) * read_sparse)
+        state.count("kv_tokens_read", sum(pattern) * sum(step["lengths_host"]))
+        if read_by_sparse is not None:
+            state.count("kv_tokens_read", read_by_sparse)
         return out[:, :, None, :]
+
+    def _sparse_mask(self, layer_idx: int, pattern: tuple[bool, ...], device: torch.device) -> torch.Tensor:
+        """[Hkv] 1 for the layer's sparse heads, on the device, made once per layer."""
+        key = (-1 - layer_idx, str(device))  # beside the retrieval-head indices in the same cache
+        if key not in self._head_indices:
+            self._head_indices[key] = torch.tensor([0 if r else 1 for r in pattern], device=device)
+        return self._head_indices[key]

@@ -11,22 +11,27 @@ import torch
 from lychee_bench.harness.attention import DecodeState
 from lychee_bench.methods.base import Method, RunShape
 from lychee_bench.methods.common import masked_decode_attention, sink_and_recent, streaming_window
+from lychee_bench.methods.efficient import KernelPath, attend, check_path, step_geometry, window_index
 
 
 @dataclass
 class StreamingConfig:
-    """`budget`, when given, sets the window: recent = budget - sink."""
+    """`budget`, when given, sets the window: recent = budget - sink. `path`: auto (the shared Triton kernel on
+    CUDA), reference or triton."""
 
     sink: int = 128
     recent: int = 256
     budget: int | None = None
+    path: str = "auto"
 
     def __post_init__(self) -> None:
         self.recent = streaming_window("streaming", self.sink, self.recent, self.budget)
+        check_path("streaming", self.path)
 
 
-class StreamingAttention(Method):
-    """Sink + recent window in every head (reference path: masked attention in plain torch)."""
+class StreamingAttention(KernelPath, Method):
+    """Sink + recent window in every head (reference path: masked attention in plain torch; efficient path: the
+    shared kernel over the window's positions)."""
 
     name: ClassVar[str] = "streaming"
     description: ClassVar[str] = "StreamingLLM: every head sees 128 sink + 256 recent tokens only"
@@ -34,7 +39,10 @@ class StreamingAttention(Method):
     graph_safe: ClassVar[bool] = True
 
     def check_config(self, shape: RunShape) -> list[str]:
-        return []
+        return self.resolve_path(shape.device, shape.head_dim)
+
+    def prepare(self, model: torch.nn.Module) -> None:
+        self.resolve_path_for(model)
 
     def decode_attention(
         self,
@@ -46,6 +54,14 @@ class StreamingAttention(Method):
         scaling: float,
         state: DecodeState,
     ) -> torch.Tensor:
+        if self.path == "triton":
+            geometry = step_geometry(valid, state)
+            window = state.layer_data.get("window")
+            if window is None:  # the same positions in every layer and head of this step
+                window = window_index(geometry.lengths, self.config.sink, self.config.recent)
+                state.layer_data["window"] = window
+            state.count("kv_tokens_read", (window >= 0).sum() * key.shape[1])
+            return attend(query, key, value, scaling, geometry, window[:, None, :].expand(-1, key.shape[1], -1))
         keep = sink_and_recent(valid, self.config.sink, self.config.recent)
         state.count("kv_tokens_read", keep.sum() * key.shape[1])
         return masked_decode_attention(query, key, value, keep[:, None, :].expand(-1, key.shape[1], -1), scaling)

@@ -1,0 +1,164 @@
+"""The efficient decode path shared by the position-list methods (TidalDecode, Kascade, Quest, DuoAttention,
+StreamingLLM): which path runs, the step's sequence geometry, and the call into the shared Triton kernel
+(kernels/sparse_decode.py). A method's reference path stays plain torch (methods/common.py); both must keep
+the same positions, which tests/test_method_matrix.py checks for every registered method.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from lychee_bench.harness.attention import DecodeState
+
+PATHS = ("auto", "reference", "triton")
+SUPPORTED_HEAD_DIMS = (64, 128)  # the kernels' (kernels/lychee_plan.py); kept here so no Triton import is needed
+
+
+def check_path(method: str, path: str) -> None:
+    """Refuse an unknown `path` option, naming the allowed ones."""
+    if path not in PATHS:
+        raise ValueError(f"{method} path {path!r}: use one of {', '.join(PATHS)}")
+
+
+def triton_refusals(device: str, head_dim: int) -> list[str]:
+    """Why the Triton kernels cannot run here (empty: they can)."""
+    reasons = []
+    if head_dim not in SUPPORTED_HEAD_DIMS:
+        reasons.append(f"the kernels support head dims {SUPPORTED_HEAD_DIMS}, not {head_dim}")
+    if importlib.util.find_spec("triton") is None:
+        reasons.append("triton is not installed (pip install triton)")
+    if not device.startswith("cuda") and os.environ.get("TRITON_INTERPRET") != "1":
+        reasons.append("the kernels need a CUDA GPU (or TRITON_INTERPRET=1 for slow CPU checks)")
+    return reasons
+
+
+def choose_path(path: str, device: str, head_dim: int, extra_refusals: Sequence[str] = ()) -> str:
+    """`auto`: the Triton kernels on CUDA where nothing refuses them, else the reference."""
+    if path != "auto":
+        return path
+    usable = device.startswith("cuda") and not triton_refusals(device, head_dim) and not extra_refusals
+    return "triton" if usable else "reference"
+
+
+def path_reasons(method: str, path: str, device: str, head_dim: int, extra_refusals: Sequence[str] = ()) -> list[str]:
+    """Reasons to refuse a run that asks for `path=triton` where it cannot run."""
+    if path != "triton":
+        return []
+    return [f"{method} path=triton: {reason}" for reason in [*triton_refusals(device, head_dim), *extra_refusals]]
+
+
+@dataclass
+class StepGeometry:
+    """Where each sequence's real tokens sit in this decode step's (left-padded) cache."""
+
+    lengths: torch.Tensor  # [B] int32 on the device: real tokens (the current one included)
+    starts: torch.Tensor  # [B] int32: cache index of the first real token
+    lengths_host: list[int]
+
+    @property
+    def longest(self) -> int:
+        return max(self.lengths_host)
+
+
+def step_geometry(valid: torch.Tensor, state: DecodeState) -> StepGeometry:
+    """The step's geometry, computed once per decode step (host lengths from the engine: no read-back)."""
+    geometry = state.layer_data.get("geometry")
+    if geometry is None:
+        count = valid.sum(-1)
+        geometry = StepGeometry(
+            lengths=count.to(torch.int32),
+            starts=(valid.shape[1] - count).to(torch.int32),  # left padding: real tokens are at the end
+            lengths_host=state.host_lengths(valid),
+        )
+        state.layer_data["geometry"] = geometry
+    return geometry
+
+
+def attend(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    scaling: float,
+    geometry: StepGeometry,
+    index: torch.Tensor | None,
+    *,
+    dense_rows: Sequence[bool] | None = None,
+    unit: int = 1,
+) -> torch.Tensor:
+    """The shared kernel on the engine's shapes: query [B, Hq, 1, D] -> [B, Hq, 1, D]. `index` None: dense."""
+    from lychee_bench.kernels.sparse_decode import sparse_decode_attention
+
+    out = sparse_decode_attention(
+        query[:, :, 0],
+        key,
+        value,
+        geometry.lengths,
+        geometry.starts,
+        index,
+        scaling,
+        dense_rows=dense_rows,
+        unit=unit,
+        max_length=geometry.longest,
+    )
+    return out[:, :, None, :]
+
+
+def window_index(lengths: torch.Tensor, sink: int, recent: int) -> torch.Tensor:
+    """[B, sink + recent] int32 positions of the first ``sink`` and last ``recent`` real tokens, counted from the
+    first real token; a sequence with no more tokens than that lists each of its tokens once (-1 after)."""
+    width = sink + recent
+    i = torch.arange(width, device=lengths.device, dtype=torch.int32)[None, :]
+    n = lengths.to(torch.int32)[:, None]
+    short = torch.where(i < n, i, torch.full_like(i, -1))
+    long = torch.where(i < sink, i, n - width + i)
+    return torch.where(n <= width, short, long).to(torch.int32)
+
+
+def top_index(scores: torch.Tensor, k: int, starts: torch.Tensor) -> torch.Tensor:
+    """[B, H, min(k, S)] int32: the top-``k`` positions of ``scores`` [B, H, S] (absolute cache positions, -inf
+    where not allowed), counted from each sequence's first real token (``starts`` [B]); -1 where fewer than
+    ``k`` positions are allowed. Same choice as torch.topk on the same scores."""
+    top = torch.topk(scores, min(k, scores.shape[-1]), dim=-1)
+    relative = top.indices - starts.to(top.indices.dtype)[:, None, None]
+    return torch.where(top.values > float("-inf"), relative, torch.full_like(relative, -1)).to(torch.int32)
+
+
+def rows_read(index: torch.Tensor, unit: int, lengths: torch.Tensor) -> torch.Tensor:
+    """K/V token rows [B, H] that a listed index [B, H, W] reads (entries past a sequence's end excluded, -1
+    entries none), on the device."""
+    first = index.long() * unit
+    tokens = (lengths.long()[:, None, None] - first).clamp(min=0, max=unit)
+    return (tokens * (index >= 0)).sum(-1)
+
+
+class KernelPath:
+    """Mixin for a method whose config has a `path` option (auto, reference, triton) and whose efficient path is
+    the shared kernel: call `resolve_path` from check_config and `resolve_path_for` from prepare."""
+
+    _path: str | None = None
+
+    def kernel_refusals(self) -> list[str]:
+        """Method-specific reasons the kernel path cannot run this config (none by default)."""
+        return []
+
+    def resolve_path(self, device: str, head_dim: int) -> list[str]:
+        """Pick the path for a run shape; returns the reasons to refuse an impossible `path=triton`."""
+        extra = self.kernel_refusals()
+        self._path = choose_path(self.config.path, device, head_dim, extra)
+        return path_reasons(self.name, self.config.path, device, head_dim, extra)
+
+    def resolve_path_for(self, model: torch.nn.Module) -> None:
+        config = model.config
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        reasons = self.resolve_path(str(next(model.parameters()).device), head_dim)
+        if reasons:
+            raise ValueError("; ".join(reasons))
+
+    @property
+    def path(self) -> str:
+        return self._path or "reference"
