@@ -136,6 +136,16 @@ def rows_read(index: torch.Tensor, unit: int, lengths: torch.Tensor) -> torch.Te
     return (tokens * (index >= 0)).sum(-1)
 
 
+def distinct_rows(index: torch.Tensor, num_kv_heads: int, cache_len: int) -> torch.Tensor:
+    """Distinct token positions per KV head that a per-row token index [B, HS, W] names (the rows of one KV
+    head pooled, -1 entries none), summed on the device: what must be read, however often a kernel re-reads."""
+    batch, rows, width = index.shape
+    pooled = index.reshape(batch, num_kv_heads, rows // num_kv_heads * width).long()
+    seen = torch.zeros(batch, num_kv_heads, cache_len + 1, dtype=torch.bool, device=index.device)
+    seen.scatter_(-1, torch.where(pooled >= 0, pooled, cache_len), True)  # -1 entries land in a spare column
+    return seen[..., :cache_len].sum()
+
+
 class KernelPath:
     """Mixin for a method whose config has a `path` option (auto, reference, triton) and whose efficient path is
     the shared kernel: call `resolve_path` from check_config and `resolve_path_for` from prepare."""

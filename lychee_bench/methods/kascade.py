@@ -11,8 +11,9 @@ similar on calibration data. k = max(128, 10% of the sequence's real tokens), ca
 Against the public code (SPEC §4 followed where they differ): Kascade's PyTorch path computes k from the padded
 cache length of the batch; here each sequence gets its own k from its real tokens (left padding excluded).
 Kascade also pools top-k over tiles of 32 queries in prefill and runs prefill sparse; here prefill is dense
-(the harness's rule) and only decode uses the sets. Only the reference path (plain torch, masked attention)
-exists; the efficient path (Kascade's fused decode kernels) is not built yet.
+(the harness's rule) and only decode uses the sets. Two paths: the reference (plain torch, masked attention)
+and the efficient one (the shared Triton kernel over the selected positions; the anchors' scoring stays in torch,
+so an anchor layer reads K twice, where Kascade's own kernels fuse it).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from lychee_bench.calibration.artifacts import ArtifactError, KascadeAnchors, re
 from lychee_bench.harness.attention import DecodeState
 from lychee_bench.methods.base import Method, RunShape
 from lychee_bench.methods.common import masked_decode_attention
+from lychee_bench.methods.efficient import KernelPath, attend, check_path, rows_read, step_geometry, top_index
 from lychee_bench.methods.selection import select_tokens
 
 SLOT = "kascade"
@@ -35,14 +37,17 @@ PUBLISHED_ANCHORS = {"llama3.1-8b": [0, 2, 8, 13, 14], "qwen3-8b": [0, 2, 7, 14,
 @dataclass
 class KascadeConfig:
     """`anchors`: None (the model's shipped artifact), a shipped name (e.g. llama3.1-8b, qwen3-8b) or a file.
-    Top-k per sequence: `budget` tokens when given, else max(min_budget, int(budget_ratio * real tokens))."""
+    Top-k per sequence: `budget` tokens when given, else max(min_budget, int(budget_ratio * real tokens)).
+    `path`: auto (the shared Triton kernel on CUDA), reference or triton."""
 
     anchors: str | None = None
     budget: int | None = None
     budget_ratio: float = 0.10
     min_budget: int = 128
+    path: str = "auto"
 
     def __post_init__(self) -> None:
+        check_path("kascade", self.path)
         if self.budget is not None and self.budget < 1:
             raise ValueError(f"kascade budget {self.budget} must be >= 1 token; give --budget N")
         if not 0.0 < self.budget_ratio <= 1.0:
@@ -71,7 +76,7 @@ def group_probabilities(query: torch.Tensor, key: torch.Tensor, valid: torch.Ten
     return torch.softmax(logits, dim=-1).sum(dim=2)
 
 
-class Kascade(Method):
+class Kascade(KernelPath, Method):
     """Anchor layers select top-k by pooled post-softmax probability; reuse layers borrow it via a head map."""
 
     name: ClassVar[str] = "kascade"
@@ -93,17 +98,17 @@ class Kascade(Method):
             self._load(shape.num_layers, shape.num_kv_heads, shape.model_name)
         except ArtifactError as error:
             return [str(error)]
-        return []
+        return self.resolve_path(shape.device, shape.head_dim)
 
     def prepare(self, model: torch.nn.Module) -> None:
         if self.anchors is None:
             config = model.config
             name = getattr(config, "_name_or_path", "")
             self._load(config.num_hidden_layers, config.num_key_value_heads, name)
+        self.resolve_path_for(model)
 
     def describe(self) -> dict[str, Any]:
         described = {**super().describe(), "budget_rule": self.config.budget_rule()}
-        described["efficient_path"] = "not built yet: reference (plain torch) only"
         if self.anchors is not None:
             described["anchors_used"] = self.anchors.describe()
         return described
@@ -118,19 +123,32 @@ class Kascade(Method):
             self._head_map[device] = torch.tensor(self.anchors.head_map, dtype=torch.long, device=device)
         return self._head_map[device]
 
+    def token_budget(self, valid: torch.Tensor) -> torch.Tensor:
+        """k per sequence [B] on the device (tokens_for's rule): no per-layer copy from the host."""
+        cfg = self.config
+        count = valid.sum(-1)
+        if cfg.budget is not None:
+            return count.clamp(max=cfg.budget)
+        return torch.minimum((count.double() * cfg.budget_ratio).floor().long().clamp(min=cfg.min_budget), count)
+
     def select(
         self, query: torch.Tensor, key: torch.Tensor, valid: torch.Tensor, scaling: float, lengths: list[int]
     ) -> torch.Tensor:
         """keep [B, Hkv, S]: each KV head's top-k tokens by group-summed post-softmax probability."""
-        cfg = self.config
-        count = valid.sum(-1)  # k on the device (tokens_for's rule): no per-layer copy from the host
-        if cfg.budget is not None:
-            budget = count.clamp(max=cfg.budget)
-        else:
-            budget = torch.minimum((count.double() * cfg.budget_ratio).floor().long().clamp(min=cfg.min_budget), count)
         scores = group_probabilities(query, key, valid, scaling)
-        bound = max(cfg.tokens_for(n) for n in lengths)
-        return select_tokens(scores, valid, budget, sink=0, recent=0, max_budget=bound)
+        bound = max(self.config.tokens_for(n) for n in lengths)
+        return select_tokens(scores, valid, self.token_budget(valid), sink=0, recent=0, max_budget=bound)
+
+    def select_index(
+        self, query: torch.Tensor, key: torch.Tensor, valid: torch.Tensor, scaling: float, geometry: Any
+    ) -> torch.Tensor:
+        """The same sets as `select`, as position lists [B, Hkv, k_max] (-1 past each sequence's own k)."""
+        scores = group_probabilities(query, key, valid, scaling).masked_fill(~valid[:, None, :], float("-inf"))
+        bound = max(self.config.tokens_for(n) for n in geometry.lengths_host)
+        index = top_index(scores, bound, geometry.starts)
+        rank = torch.arange(index.shape[-1], device=index.device)
+        beyond = rank[None, None, :] >= self.token_budget(valid)[:, None, None]
+        return index.masked_fill(beyond, -1)
 
     def decode_attention(
         self,
@@ -143,6 +161,8 @@ class Kascade(Method):
         state: DecodeState,
     ) -> torch.Tensor:
         assert self.anchors is not None, "prepare() loads the anchors before decoding"
+        if self.path == "triton":
+            return self._decode_triton(layer_idx, query, key, value, valid, scaling, state)
         num_kv_heads = key.shape[1]
         if layer_idx in self.anchors.anchors:
             keep = self.select(query, key, valid, scaling, state.host_lengths(valid))
@@ -158,3 +178,27 @@ class Kascade(Method):
             state.count("kv_tokens_read", keep.sum())
         state.layer_data[("keep", layer_idx)] = keep
         return masked_decode_attention(query, key, value, keep, scaling)
+
+    def _decode_triton(
+        self,
+        layer_idx: int,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        valid: torch.Tensor,
+        scaling: float,
+        state: DecodeState,
+    ) -> torch.Tensor:
+        """Slots hold each KV head's positions [B, Hkv, k_max], counted from the first real token."""
+        assert self.anchors is not None
+        geometry = step_geometry(valid, state)
+        if layer_idx in self.anchors.anchors:
+            index = self.select_index(query, key, valid, scaling, geometry)
+            state.slots[SLOT] = index
+            state.count("kv_tokens_read", geometry.lengths.sum() * key.shape[1])  # the anchor scores every key
+            return attend(query, key, value, scaling, geometry, None if layer_idx == 0 else index)
+        if SLOT not in state.slots:
+            raise RuntimeError(f"kascade layer {layer_idx} reuses a set, but no anchor layer has run this step")
+        index = state.slots[SLOT].index_select(1, self.head_map(key.device)[layer_idx])
+        state.count("kv_tokens_read", rows_read(index, 1, geometry.lengths).sum())
+        return attend(query, key, value, scaling, geometry, index)

@@ -23,6 +23,7 @@ from lychee_bench.calibration.artifacts import ArtifactError, shipped_tidal
 from lychee_bench.harness.attention import DecodeState
 from lychee_bench.methods.base import Method, RunShape
 from lychee_bench.methods.common import masked_decode_attention, valid_rank
+from lychee_bench.methods.efficient import KernelPath, attend, check_path, distinct_rows, step_geometry, top_index
 from lychee_bench.methods.selection import select_tokens
 
 LLAMA3_RESELECT_LAYER = 13  # the published choice for 32-layer Llama-3 models (PyTorch code, 0-based)
@@ -31,14 +32,17 @@ SLOT = "tidal"
 
 @dataclass
 class TidalConfig:
-    """`budget` tokens per head in the reuse layers; `reselect_layer` None means the published default."""
+    """`budget` tokens per head in the reuse layers; `reselect_layer` None means the published default.
+    `path`: auto (the shared Triton kernel on CUDA), reference or triton."""
 
     budget: int = 4096
     selection_layer: int = 2  # layers before it are dense
     reselect_layer: int | None = None
     per_kv_head: bool = False
+    path: str = "auto"
 
     def __post_init__(self) -> None:
+        check_path("tidal", self.path)
         if self.budget < 1:
             raise ValueError(f"tidal budget {self.budget} must be >= 1 token; give --budget N")
         if self.selection_layer < 0:
@@ -57,8 +61,9 @@ def default_reselect_layer(model_type: str, num_layers: int, num_kv_heads: int) 
     return None
 
 
-class TidalDecode(Method):
-    """Dense, select, reuse, re-select, reuse (reference path: masked attention in plain torch)."""
+class TidalDecode(KernelPath, Method):
+    """Dense, select, reuse, re-select, reuse (reference path: masked attention in plain torch; efficient path:
+    the shared kernel, dense in the dense and selection layers, over the selected positions elsewhere)."""
 
     name: ClassVar[str] = "tidal"
     description: ClassVar[str] = "TidalDecode: layer 2 and one re-selection layer pick top-k tokens, others reuse"
@@ -117,7 +122,7 @@ class TidalDecode(Method):
             shape.model_type, shape.num_layers, shape.num_kv_heads, shape.model_name
         )
         self.reselect_layer, self.reselect_source = reselect, source
-        return reasons
+        return reasons + self.resolve_path(shape.device, shape.head_dim)
 
     def prepare(self, model: torch.nn.Module) -> None:
         config = model.config
@@ -128,6 +133,7 @@ class TidalDecode(Method):
         if reasons:
             raise ValueError("; ".join(reasons))
         self.reselect_layer, self.reselect_source = reselect, source
+        self.resolve_path_for(model)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -144,18 +150,21 @@ class TidalDecode(Method):
             return "select"
         return "reuse"
 
-    def select(self, query: torch.Tensor, key: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        """Top-`budget` tokens by raw logit: [B, Hq, S] per query head, or [B, Hkv, S] with the group mean."""
+    def scores(self, query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+        """Raw logits q·k: [B, Hq, S] per query head, or [B, Hkv, S] with the group-mean query (float32)."""
         batch, num_heads, _, head_dim = query.shape
         num_kv_heads = key.shape[1]
         group = num_heads // num_kv_heads
         if self.config.per_kv_head:
             mean_query = query.float().view(batch, num_kv_heads, group, head_dim).mean(dim=2)
-            scores = torch.einsum("bhd,bhsd->bhs", mean_query, key.float())
-        else:
-            grouped = query.float().view(batch, num_kv_heads, group, head_dim)
-            scores = torch.einsum("bhgd,bhsd->bhgs", grouped, key.float()).reshape(batch, num_heads, -1)
+            return torch.einsum("bhd,bhsd->bhs", mean_query, key.float())
+        grouped = query.float().view(batch, num_kv_heads, group, head_dim)
+        return torch.einsum("bhgd,bhsd->bhgs", grouped, key.float()).reshape(batch, num_heads, -1)
+
+    def select(self, query: torch.Tensor, key: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """Top-`budget` tokens by raw logit: [B, Hq, S] per query head, or [B, Hkv, S] with the group mean."""
         budget = torch.full_like(valid_rank(valid)[1][:, 0], self.config.budget)
+        scores = self.scores(query, key)
         return select_tokens(scores, valid, budget, sink=0, recent=0, max_budget=self.config.budget)
 
     def decode_attention(
@@ -168,6 +177,8 @@ class TidalDecode(Method):
         scaling: float,
         state: DecodeState,
     ) -> torch.Tensor:
+        if self.path == "triton":
+            return self._decode_triton(layer_idx, query, key, value, valid, scaling, state)
         role = self.layer_role(layer_idx)
         num_kv_heads = key.shape[1]
         if role == "reuse":
@@ -183,3 +194,33 @@ class TidalDecode(Method):
         per_kv = keep.view(keep.shape[0], num_kv_heads, -1, keep.shape[-1]).any(dim=2)
         state.count("kv_tokens_read", per_kv.sum())
         return masked_decode_attention(query, key, value, keep, scaling)
+
+    def _decode_triton(
+        self,
+        layer_idx: int,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        valid: torch.Tensor,
+        scaling: float,
+        state: DecodeState,
+    ) -> torch.Tensor:
+        """Slots hold position lists [B, Hq or Hkv, budget] (top_index), counted from the first real token."""
+        geometry = step_geometry(valid, state)
+        role = self.layer_role(layer_idx)
+        num_kv_heads = key.shape[1]
+        if role != "reuse":
+            if role == "select":
+                scores = self.scores(query, key).masked_fill(~valid[:, None, :], float("-inf"))
+                index = top_index(scores, self.config.budget, geometry.starts)
+                state.slots[SLOT] = index
+                # Counted once per selection and reused by every layer that reads this set.
+                state.layer_data["tidal_rows"] = distinct_rows(index, num_kv_heads, key.shape[2])
+            state.count("kv_tokens_read", geometry.lengths.sum() * num_kv_heads)
+            return attend(query, key, value, scaling, geometry, None)
+        if SLOT not in state.slots:
+            raise RuntimeError(f"tidal layer {layer_idx} reuses a set, but selection layer has not run this step")
+        # K/V rows read: the union of the group's sets per KV head, as the reference counts them (the kernel
+        # reads each query head's list, so overlapping positions are fetched again, mostly from L2).
+        state.count("kv_tokens_read", state.layer_data["tidal_rows"])
+        return attend(query, key, value, scaling, geometry, state.slots[SLOT])
