@@ -145,3 +145,35 @@ def test_duo_defaults_to_the_shipped_continuous_gate_roles():
     duo = DuoAttention()
     assert duo.check(shape(layers=30, heads=9, kv=3, dim=64, name="smollm2-135m")) == []
     assert duo.roles is not None and duo.roles.source == "shipped:smollm2-135m-continuous"
+
+
+def test_quest_efficient_path_keeps_page_bounds_across_steps():
+    """Steps that grow the cache by one token (crossing page boundaries): the kept bounds, updated only for the
+    newest page, give the same output as the reference that rebuilds every page each step."""
+    from lychee_bench.harness.attention import DecodeState
+
+    batch, num_heads, num_kv, dim = 2, 4, 2, 64
+    shape_ = RunShape("llama", 4, num_heads, num_kv, dim, "float32", "cpu", batch, 64, "tiny")
+    methods = {}
+    for path in ("reference", "triton"):
+        method = QuestAttention.from_options({"budget": "16", "page_size": "4", "path": path})
+        assert method.check(shape_) == [] and method.path == path
+        methods[path] = method
+    states = {path: DecodeState(method=m) for path, m in methods.items()}
+    for state in states.values():
+        state.begin_step("prefill")
+    key, value = torch.randn(batch, num_kv, 50, dim), torch.randn(batch, num_kv, 50, dim)
+    valid = torch.ones(batch, 50, dtype=torch.bool)
+    valid[1, :13] = False  # left padding: 37 real tokens
+    for step in range(20):
+        lengths = valid.sum(-1).tolist()
+        query = torch.randn(batch, num_heads, 1, dim)
+        outs = {}
+        for path, method in methods.items():
+            states[path].begin_step("decode", lengths)
+            outs[path] = method.decode_attention(2, query, key, value, valid, 0.3, states[path])
+        torch.testing.assert_close(outs["triton"], outs["reference"], atol=2e-4, rtol=2e-4, msg=f"step {step}")
+        key = torch.cat([key, torch.randn(batch, num_kv, 1, dim) * 10], dim=2)  # large keys move the bounds
+        value = torch.cat([value, torch.randn(batch, num_kv, 1, dim)], dim=2)
+        valid = torch.cat([valid, torch.ones(batch, 1, dtype=torch.bool)], dim=1)
+    assert ("quest", 2) in states["triton"].persistent

@@ -46,12 +46,16 @@ class DecodeState:
     layer_data: dict[Any, Any] = field(default_factory=dict)
     counters: dict[str, float | torch.Tensor] = field(default_factory=dict)
     lengths: list[int] | None = None
+    # What a method keeps from one decode step to the next (Quest's page summaries); a prefill empties it.
+    persistent: dict[Any, Any] = field(default_factory=dict)
 
     def begin_step(self, phase: str, lengths: list[int] | None = None) -> None:
         self.phase = phase
         self.lengths = lengths
         self.slots.clear()
         self.layer_data.clear()
+        if phase == "prefill":
+            self.persistent.clear()
         if phase == "decode":
             self.step += 1
 

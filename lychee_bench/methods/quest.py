@@ -5,6 +5,12 @@ KV head); a page's score for a query head is sum_d max(q_d·min_d, q_d·max_d), 
 the page. Each query head keeps its top `budget // page_size` pages; the page holding the current token is
 always one of them (SPEC §4 does not say; Quest's code always attends to the last, partly filled page).
 Layers 0–1 are dense, as in the paper.
+
+Two paths. The reference recomputes every page's bounds from the cache at every step (plain torch, masked
+attention). The efficient path keeps the bounds from step to step as Quest does (computed in full at the first
+decode step after a prefill, then only the page receiving the new token is recomputed), scores pages with two
+matmuls (sum_d max(q_d·min_d, q_d·max_d) = q⁺·max + q⁻·min), and attends to the chosen pages with the shared
+Triton kernel (16-token units, one row per query head).
 """
 
 from __future__ import annotations
@@ -15,19 +21,23 @@ from typing import ClassVar
 import torch
 
 from lychee_bench.harness.attention import DecodeState
-from lychee_bench.methods.base import Method
+from lychee_bench.methods.base import Method, RunShape
 from lychee_bench.methods.common import masked_decode_attention, valid_rank
+from lychee_bench.methods.efficient import KernelPath, StepGeometry, attend, check_path, distinct_rows, step_geometry
 
 
 @dataclass
 class QuestConfig:
-    """`budget` tokens per query head (whole pages: budget // page_size of them)."""
+    """`budget` tokens per query head (whole pages: budget // page_size of them). `path`: auto (the shared
+    Triton kernel on CUDA), reference or triton."""
 
     budget: int = 4096
     page_size: int = 16
     dense_layers: int = 2
+    path: str = "auto"
 
     def __post_init__(self) -> None:
+        check_path("quest", self.path)
         if self.page_size < 1:
             raise ValueError(f"quest page_size {self.page_size} must be >= 1")
         if self.budget < self.page_size:
@@ -65,13 +75,20 @@ def page_scores(query: torch.Tensor, low: torch.Tensor, high: torch.Tensor, exis
     return bound.masked_fill(~exists[:, None, :], float("-inf"))
 
 
-class QuestAttention(Method):
-    """Top pages by min/max key bound per query head (reference path: masked attention in plain torch)."""
+class QuestAttention(KernelPath, Method):
+    """Top pages by min/max key bound per query head (reference path: masked attention in plain torch;
+    efficient path: kept page bounds and the shared kernel over the chosen pages)."""
 
     name: ClassVar[str] = "quest"
     description: ClassVar[str] = "Quest: pages of 16 tokens ranked by a min/max key bound; top pages per head"
     Config: ClassVar[type] = QuestConfig
     graph_safe: ClassVar[bool] = True
+
+    def check_config(self, shape: RunShape) -> list[str]:
+        return self.resolve_path(shape.device, shape.head_dim)
+
+    def prepare(self, model: torch.nn.Module) -> None:
+        self.resolve_path_for(model)
 
     def select(
         self, query: torch.Tensor, key: torch.Tensor, valid: torch.Tensor, lengths: list[int] | None = None
@@ -110,6 +127,8 @@ class QuestAttention(Method):
         scaling: float,
         state: DecodeState,
     ) -> torch.Tensor:
+        if self.path == "triton":
+            return self._decode_triton(layer_idx, query, key, value, valid, scaling, state)
         num_kv_heads = key.shape[1]
         if layer_idx < self.config.dense_layers:
             keep = valid[:, None, :].expand(-1, num_kv_heads, -1)
@@ -119,3 +138,94 @@ class QuestAttention(Method):
         per_kv = keep.view(keep.shape[0], num_kv_heads, -1, keep.shape[-1]).any(dim=2)
         state.count("kv_tokens_read", per_kv.sum())
         return masked_decode_attention(query, key, value, keep, scaling)
+
+    def _decode_triton(
+        self,
+        layer_idx: int,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        valid: torch.Tensor,
+        scaling: float,
+        state: DecodeState,
+    ) -> torch.Tensor:
+        geometry = step_geometry(valid, state)
+        num_kv_heads = key.shape[1]
+        if layer_idx < self.config.dense_layers:
+            state.count("kv_tokens_read", geometry.lengths.sum() * num_kv_heads)
+            return attend(query, key, value, scaling, geometry, None)
+        low, high = self._bounds(layer_idx, key, valid, geometry, state)
+        index = self.select_pages(query, low, high, geometry)
+        # The page table is read whole (both bounds, float32); the union of the group's pages per KV head.
+        state.count("quest_summary_pages", float(low.shape[0] * num_kv_heads * low.shape[2]))
+        state.count("kv_tokens_read", self._pages_to_tokens(index, num_kv_heads, key.shape[2], geometry))
+        return attend(query, key, value, scaling, geometry, index, unit=self.config.page_size)
+
+    def _bounds(
+        self, layer_idx: int, key: torch.Tensor, valid: torch.Tensor, geometry: StepGeometry, state: DecodeState
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The layer's page bounds [B, Hkv, P, D] (float32), kept in `state.persistent` across steps: built whole
+        when missing or too short, else only the page holding each sequence's newest token is recomputed."""
+        page = self.config.page_size
+        pages = max(1, -(-geometry.longest // page))
+        kept = state.persistent.get(("quest", layer_idx))
+        if kept is None or kept[0].shape[2] < pages:
+            low, high, _, _ = page_bounds(key, valid, page, geometry.longest)
+            state.persistent[("quest", layer_idx)] = (low, high)
+            return low, high
+        low, high = kept
+        last = (geometry.lengths.long() - 1) // page  # [B] the page of the newest token
+        offsets = last[:, None] * page + torch.arange(page, device=key.device)[None, :]  # [B, page] relative
+        inside = offsets < geometry.lengths.long()[:, None]
+        rows = (geometry.starts.long()[:, None] + offsets).clamp(max=key.shape[2] - 1)
+        gathered = key.gather(2, rows[:, None, :, None].expand(-1, key.shape[1], -1, key.shape[3])).float()
+        mask = inside[:, None, :, None]
+        new_low = gathered.masked_fill(~mask, float("inf")).amin(2)  # [B, Hkv, D]
+        new_high = gathered.masked_fill(~mask, float("-inf")).amax(2)
+        at = last[:, None, None, None].expand(-1, key.shape[1], 1, key.shape[3])
+        low.scatter_(2, at, new_low[:, :, None, :])
+        high.scatter_(2, at, new_high[:, :, None, :])
+        return low, high
+
+    def select_pages(
+        self, query: torch.Tensor, low: torch.Tensor, high: torch.Tensor, geometry: StepGeometry
+    ) -> torch.Tensor:
+        """[B, Hq, budget // page_size] page indices per query head (the newest page last, -1 unused): the same
+        pages as `select`, or all pages of a sequence that fits the budget."""
+        cfg = self.config
+        batch, num_heads, _, head_dim = query.shape
+        num_kv_heads = low.shape[1]
+        q = query.float().view(batch, num_kv_heads, num_heads // num_kv_heads, head_dim)
+        scores = torch.einsum("bhgd,bhpd->bhgp", q.clamp(min=0), high) + torch.einsum(
+            "bhgd,bhpd->bhgp", q.clamp(max=0), low
+        )
+        scores = scores.reshape(batch, num_heads, -1)
+        count = geometry.lengths.long()
+        pages = torch.arange(scores.shape[-1], device=scores.device)
+        num_pages = (count + cfg.page_size - 1) // cfg.page_size  # [B]
+        last = num_pages - 1
+        allowed = (pages[None, :] < last[:, None])[:, None, :]  # existing pages other than the newest
+        width = cfg.budget // cfg.page_size
+        k = min(width - 1, scores.shape[-1])
+        chosen = torch.empty(batch, num_heads, 0, dtype=torch.long, device=scores.device)
+        if k > 0:
+            top = torch.topk(scores.masked_fill(~allowed, float("-inf")), k, dim=-1)
+            chosen = torch.where(top.values > float("-inf"), top.indices, -1)
+        newest = last[:, None, None].expand(-1, num_heads, 1)
+        selected = torch.cat([chosen, newest], dim=-1)
+        selected = torch.nn.functional.pad(selected, (0, width - selected.shape[-1]), value=-1)
+        every = torch.arange(width, device=scores.device)[None, None, :].expand(batch, num_heads, -1)
+        every = torch.where(every < num_pages[:, None, None], every, -1)
+        fits = (count <= cfg.budget)[:, None, None]
+        return torch.where(fits, every, selected).to(torch.int32)
+
+    def _pages_to_tokens(
+        self, index: torch.Tensor, num_kv_heads: int, cache_len: int, geometry: StepGeometry
+    ) -> torch.Tensor:
+        """Distinct K/V token rows per KV head behind a page index (the group's pages pooled)."""
+        page = self.config.page_size
+        tokens = index.long()[..., None] * page + torch.arange(page, device=index.device)
+        tokens = torch.where(
+            (index[..., None] >= 0) & (tokens < geometry.lengths.long()[:, None, None, None]), tokens, -1
+        )
+        return distinct_rows(tokens.flatten(2).to(torch.int32), num_kv_heads, cache_len)
