@@ -236,7 +236,7 @@ def calibrate(
 
 @app.command()
 def bench(
-    methods: Annotated[str, typer.Option(help="comma list, e.g. full,lychee")] = "full,lychee",
+    methods: Annotated[str, typer.Option(help="comma list, e.g. full,lychee,duo[roles=uniform:32]")] = "full,lychee",
     ctx: Annotated[str, typer.Option(help="comma list of contexts")] = "4096,16384,32768,65536,131072",
     batch: Annotated[str, typer.Option(help="comma list of batch sizes")] = "1,4",
     model: Annotated[
@@ -262,6 +262,7 @@ def bench(
     """End-to-end decode latency per method x context x batch against the byte floor (SPEC §6; GPU)."""
     from lychee_bench.harness.records import read_records
     from lychee_bench.harness.registry import UnknownNameError
+    from lychee_bench.harness.runner import split_methods
     from lychee_bench.tasks.latency.bench import BenchError, run_bench
     from lychee_bench.tasks.latency.plot import latency_table
 
@@ -273,7 +274,7 @@ def bench(
         _fail(f"--ctx and --batch take comma lists of integers, got {ctx!r} and {batch!r}")
     try:
         run_bench(
-            [m.strip() for m in methods.split(",") if m.strip()],
+            split_methods(methods),
             contexts,
             batches,
             model=model,

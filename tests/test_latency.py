@@ -258,3 +258,55 @@ def test_every_method_decode_step_has_no_host_reads(tiny, tmp_path):
         with _NoHostReads():
             logits = decoder.step()
         assert bool(torch.isfinite(logits).all()), name
+
+
+def test_efficient_paths_decode_step_has_no_host_reads(tmp_path):
+    """The same check for the methods' Triton paths (run by the interpreter here): selection, page bounds and
+    the kernel calls read nothing back either, so the bench can capture them."""
+    from transformers import AutoModelForCausalLM
+
+    from lychee_bench.harness.synthetic_models import synthetic_config
+
+    config = synthetic_config(TINY)
+    config.head_dim = 64  # the kernels' smallest head dim; the tiny model's own is 32
+    config._name_or_path = TINY
+    torch.manual_seed(0)
+    tiny = AutoModelForCausalLM.from_config(config).eval()
+    ctx = 160
+    cache = _cache(tiny, 2, ctx)
+    cache.fill_random(ctx - 1, seed=6)
+    methods = {name: m for name, m in _no_read_methods(tmp_path).items() if name not in ("full", "lychee")}
+    for name, method in methods.items():
+        method.config.path = "triton"
+        method.prepare(tiny)
+        assert method.path == "triton", name
+        decoder = StaticDecoder(tiny, cache, 2, method)
+        decoder.step()  # the first step builds what later steps keep (Quest's page bounds)
+        with _NoHostReads():
+            logits = decoder.step()
+        assert bool(torch.isfinite(logits).all()), name
+
+
+def test_every_method_has_a_floor():
+    """The bench reports time / floor for every registered method: each has a K/V byte count, at most full's."""
+    from lychee_bench.harness.catalog import METHODS
+    from lychee_bench.tasks.latency.bench import KASCADE_PRESET_FOR_SHAPE
+
+    config = synthetic_config("llama3-8b-synthetic")
+    shape = RunShape.from_config(config, "bfloat16", "cuda", 1, 131072, "llama3-8b-synthetic")
+    options = {
+        "lychee": {"roles": "uniform:32"},
+        "duo": {"roles": "uniform:32", "budget": 4096},
+        "kascade": {"anchors": KASCADE_PRESET_FOR_SHAPE["llama3-8b-synthetic"], "budget": 4096},
+        "streaming": {"budget": 4096},
+    }
+    full = kv_bytes_read(FullAttention(), shape, 131072, 1)
+    for name in METHODS.names():
+        method = METHODS.get(name).from_options(options.get(name, {}))
+        assert method.check(shape) == [], name
+        read = kv_bytes_read(method, shape, 131072, 1)
+        assert read is not None and 0 < read <= full, name
+    tidal = METHODS.get("tidal").from_options({"budget": 4096})
+    tidal.check(shape)
+    # 2 dense + 2 selection layers read all, 28 reuse layers read 32 query heads x 4096 tokens.
+    assert kv_bytes_read(tidal, shape, 131072, 1) == (4 * 8 * 131072 + 28 * 32 * 4096) * 128 * 2 * 2

@@ -296,9 +296,9 @@ def test_efficient_path_matches_the_reference(name):
         query = torch.randn(batch, num_heads, 1, dim, generator=generator)
         key = torch.randn(batch, num_kv, length, dim, generator=generator)
         value = torch.randn(batch, num_kv, length, dim, generator=generator)
-        outs = {
-            path: m.decode_attention(layer, query, key, value, valid, SCALING, states[path]) for path, m in paths.items()
-        }
+        outs = {}
+        for path, method in paths.items():
+            outs[path] = method.decode_attention(layer, query, key, value, valid, SCALING, states[path])
         torch.testing.assert_close(outs["triton"], outs["reference"], atol=2e-4, rtol=2e-4, msg=f"layer {layer}")
     totals = {path: state.totals().get("kv_tokens_read") for path, state in states.items()}
     assert totals["triton"] == totals["reference"], "both paths must count the K/V rows they read alike"

@@ -49,6 +49,8 @@ SMOKE_MAX_CTX = 8192
 COPY_ELEMENTS_GPU = 1 << 30  # 2 GiB of bf16
 COPY_ELEMENTS_CPU = 1 << 22
 LYCHEE_RETRIEVAL_FRACTION = 0.125  # the paper's budget: 32 of 256 KV heads (Llama-3-8B)
+# Kascade's published anchors for the model each synthetic shape copies (Llama-3-8B and 3.1-8B share a shape).
+KASCADE_PRESET_FOR_SHAPE = {"llama3-8b-synthetic": "llama3.1-8b", "qwen3-8b-synthetic": "qwen3-8b"}
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -153,12 +155,17 @@ class Bench:
         return models.load_config(source), {**source.provenance(), "weights": "real"}
 
     def _methods(self, config: Any) -> list[Method]:
-        from lychee_bench.harness.runner import build_methods
+        """The methods with the bench's defaults for options a synthetic model has no artifact for: lychee and
+        duo get uniform roles with 12.5% retrieval heads, kascade the published anchors of the shape's model."""
+        from lychee_bench.harness.runner import build_methods, parse_method_entry
 
         options = dict(self.plan.options)
-        if any(name.lower() in ("lychee", "lycheedecode") for name in self.plan.methods) and "roles" not in options:
+        names = {parse_method_entry(entry)[0].lower() for entry in self.plan.methods}
+        if names & {"lychee", "lycheedecode", "duo"} and "roles" not in options:
             total = config.num_hidden_layers * config.num_key_value_heads
             options["roles"] = f"uniform:{max(config.num_key_value_heads, round(LYCHEE_RETRIEVAL_FRACTION * total))}"
+        if "kascade" in names and "anchors" not in options and self.plan.model in KASCADE_PRESET_FOR_SHAPE:
+            options["anchors"] = KASCADE_PRESET_FOR_SHAPE[self.plan.model]
         return build_methods(self.plan.methods, options)
 
     def _shape(self, config: Any, batch: int, ctx: int) -> RunShape:
