@@ -198,7 +198,7 @@ def test_budget_rule_is_explicit_and_recorded(tmp_path):
     assert method.check(shape()) == []
     described = method.describe()
     assert described["budget_rule"] == "k = max(128, int(0.1 * real tokens)), capped at the real tokens"
-    assert described["path"] == "reference" and "not built yet" in described["efficient_path"]
+    assert described["path"] == "reference" and described["path_option"] == "auto"  # no GPU here
     assert described["anchors_used"]["anchors"] == [0, 2]
 
 

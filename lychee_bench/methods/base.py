@@ -121,8 +121,13 @@ class Method(ABC):
         return None
 
     def describe(self) -> dict[str, Any]:
-        """The method config recorded in every result, including which implementation path runs."""
-        return {"name": self.name, "path": self.path, **dataclasses.asdict(self.config)}
+        """The method config recorded in every result, including which implementation path runs (`path`; a
+        `path` option, e.g. auto, is kept as `path_option`)."""
+        described = {"name": self.name, **dataclasses.asdict(self.config)}
+        if "path" in described:
+            described["path_option"] = described.pop("path")
+        described["path"] = self.path
+        return described
 
     def decode_signature(self) -> str:
         """Equal signatures decode identically: the engine decodes such entries once and shares the result.
