@@ -262,8 +262,24 @@ def test_unsupported_architecture_gives_reasons(name):
 SINGLE_PATH = {"full"}
 
 
-@pytest.mark.parametrize("name", ALL_METHODS)
-def test_efficient_path_matches_the_reference(name):
+# Variants whose efficient paths differ (lychee: its fused block kernel, or the shared kernel for tokens).
+EFFICIENT_VARIANTS = {
+    "lychee": [
+        {"granularity": "block", "block_size": 64, "budget": 64},
+        {"granularity": "token"},
+        {"granularity": "token", "budget_ratio": 0.3},  # a budget per sequence
+    ],
+    "tidal": [{}, {"per_kv_head": True}],
+    "kascade": [{}, {"budget": None, "min_budget": 16, "budget_ratio": 0.2}],  # k per sequence from its length
+}
+
+
+@pytest.mark.parametrize(
+    "name, variant",
+    [(name, variant) for name in ALL_METHODS for variant in EFFICIENT_VARIANTS.get(name, [{}])],
+    ids=lambda value: value if isinstance(value, str) else ";".join(f"{k}={v}" for k, v in value.items()),
+)
+def test_efficient_path_matches_the_reference(name, variant):
     """The Triton path (interpreter) against the same method's reference path: odd sizes, batch 3 with left
     padding, fresh random inputs, a budget that drops positions."""
     cls = method_class(name)
@@ -277,10 +293,8 @@ def test_efficient_path_matches_the_reference(name):
     for path in ("reference", "triton"):
         method = build(name, budget=40)
         method.config.path = path
-        if name == "lychee":
-            method.config.granularity = "block"
-            method.config.block_size = 64
-            method.config.budget = 64
+        for option, value in variant.items():
+            setattr(method.config, option, value)
         assert method.check(shape) == [], path
         assert method.path == path
         paths[path] = method

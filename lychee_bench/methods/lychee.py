@@ -16,8 +16,17 @@ import torch
 
 from lychee_bench.harness.attention import DecodeState
 from lychee_bench.methods.base import Method, RunShape
-from lychee_bench.methods.common import masked_decode_attention, valid_rank
-from lychee_bench.methods.efficient import check_path, choose_path, rows_read, triton_refusals
+from lychee_bench.methods.common import masked_decode_attention, sink_and_recent, valid_rank
+from lychee_bench.methods.efficient import (
+    attend,
+    check_path,
+    choose_path,
+    rows_read,
+    step_geometry,
+    top_index,
+    triton_refusals,
+    window_index,
+)
 from lychee_bench.methods.roles import HeadRoles, RolesError, resolve_roles
 from lychee_bench.methods.selection import select_blocks, select_tokens
 
@@ -36,7 +45,7 @@ class LycheeConfig:
     sink: int = 128
     recent: int = 256
     correction_period: int = 0  # 0: off; T: every T decoded tokens, recompute their K/V densely
-    path: str = "auto"  # auto: Triton kernels on CUDA for block granularity, the torch reference elsewhere
+    path: str = "auto"  # auto: on CUDA the fused block kernel (block) or the shared position-list kernel (token)
 
     def __post_init__(self) -> None:
         check_path("lychee", self.path)
@@ -95,10 +104,8 @@ class LycheeDecode(Method):
     def _triton_refusals(self, device: str, head_dim: int) -> list[str]:
         """Why the Triton kernels cannot run here (empty: they can)."""
         reasons = []
-        if self.config.granularity != "block":
-            reasons.append("the kernels implement block granularity only; use --option granularity=block")
-        if self.config.block_size != 64:
-            reasons.append("the kernels use 64-token blocks; leave block_size at 64")
+        if self.config.granularity == "block" and self.config.block_size != 64:
+            reasons.append("the block kernel uses 64-token blocks; leave block_size at 64")
         return reasons + triton_refusals(device, head_dim)
 
     def _choose_path(self, device: str, head_dim: int) -> str:
@@ -158,6 +165,8 @@ class LycheeDecode(Method):
         state: DecodeState,
     ) -> torch.Tensor:
         assert self.roles is not None, "prepare() loads the roles before decoding"
+        if self.path == "triton" and self.config.granularity == "token":
+            return self._decode_token_kernel(layer_idx, query, key, value, valid, scaling, state)
         if self.path == "triton":
             return self._decode_triton(layer_idx, query, key, value, valid, scaling, state)
         batch, num_heads, _, head_dim = query.shape
@@ -248,6 +257,51 @@ class LycheeDecode(Method):
         if read_by_sparse is not None:
             state.count("kv_tokens_read", read_by_sparse)
         return out[:, :, None, :]
+
+    def _decode_token_kernel(
+        self,
+        layer_idx: int,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        valid: torch.Tensor,
+        scaling: float,
+        state: DecodeState,
+    ) -> torch.Tensor:
+        """Token granularity on the shared position-list kernel (kernels/sparse_decode.py): retrieval heads are
+        dense rows (scored in torch, so they read K twice), sparse heads read the position list in their slot:
+        the sink and recent window, then the top-scoring tokens, exactly the reference's sets."""
+        cfg = self.config
+        geometry = step_geometry(valid, state)
+        pattern = tuple(self.roles.retrieval[layer_idx].tolist())
+        batch, num_heads, _, head_dim = query.shape
+        num_kv_heads = key.shape[1]
+        step = state.layer_data.get("lychee_token")
+        if step is None:  # once per decode step: the forced window, its mask and the per-sequence top-k sizes
+            window = window_index(geometry.lengths, cfg.sink, cfg.recent)
+            forced = sink_and_recent(valid, cfg.sink, cfg.recent)
+            bound = cfg.host_budget(geometry.longest)
+            shortest = min(geometry.lengths_host)
+            width = max(1, bound - min(shortest, cfg.sink + cfg.recent))
+            free = (self.budget_for(valid) - geometry.lengths.long().clamp(max=cfg.sink + cfg.recent)).clamp(min=0)
+            step = {"window": window, "forced": forced, "width": width, "free": free}
+            state.layer_data["lychee_token"] = step
+        group = num_heads // num_kv_heads
+        for h in [h for h in range(num_kv_heads) if pattern[h]]:
+            mean_query = query[:, h * group : (h + 1) * group, 0].float().mean(dim=1)  # [B, D]
+            scores = torch.einsum("bd,bsd->bs", mean_query, key[:, h].float())
+            scores = scores.masked_fill(~valid | step["forced"], float("-inf"))
+            top = top_index(scores[:, None, :], step["width"], geometry.starts)[:, 0]
+            rank = torch.arange(top.shape[-1], device=top.device)
+            top = top.masked_fill(rank[None, :] >= step["free"][:, None], -1)
+            state.slots[h] = torch.cat([step["window"], top], dim=-1)
+        missing = [h for h in range(num_kv_heads) if not pattern[h] and h not in state.slots]
+        if missing:
+            raise RuntimeError(f"sparse heads {missing} of layer {layer_idx} have empty slots; layer 0 must fill them")
+        index = torch.stack([state.slots[h] for h in range(num_kv_heads)], dim=1)
+        read = rows_read(index, 1, geometry.lengths) * self._sparse_mask(layer_idx, pattern, key.device)
+        state.count("kv_tokens_read", geometry.lengths.sum() * sum(pattern) + read.sum())
+        return attend(query, key, value, scaling, geometry, index, dense_rows=pattern)
 
     def _sparse_mask(self, layer_idx: int, pattern: tuple[bool, ...], device: torch.device) -> torch.Tensor:
         """[Hkv] 1 for the layer's sparse heads, on the device, made once per layer."""
