@@ -1,9 +1,11 @@
-"""Registers, spills and shared memory of the fused LycheeDecode kernel for a GPU architecture, on any machine.
+"""Registers, spills and shared memory of the Triton decode kernels for a GPU architecture, on any machine.
 
 Triton compiles ahead of time with its bundled ptxas, so this needs no GPU: it shows what a launch knob does to
-the kernel's resources (registers per thread bound how many programs an SM holds; a stack means spills)::
+the kernel's resources (registers per thread bound how many programs an SM holds; a stack means spills), and
+that the GPU build compiles at all::
 
     python -m lychee_bench.kernels.resource_usage --arch 90 --step 1 2 --warps 4 8 --finish 0 2
+    python -m lychee_bench.kernels.resource_usage --kernel sparse   # the baselines' shared kernel
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from lychee_bench.kernels import lychee_triton as lt
+from lychee_bench.kernels import sparse_decode as sd
 from lychee_bench.kernels.lychee_plan import plan_decode_work
 
 CONTEXT, BUDGET_BLOCKS = 131072, 64  # one 128K sequence, 8 KV heads (one retrieval), 4096-token budget
@@ -55,7 +58,36 @@ def kernel_resources(
         n: "constexpr" if n in constants else POINTER_TYPES.get(n, "*i32" if n.endswith("_ptr") else "i32")
         for n in names
     }
-    source = ASTSource(fn=lt._decode_layer_kernel, signature=signature, constexprs=constants)
+    return _compile_usage(lt._decode_layer_kernel, signature, constants, arch, warps, stages)
+
+
+def sparse_kernel_resources(
+    *, arch: int, rows_per_kv: int, unit: int, warps: int, stages: int, group: int = 4, head_dim: int = 128
+) -> dict[str, Any]:
+    """Compile the shared position-list kernel (bf16): one row per KV head (`rows_per_kv` 1) or per query head
+    (`rows_per_kv` = group), tokens (`unit` 1) or pages (16)."""
+    rows_group = group // rows_per_kv
+    constants = dict(
+        HS=8 * rows_per_kv,
+        ROWS_PER_KV=rows_per_kv,
+        GS=rows_group,
+        G_PAD=max(16, triton.next_power_of_2(rows_group)),
+        D=head_dim,
+        UNIT=unit,
+        TILE=sd.TILE,
+        DOT_IN_FP32=False,
+        INPUT_PRECISION="tf32",
+    )
+    names = inspect.signature(sd._sparse_partials_kernel.fn).parameters
+    signature = {
+        n: "constexpr" if n in constants else POINTER_TYPES.get(n, "*i32" if n.endswith("_ptr") else "i32")
+        for n in names
+    }
+    return _compile_usage(sd._sparse_partials_kernel, signature, constants, arch, warps, stages)
+
+
+def _compile_usage(kernel: Any, signature: dict, constants: dict, arch: int, warps: int, stages: int) -> dict:
+    source = ASTSource(fn=kernel, signature=signature, constexprs=constants)
     compiled = triton.compile(
         source, target=GPUTarget("cuda", arch, 32), options=dict(num_warps=warps, num_stages=stages)
     )
@@ -76,9 +108,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warps", type=int, nargs="+", default=[lt.ATTENTION_WARPS])
     parser.add_argument("--stages", type=int, nargs="+", default=[lt.ATTENTION_STAGES])
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
+    parser.add_argument("--kernel", choices=("lychee", "sparse"), default="lychee", help="which kernel to compile")
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET", "0") == "1":
         parser.error("TRITON_INTERPRET=1 replaces the compiler with the interpreter; run with TRITON_INTERPRET=0")
+    if args.kernel == "sparse":
+        for rows_per_kv, unit, warps in itertools.product((1, 4), (1, 16), args.warps):
+            usage = sparse_kernel_resources(
+                arch=args.arch, rows_per_kv=rows_per_kv, unit=unit, warps=warps, stages=sd.STAGES
+            )
+            knobs = dict(rows_per_kv=rows_per_kv, unit=unit, warps=warps)
+            print(json.dumps({**knobs, **usage}) if args.json else f"{knobs}: {usage}", flush=True)
+        return
     for finish, step, warps, stages in itertools.product(args.finish, args.step, args.warps, args.stages):
         usage = kernel_resources(arch=args.arch, finish=finish, step=step, warps=warps, stages=stages)
         knobs = dict(finish=finish, step=step, warps=warps, stages=stages)
