@@ -152,15 +152,10 @@ class KernelPath:
 
     _path: str | None = None
 
-    def kernel_refusals(self) -> list[str]:
-        """Method-specific reasons the kernel path cannot run this config (none by default)."""
-        return []
-
     def resolve_path(self, device: str, head_dim: int) -> list[str]:
         """Pick the path for a run shape; returns the reasons to refuse an impossible `path=triton`."""
-        extra = self.kernel_refusals()
-        self._path = choose_path(self.config.path, device, head_dim, extra)
-        return path_reasons(self.name, self.config.path, device, head_dim, extra)
+        self._path = choose_path(self.config.path, device, head_dim)
+        return path_reasons(self.name, self.config.path, device, head_dim)
 
     def resolve_path_for(self, model: torch.nn.Module) -> None:
         config = model.config
