@@ -316,3 +316,38 @@ def test_efficient_path_matches_the_reference(name, variant):
         torch.testing.assert_close(outs["triton"], outs["reference"], atol=2e-4, rtol=2e-4, msg=f"layer {layer}")
     totals = {path: state.totals().get("kv_tokens_read") for path, state in states.items()}
     assert totals["triton"] == totals["reference"], "both paths must count the K/V rows they read alike"
+
+
+# Whole generations under the interpreter take ~20 s per method, so this runs where state outlives a layer or a
+# step beyond what the per-layer test above sees: Quest keeps page bounds across steps; lychee's token path
+# carries position lists from layer to layer. The per-layer test covers every method.
+GENERATION_CHECKS = ("quest", "lychee")
+
+
+@pytest.mark.parametrize("name", GENERATION_CHECKS)
+def test_efficient_path_generates_the_reference_tokens(name, smol_tokenizer):
+    """Whole generations through the engine (left-padded batch, decode exercise, several steps): the Triton path
+    (interpreter) gives the reference path's greedy tokens."""
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    config = tiny_config("llama", vocab_size=len(smol_tokenizer), num_heads=4, num_kv_heads=2, head_dim=64)
+    config.num_hidden_layers = NUM_LAYERS
+    model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa").eval()
+    with torch.no_grad():
+        for param_name, param in model.named_parameters():
+            if "proj" in param_name and param.dim() == 2:
+                param.mul_(4.0)
+    formatter = InputFormatter(smol_tokenizer, exercise_chars=6)
+    text = "The quick brown fox jumps over the lazy dog. " * 6 + "What does the fox jump over?"
+    inputs = [formatter.format(text, " Answer:"), formatter.format(text[100:], " Answer:")]
+    shape = RunShape.from_config(model.config, "float32", "cpu", 2, 512, "tiny")
+    texts = {}
+    for path in ("reference", "triton"):
+        method = build(name, budget=24)
+        method.config.path = path
+        assert method.check(shape) == [] and method.path == path
+        method.prepare(model)
+        outputs = Engine(model, smol_tokenizer).generate(inputs, GenerationSettings(3), [method])
+        texts[path] = [g.text for g in outputs[name]]
+    assert texts["triton"] == texts["reference"]
