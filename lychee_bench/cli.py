@@ -255,6 +255,9 @@ def bench(
         bool | None,
         typer.Option("--compile/--no-compile", help="torch.compile norms, MLPs, rotary (default: on CUDA)"),
     ] = None,
+    profile: Annotated[
+        int, typer.Option(min=0, help="also profile N steps per point: kernels, busy time, gaps (profiles/*.txt)")
+    ] = 0,
     device: str = "cuda",
     seed: int = 0,
     out: Annotated[Path, typer.Option(help="result folder")] = Path("runs/latency"),
@@ -287,6 +290,7 @@ def bench(
             prefill_chunk=prefill_chunk,
             attention=attention,
             compile=compile_blocks,
+            profile=profile,
             smoke=smoke,
             seed=seed,
             log=lambda text: typer.echo(text, err=True),

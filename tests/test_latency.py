@@ -310,3 +310,14 @@ def test_every_method_has_a_floor():
     tidal.check(shape)
     # 2 dense + 2 selection layers read all, 28 reuse layers read 32 query heads x 4096 tokens.
     assert kv_bytes_read(tidal, shape, 131072, 1) == (4 * 8 * 131072 + 28 * 32 * 4096) * 128 * 2 * 2
+
+
+def test_profile_records_kernels_busy_time_and_gap(tmp_path):
+    """`bench --profile N` (CPU smoke: leaf ops stand in for kernels): per point, kernels per step, busy time,
+    the gap to the timed step, and a table of the top kernels in profiles/."""
+    records = run_bench(["full"], [160], [1], model=TINY, out=tmp_path, reps=1, smoke=True, profile=2)
+    profile = records[0]["profile"]
+    assert profile["profiled_steps"] == 2 and profile["kernels_per_step"] > 10 and profile["busy_ms_per_step"] > 0
+    assert profile["gap_ms_per_step"] == pytest.approx(records[0]["decode_ms"] - profile["busy_ms_per_step"])
+    (table,) = (tmp_path / "profiles").glob("full_ctx160_b1.txt")
+    assert "ms/step" in table.read_text() and "kernels_per_step" in table.read_text()

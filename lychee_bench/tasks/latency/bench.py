@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import re
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -42,6 +43,7 @@ from lychee_bench.harness.synthetic_models import (
 )
 from lychee_bench.methods.base import Method, RunShape
 from lychee_bench.tasks.latency.graph_safe import make_graph_safe
+from lychee_bench.tasks.latency.profile import profile_steps
 from lychee_bench.tasks.latency.traffic import floor_ms, kv_bytes_read, weight_bytes_read
 
 SMOKE_LABEL = "cpu-smoke, not a measurement"
@@ -80,6 +82,7 @@ class BenchPlan:
     smoke: bool = False
     seed: int = 0
     compile: bool | None = None  # torch.compile the norms, MLPs and rotary embedding; None: on CUDA, off in smoke
+    profile: int = 0  # also profile this many steps per point (tasks/latency/profile.py)
 
 
 def run_bench(
@@ -373,6 +376,8 @@ class Bench:
                 torch.cuda.synchronize()
             timing = self._time(decoder.replay)
         result.update(timing.as_dict("decode"))
+        if self.plan.profile:
+            result.update(self._profile(decoder, method, batch, ctx, timing.median_ms))
         result["logits_finite"] = bool(torch.isfinite(decoder.logits).all())
         # The context must not drift: the step writes slot C-1 and nothing before it changes.
         result["context_checked"] = decoder.context_length()
@@ -392,6 +397,19 @@ class Bench:
             result["peak_memory_gib"] = result["peak_memory_bytes"] / 2**30
         decoder.release()
         return result
+
+    def _profile(self, decoder: StaticDecoder, method: Method, batch: int, ctx: int, step_ms: float) -> dict:
+        """Kernels per step, busy time and the gap to the timed step; the top kernels go to profiles/*.txt."""
+        summary, table = profile_steps(decoder.replay, self.plan.profile, on_cuda=not self.plan.smoke)
+        summary["gap_ms_per_step"] = step_ms - summary["busy_ms_per_step"]
+        folder = Path(self.plan.out) / "profiles"
+        folder.mkdir(parents=True, exist_ok=True)
+        name = re.sub(r"[^A-Za-z0-9_.=-]+", "_", f"{method.label}_ctx{ctx}_b{batch}")
+        header = f"{method.label} ctx {ctx} batch {batch}: step {step_ms:.3f} ms, " + ", ".join(
+            f"{key} {value:.3f}" if isinstance(value, float) else f"{key} {value}" for key, value in summary.items()
+        )
+        (folder / f"{name}.txt").write_text(header + "\n" + table + "\n")
+        return {"profile": summary}
 
     def _attention_only(self, cache: FixedSlotCache, method: Method, decoder: StaticDecoder, config: Any) -> Timing:
         """All layers' attention calls alone (each on its own layer's cache, as in a step), one graph."""
