@@ -70,3 +70,25 @@ def test_report_on_a_bench_folder_prints_the_latency_table():
     result = _run("report", "results/latency/h200-compile")
     assert result.exit_code == 0, result.output
     assert "time/floor" in result.output and "lychee" in result.output and "(no results)" not in result.output
+
+
+def test_committed_run_folders_keep_their_method_keys():
+    """A run key holds the method as asked (its `path` option), not the path that ran, so the committed folders'
+    lychee and full entries resume instead of being redone on a machine with a GPU."""
+    import json
+
+    from lychee_bench.harness.runner import build_methods, method_key
+    from lychee_bench.methods.base import RunShape
+
+    committed = {}
+    with open("results/ruler/smollm2-135m_ctx4096_h200/records.jsonl") as handle:
+        for line in handle:
+            record = json.loads(line)
+            if record.get("kind") == "sample":
+                committed.setdefault(record["label"], record["method_config"])
+    entries = ["full", "lychee[granularity=block]", "lychee[roles=uniform:11;granularity=token]"]
+    for device in ("cuda", "cpu"):
+        shape = RunShape("llama", 30, 9, 3, 64, "bfloat16", device, 65, 4096, "smollm2-135m")
+        for method in build_methods(entries, {"budget": "512"}):
+            assert method.check(shape) == []
+            assert method_key(method) == committed[method.label], (device, method.label)

@@ -337,11 +337,19 @@ def run(plan: RunPlan, log: Any = print) -> list[dict[str, Any]]:
     return rows
 
 
+def method_key(method: Method) -> dict[str, Any]:
+    """The method as asked, for run keys: its recorded config with the `path` option (e.g. auto) in place of the
+    path that ran (records keep that beside it), so a folder resumed on a machine with a GPU is not redone."""
+    described = method.describe()
+    described["path"] = described.pop("path_option", described["path"])
+    return described
+
+
 def _run_key(method, task_name, task, plan, model_info, input_format, generation) -> str:
     """Everything that decides a sample's result, and the label it is reported under, hashed: equal keys mean
     the work is already done."""
     key = {
-        "method": method.describe(),
+        "method": method_key(method),
         "task": task_name,
         "task_config": task.config(),
         "ctx": plan.ctx,
