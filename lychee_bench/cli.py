@@ -258,6 +258,9 @@ def bench(
     profile: Annotated[
         int, typer.Option(min=0, help="also profile N steps per point: kernels, busy time, gaps (profiles/*.txt)")
     ] = 0,
+    full_budget: Annotated[
+        bool, typer.Option("--full-budget", help="also run each sparse method with a budget of the longest context")
+    ] = False,
     device: str = "cuda",
     seed: int = 0,
     out: Annotated[Path, typer.Option(help="result folder")] = Path("runs/latency"),
@@ -291,6 +294,7 @@ def bench(
             attention=attention,
             compile=compile_blocks,
             profile=profile,
+            full_budget=full_budget,
             smoke=smoke,
             seed=seed,
             log=lambda text: typer.echo(text, err=True),

@@ -321,3 +321,16 @@ def test_profile_records_kernels_busy_time_and_gap(tmp_path):
     assert profile["gap_ms_per_step"] == pytest.approx(records[0]["decode_ms"] - profile["busy_ms_per_step"])
     (table,) = (tmp_path / "profiles").glob("full_ctx160_b1.txt")
     assert "ms/step" in table.read_text() and "kernels_per_step" in table.read_text()
+
+
+def test_full_budget_adds_each_sparse_method_at_the_whole_context(tmp_path):
+    """`bench --full-budget`: beside full, each sparse method once more with a budget holding the longest
+    context (SPEC §4), which then reads every cached token."""
+    records = run_bench(
+        ["full", "streaming[sink=4]"], [96, 160], [1], model=TINY, out=tmp_path, reps=1, smoke=True, full_budget=True
+    )
+    labels = {r["method"] for r in records}
+    assert labels == {"full", "streaming[sink=4]", "streaming[sink=4;budget=160]"}
+    wide = [r for r in records if r["method"] == "streaming[sink=4;budget=160]"]
+    full = {r["ctx"]: r["kv_bytes_read"] for r in records if r["method"] == "full"}
+    assert all(r["kv_bytes_read"] == full[r["ctx"]] for r in wide)

@@ -51,6 +51,7 @@ SMOKE_MAX_CTX = 8192
 COPY_ELEMENTS_GPU = 1 << 30  # 2 GiB of bf16
 COPY_ELEMENTS_CPU = 1 << 22
 LYCHEE_RETRIEVAL_FRACTION = 0.125  # the paper's budget: 32 of 256 KV heads (Llama-3-8B)
+DENSE_NAMES = ("full", "dense")  # no budget to fill
 # Kascade's published anchors for the model each synthetic shape copies (Llama-3-8B and 3.1-8B share a shape).
 KASCADE_PRESET_FOR_SHAPE = {"llama3-8b-synthetic": "llama3.1-8b", "qwen3-8b-synthetic": "qwen3-8b"}
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -83,6 +84,7 @@ class BenchPlan:
     seed: int = 0
     compile: bool | None = None  # torch.compile the norms, MLPs and rotary embedding; None: on CUDA, off in smoke
     profile: int = 0  # also profile this many steps per point (tasks/latency/profile.py)
+    full_budget: bool = False  # also run each sparse method with a budget holding the longest context (SPEC §4)
 
 
 def run_bench(
@@ -169,7 +171,21 @@ class Bench:
             options["roles"] = f"uniform:{max(config.num_key_value_heads, round(LYCHEE_RETRIEVAL_FRACTION * total))}"
         if "kascade" in names and "anchors" not in options and self.plan.model in KASCADE_PRESET_FOR_SHAPE:
             options["anchors"] = KASCADE_PRESET_FOR_SHAPE[self.plan.model]
-        return build_methods(self.plan.methods, options)
+        return build_methods(self.plan.methods + self._full_budget_entries(), options)
+
+    def _full_budget_entries(self) -> list[str]:
+        """SPEC §4: beside `full`, each sparse method's own kernel at a budget that holds the whole (longest)
+        context, e.g. `tidal[budget=131072]`: what its path costs when it selects everything."""
+        from lychee_bench.harness.runner import method_label, parse_method_entry
+
+        if not self.plan.full_budget:
+            return []
+        entries = []
+        for entry in self.plan.methods:
+            name, options = parse_method_entry(entry)
+            if name.lower() not in DENSE_NAMES:
+                entries.append(method_label(name, {**options, "budget": str(max(self.plan.contexts))}))
+        return entries
 
     def _shape(self, config: Any, batch: int, ctx: int) -> RunShape:
         return RunShape.from_config(config, self.dtype_name, str(self.device), batch, ctx, self.plan.model)
