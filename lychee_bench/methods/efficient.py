@@ -14,9 +14,9 @@ from dataclasses import dataclass
 import torch
 
 from lychee_bench.harness.attention import DecodeState
+from lychee_bench.kernels.lychee_plan import SUPPORTED_HEAD_DIMS  # plain torch: importing it needs no Triton
 
 PATHS = ("auto", "reference", "triton")
-SUPPORTED_HEAD_DIMS = (64, 128)  # the kernels' (kernels/lychee_plan.py); kept here so no Triton import is needed
 
 
 def check_path(method: str, path: str) -> None:
