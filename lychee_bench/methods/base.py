@@ -25,6 +25,11 @@ class Capabilities:
     needs_gpu: bool = False
 
 
+def head_dim_of(config: Any) -> int:
+    """A transformers config's attention head size (its `head_dim`, else hidden size over heads)."""
+    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+
+
 @dataclass(frozen=True)
 class RunShape:
     """The parts of a run a method may refuse, known before any weights are loaded."""
@@ -44,7 +49,7 @@ class RunShape:
     def from_config(
         cls, config: Any, dtype: str, device: str, batch_size: int, ctx: int, model_name: str = ""
     ) -> RunShape:
-        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        head_dim = head_dim_of(config)
         return cls(
             model_type=config.model_type,
             num_layers=config.num_hidden_layers,

@@ -17,7 +17,7 @@ import torch
 from lychee_bench.harness.attention import DecodeState
 from lychee_bench.methods.base import Method, RunShape
 from lychee_bench.methods.common import masked_decode_attention, sink_and_recent, streaming_window
-from lychee_bench.methods.efficient import KernelPath, attend, check_path, step_geometry, window_index
+from lychee_bench.methods.efficient import KernelPath, attend, check_path, step_geometry, step_window
 from lychee_bench.methods.roles import HeadRoles, RolesError, resolve_roles, shipped_roles_path
 
 CONTINUOUS_SUFFIX = "-continuous"  # shipped roles trained with `train-heads --gate continuous`
@@ -131,10 +131,7 @@ class DuoAttention(KernelPath, Method):
     ) -> torch.Tensor:
         assert self.roles is not None
         geometry = step_geometry(valid, state)
-        window = state.layer_data.get("window")
-        if window is None:  # the same positions for every streaming head of this step
-            window = window_index(geometry.lengths, self.config.sink, self.config.recent)
-            state.layer_data["window"] = window
+        window = step_window(state, geometry, self.config.sink, self.config.recent)  # every streaming head's
         pattern = self._patterns.get(layer_idx)
         if pattern is None:  # host flags per layer, read once
             pattern = self._patterns[layer_idx] = tuple(self.roles.retrieval[layer_idx].tolist())

@@ -15,6 +15,7 @@ import torch
 
 from lychee_bench.harness.attention import DecodeState
 from lychee_bench.kernels.lychee_plan import SUPPORTED_HEAD_DIMS  # plain torch: importing it needs no Triton
+from lychee_bench.methods.base import head_dim_of
 
 PATHS = ("auto", "reference", "triton")
 
@@ -49,7 +50,7 @@ def path_reasons(method: str, path: str, device: str, head_dim: int, extra_refus
     """Reasons to refuse a run that asks for `path=triton` where it cannot run."""
     if path != "triton":
         return []
-    return [f"{method} path=triton: {reason}" for reason in [*triton_refusals(device, head_dim), *extra_refusals]]
+    return [f"{method} path=triton: {reason}" for reason in [*extra_refusals, *triton_refusals(device, head_dim)]]
 
 
 @dataclass
@@ -119,6 +120,15 @@ def window_index(lengths: torch.Tensor, sink: int, recent: int) -> torch.Tensor:
     return torch.where(n <= width, short, long).to(torch.int32)
 
 
+def step_window(state: DecodeState, geometry: StepGeometry, sink: int, recent: int) -> torch.Tensor:
+    """`window_index` of this decode step, built once and shared by every layer (one method per state)."""
+    window = state.layer_data.get("window")
+    if window is None:
+        window = window_index(geometry.lengths, sink, recent)
+        state.layer_data["window"] = window
+    return window
+
+
 def top_index(scores: torch.Tensor, k: int, starts: torch.Tensor) -> torch.Tensor:
     """[B, H, min(k, S)] int32: the top-``k`` positions of ``scores`` [B, H, S] (absolute cache positions, -inf
     where not allowed), counted from each sequence's first real token (``starts`` [B]); -1 where fewer than
@@ -148,19 +158,22 @@ def distinct_rows(index: torch.Tensor, num_kv_heads: int, cache_len: int) -> tor
 
 class KernelPath:
     """Mixin for a method whose config has a `path` option (auto, reference, triton) and whose efficient path is
-    the shared kernel: call `resolve_path` from check_config and `resolve_path_for` from prepare."""
+    a Triton kernel: call `resolve_path` from check_config and `resolve_path_for` from prepare."""
 
     _path: str | None = None
 
+    def kernel_refusals(self) -> list[str]:
+        """Reasons this method's config keeps its kernels from running (none by default)."""
+        return []
+
     def resolve_path(self, device: str, head_dim: int) -> list[str]:
         """Pick the path for a run shape; returns the reasons to refuse an impossible `path=triton`."""
-        self._path = choose_path(self.config.path, device, head_dim)
-        return path_reasons(self.name, self.config.path, device, head_dim)
+        extra = self.kernel_refusals()
+        self._path = choose_path(self.config.path, device, head_dim, extra)
+        return path_reasons(self.name, self.config.path, device, head_dim, extra)
 
     def resolve_path_for(self, model: torch.nn.Module) -> None:
-        config = model.config
-        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-        reasons = self.resolve_path(str(next(model.parameters()).device), head_dim)
+        reasons = self.resolve_path(str(next(model.parameters()).device), head_dim_of(model.config))
         if reasons:
             raise ValueError("; ".join(reasons))
 

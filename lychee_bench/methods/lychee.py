@@ -18,14 +18,13 @@ from lychee_bench.harness.attention import DecodeState
 from lychee_bench.methods.base import Method, RunShape
 from lychee_bench.methods.common import masked_decode_attention, sink_and_recent, valid_rank
 from lychee_bench.methods.efficient import (
+    KernelPath,
     attend,
     check_path,
-    choose_path,
     rows_read,
     step_geometry,
+    step_window,
     top_index,
-    triton_refusals,
-    window_index,
 )
 from lychee_bench.methods.roles import HeadRoles, RolesError, resolve_roles
 from lychee_bench.methods.selection import select_blocks, select_tokens
@@ -76,7 +75,7 @@ class LycheeConfig:
         return max(1, self.host_budget(longest) // self.block_size)
 
 
-class LycheeDecode(Method):
+class LycheeDecode(KernelPath, Method):
     """Retrieval heads: full attention + selection into their slot. Sparse heads: attention over their slot."""
 
     name: ClassVar[str] = "lychee"
@@ -86,8 +85,8 @@ class LycheeDecode(Method):
     def __init__(self, config: LycheeConfig | None = None):
         super().__init__(config)
         self.roles: HeadRoles | None = None
-        self._path: str | None = None
         self._head_indices: dict[tuple[int, str], torch.Tensor] = {}
+        self._sparse_masks: dict[tuple[int, str], torch.Tensor] = {}
 
     def check_config(self, shape: RunShape) -> list[str]:
         reasons = []
@@ -95,34 +94,21 @@ class LycheeDecode(Method):
             self.roles = resolve_roles(self.config.roles, shape.num_layers, shape.num_kv_heads, shape.model_name)
         except RolesError as error:
             reasons.append(str(error))
-        triton_reasons = self._triton_refusals(shape.device, shape.head_dim)
-        if self.config.path == "triton" and triton_reasons:
-            reasons += [f"lychee path=triton: {reason}" for reason in triton_reasons]
-        self._path = self._choose_path(shape.device, shape.head_dim)
-        return reasons
+        return reasons + self.resolve_path(shape.device, shape.head_dim)
 
-    def _triton_refusals(self, device: str, head_dim: int) -> list[str]:
-        """Why the Triton kernels cannot run here (empty: they can)."""
-        reasons = []
+    def kernel_refusals(self) -> list[str]:
         if self.config.granularity == "block" and self.config.block_size != 64:
-            reasons.append("the block kernel uses 64-token blocks; leave block_size at 64")
-        return reasons + triton_refusals(device, head_dim)
-
-    def _choose_path(self, device: str, head_dim: int) -> str:
-        return choose_path(self.config.path, device, head_dim, self._triton_refusals(device, head_dim))
+            return ["the block kernel uses 64-token blocks; leave block_size at 64"]
+        return []
 
     def prepare(self, model: torch.nn.Module) -> None:
         config = model.config
         if self.roles is None:
             name = getattr(config, "_name_or_path", "")
             self.roles = resolve_roles(self.config.roles, config.num_hidden_layers, config.num_key_value_heads, name)
-        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-        self._path = self._choose_path(str(next(model.parameters()).device), head_dim)
+        self.resolve_path_for(model)
         self._head_indices.clear()
-
-    @property
-    def path(self) -> str:
-        return self._path or "reference"
+        self._sparse_masks.clear()
 
     def describe(self) -> dict[str, Any]:
         described = super().describe()
@@ -278,7 +264,7 @@ class LycheeDecode(Method):
         num_kv_heads = key.shape[1]
         step = state.layer_data.get("lychee_token")
         if step is None:  # once per decode step: the forced window, its mask and the per-sequence top-k sizes
-            window = window_index(geometry.lengths, cfg.sink, cfg.recent)
+            window = step_window(state, geometry, cfg.sink, cfg.recent)
             forced = sink_and_recent(valid, cfg.sink, cfg.recent)
             bound = cfg.host_budget(geometry.longest)
             shortest = min(geometry.lengths_host)
@@ -305,7 +291,7 @@ class LycheeDecode(Method):
 
     def _sparse_mask(self, layer_idx: int, pattern: tuple[bool, ...], device: torch.device) -> torch.Tensor:
         """[Hkv] 1 for the layer's sparse heads, on the device, made once per layer."""
-        key = (-1 - layer_idx, str(device))  # beside the retrieval-head indices in the same cache
-        if key not in self._head_indices:
-            self._head_indices[key] = torch.tensor([0 if r else 1 for r in pattern], device=device)
-        return self._head_indices[key]
+        key = (layer_idx, str(device))
+        if key not in self._sparse_masks:
+            self._sparse_masks[key] = torch.tensor([0 if r else 1 for r in pattern], device=device)
+        return self._sparse_masks[key]

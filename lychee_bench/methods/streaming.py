@@ -11,7 +11,7 @@ import torch
 from lychee_bench.harness.attention import DecodeState
 from lychee_bench.methods.base import Method, RunShape
 from lychee_bench.methods.common import masked_decode_attention, sink_and_recent, streaming_window
-from lychee_bench.methods.efficient import KernelPath, attend, check_path, step_geometry, window_index
+from lychee_bench.methods.efficient import KernelPath, attend, check_path, step_geometry, step_window
 
 
 @dataclass
@@ -56,10 +56,7 @@ class StreamingAttention(KernelPath, Method):
     ) -> torch.Tensor:
         if self.path == "triton":
             geometry = step_geometry(valid, state)
-            window = state.layer_data.get("window")
-            if window is None:  # the same positions in every layer and head of this step
-                window = window_index(geometry.lengths, self.config.sink, self.config.recent)
-                state.layer_data["window"] = window
+            window = step_window(state, geometry, self.config.sink, self.config.recent)  # same in every layer
             state.count("kv_tokens_read", (window >= 0).sum() * key.shape[1])
             return attend(query, key, value, scaling, geometry, window[:, None, :].expand(-1, key.shape[1], -1))
         keep = sink_and_recent(valid, self.config.sink, self.config.recent)

@@ -41,7 +41,7 @@ from lychee_bench.harness.synthetic_models import (
     describe_synthetic,
     synthetic_config,
 )
-from lychee_bench.methods.base import Method, RunShape
+from lychee_bench.methods.base import Method, RunShape, head_dim_of
 from lychee_bench.tasks.latency.graph_safe import make_graph_safe
 from lychee_bench.tasks.latency.profile import profile_steps
 from lychee_bench.tasks.latency.traffic import floor_ms, kv_bytes_read, weight_bytes_read
@@ -317,7 +317,7 @@ class Bench:
 
     def _point(self, model, config, methods, batch: int, ctx: int, copy_bw: float) -> list[dict[str, Any]]:
         """Every method at one (batch, context), all on the same cache."""
-        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        head_dim = head_dim_of(config)
         base = {"ctx": ctx, "batch": batch}
         rows = []
         try:
