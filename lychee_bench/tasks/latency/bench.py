@@ -57,6 +57,21 @@ KASCADE_PRESET_FOR_SHAPE = {"llama3-8b-synthetic": "llama3.1-8b", "qwen3-8b-synt
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+def synthetic_defaults(model: str, config: Any, entries: list[str], options: dict[str, Any]) -> dict[str, Any]:
+    """The shared options with the bench's defaults for what a synthetic model has no artifact for: lychee and
+    duo get uniform roles with 12.5% retrieval heads, kascade the published anchors of the shape's model."""
+    from lychee_bench.harness.runner import parse_method_entry
+
+    options = dict(options)
+    names = {parse_method_entry(entry)[0].lower() for entry in entries}
+    if names & {"lychee", "lycheedecode", "duo"} and "roles" not in options:
+        total = config.num_hidden_layers * config.num_key_value_heads
+        options["roles"] = f"uniform:{max(config.num_key_value_heads, round(LYCHEE_RETRIEVAL_FRACTION * total))}"
+    if "kascade" in names and "anchors" not in options and model in KASCADE_PRESET_FOR_SHAPE:
+        options["anchors"] = KASCADE_PRESET_FOR_SHAPE[model]
+    return options
+
+
 class BenchError(ValueError):
     """A bench that cannot start; carries every reason."""
 
@@ -160,17 +175,9 @@ class Bench:
         return models.load_config(source), {**source.provenance(), "weights": "real"}
 
     def _methods(self, config: Any) -> list[Method]:
-        """The methods with the bench's defaults for options a synthetic model has no artifact for: lychee and
-        duo get uniform roles with 12.5% retrieval heads, kascade the published anchors of the shape's model."""
-        from lychee_bench.harness.runner import build_methods, parse_method_entry
+        from lychee_bench.harness.runner import build_methods
 
-        options = dict(self.plan.options)
-        names = {parse_method_entry(entry)[0].lower() for entry in self.plan.methods}
-        if names & {"lychee", "lycheedecode", "duo"} and "roles" not in options:
-            total = config.num_hidden_layers * config.num_key_value_heads
-            options["roles"] = f"uniform:{max(config.num_key_value_heads, round(LYCHEE_RETRIEVAL_FRACTION * total))}"
-        if "kascade" in names and "anchors" not in options and self.plan.model in KASCADE_PRESET_FOR_SHAPE:
-            options["anchors"] = KASCADE_PRESET_FOR_SHAPE[self.plan.model]
+        options = synthetic_defaults(self.plan.model, config, self.plan.methods, self.plan.options)
         return build_methods(self.plan.methods + self._full_budget_entries(), options)
 
     def _full_budget_entries(self) -> list[str]:
