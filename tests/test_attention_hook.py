@@ -94,3 +94,21 @@ def test_missing_state_is_an_error():
     model = tiny_model("llama")
     with method_attention(model), pytest.raises(RuntimeError, match="lychee_state"):
         model(input_ids=torch.randint(0, 256, (1, 5)))
+
+
+def test_statistics_cost_nothing_when_not_counting():
+    """A timed step (the bench's state) keeps no statistics: the functions that would compute them never run."""
+    from lychee_bench.harness.attention import DecodeState
+    from lychee_bench.harness.static_engine import StaticDecodeState
+    from lychee_bench.methods.full import FullAttention
+
+    def must_not_run():
+        raise AssertionError("a statistic was computed while not counting")
+
+    timed = StaticDecodeState(method=FullAttention())
+    timed.count("kv_tokens_read", must_not_run)
+    assert timed.totals() == {}
+    counted = DecodeState(method=FullAttention())
+    counted.count("kv_tokens_read", lambda: torch.tensor(5))
+    counted.count("kv_tokens_read", 2.0)
+    assert counted.totals() == {"kv_tokens_read": 7.0}

@@ -121,6 +121,28 @@ def test_dense_and_listed_rows_in_one_launch(kernel):
     torch.testing.assert_close(out, expected, atol=2e-4, rtol=2e-4)
 
 
+def test_dense_rows_write_their_token_scores(kernel):
+    """LycheeDecode's token path: a dense row leaves the mean over its query heads of q . k at each token's
+    cache slot; listed rows and slots outside the sequence keep what was there."""
+    q, k, v, lengths, starts = left_padded(2, 3, 2, 64, 200, torch.float32)
+    k[k == 1e4] = 0.5  # padding keys: finite, so a wrongly written score would show
+    index = random_index(lengths, 3, 40, 1)
+    dense = [True, False, True]
+    scores = torch.full((2, 3, 200), 7.0)
+    kernel.sparse_decode_attention(
+        q, k, v, lengths, starts, index, 0.2, dense_rows=dense, max_length=200, chunk_tiles=1, scores=scores
+    )
+    expected = torch.full((2, 3, 200), 7.0)
+    group_mean = q.view(2, 3, 2, 64).mean(dim=2)  # [B, Hkv, D]
+    for b in range(2):
+        s = int(starts[b])
+        for r in (0, 2):
+            expected[b, r, s:] = k[b, r, s:] @ group_mean[b, r]
+    torch.testing.assert_close(scores, expected, atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="scores must be float32"):
+        kernel.sparse_decode_attention(q, k, v, lengths, starts, index, 0.2, dense_rows=dense, scores=scores[:, :2])
+
+
 def test_window_index_lists_sink_and_recent_once():
     lengths = torch.tensor([10, 30, 24], dtype=torch.int32)
     index = window_index(lengths, sink=4, recent=20)

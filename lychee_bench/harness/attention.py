@@ -19,7 +19,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
 
     from lychee_bench.methods.base import Method
 
@@ -48,6 +48,9 @@ class DecodeState:
     lengths: list[int] | None = None
     # What a method keeps from one decode step to the next (Quest's page summaries); a prefill empties it.
     persistent: dict[Any, Any] = field(default_factory=dict)
+    # False where the statistics are not wanted (a timed step: bench models its bytes in tasks/latency/traffic.py)
+    # so that the kernels computing them do not run and are not timed.
+    counting: bool = True
 
     def begin_step(self, phase: str, lengths: list[int] | None = None) -> None:
         self.phase = phase
@@ -59,8 +62,13 @@ class DecodeState:
         if phase == "decode":
             self.step += 1
 
-    def count(self, name: str, value: float | torch.Tensor) -> None:
-        """Add to a run statistic; a tensor stays on its device (no sync) until `totals()`."""
+    def count(self, name: str, value: float | torch.Tensor | Callable[[], float | torch.Tensor]) -> None:
+        """Add to a run statistic; a tensor stays on its device (no sync) until `totals()`. Pass a function
+        when the value costs device work: it runs only while `counting`."""
+        if not self.counting:
+            return
+        if callable(value):
+            value = value()
         if isinstance(value, torch.Tensor):
             value = value.detach().double()
         self.counters[name] = self.counters.get(name, 0.0) + value

@@ -125,9 +125,11 @@ class StaticInfo:
 
 @dataclass
 class StaticDecodeState(DecodeState):
-    """A DecodeState that also carries :class:`StaticInfo`; ``begin_step`` leaves ``static`` alone."""
+    """A DecodeState that also carries :class:`StaticInfo`; ``begin_step`` leaves ``static`` alone. It keeps no
+    statistics: its steps are timed, and the bench models the bytes a step reads instead (traffic.py)."""
 
     static: StaticInfo | None = None
+    counting: bool = False
 
 
 class StaticDecoder:

@@ -55,6 +55,7 @@ def _sparse_partials_kernel(
     starts_ptr,
     index_ptr,
     dense_ptr,
+    score_ptr,
     part_acc_ptr,
     part_m_ptr,
     part_l_ptr,
@@ -71,6 +72,8 @@ def _sparse_partials_kernel(
     stride_vs,
     stride_ib,
     stride_ih,
+    stride_sb,
+    stride_sh,
     HS: tl.constexpr,
     ROWS_PER_KV: tl.constexpr,
     GS: tl.constexpr,
@@ -80,6 +83,7 @@ def _sparse_partials_kernel(
     TILE: tl.constexpr,
     DOT_IN_FP32: tl.constexpr,
     INPUT_PRECISION: tl.constexpr,
+    WRITE_SCORES: tl.constexpr,
 ):
     row = tl.program_id(0)
     chunk = tl.program_id(1)
@@ -120,7 +124,12 @@ def _sparse_partials_kernel(
         v = tl.load(v_base + pos[:, None] * stride_vs + d[None, :], mask=valid[:, None], other=0.0)
         if DOT_IN_FP32:
             k = k.to(tl.float32)
-        s = tl.dot(q, tl.trans(k), input_precision=INPUT_PRECISION) * scale_log2e
+        qk = tl.dot(q, tl.trans(k), input_precision=INPUT_PRECISION)
+        if WRITE_SCORES:  # a dense row's mean query . key per token, at its cache slot (the listed rows: none)
+            mean_qk = tl.sum(tl.where(g_valid[:, None], qk, 0.0), axis=0) / GS
+            score_at = score_ptr + b * stride_sb + hs * stride_sh + start + pos
+            tl.store(score_at, mean_qk, mask=valid & (listed_lanes == 0))
+        s = qk * scale_log2e
         s = tl.where(valid[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, axis=1))
         alpha = tl.exp2(m_i - m_new)
@@ -194,6 +203,7 @@ def sparse_decode_attention(
     unit: int = 1,
     max_length: int | None = None,
     chunk_tiles: int | None = None,
+    scores: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Decode attention of ``q`` [B, Hq, D] over the listed positions; returns [B, Hq, D] in q's dtype.
 
@@ -201,7 +211,12 @@ def sparse_decode_attention(
     ``index`` [B, HS, W] int32 (any strides; an expanded row is fine) or None when every row is dense (then
     HS = Hkv). ``dense_rows`` (host, HS flags) marks rows that read all their tokens instead of a list.
     ``max_length`` (host) bounds ``lengths``; it is needed with dense rows to size the grid (default: the
-    cache size). ``chunk_tiles`` (tiles of 64 tokens per program) defaults to about two programs per SM.
+    cache size). ``chunk_tiles`` (tiles of 64 tokens per program) defaults to the rows' total work (dense rows
+    their lengths, listed rows their index width) over about two programs per SM.
+
+    ``scores`` [B, HS, S_max] float32 (optional): each dense row writes, at the cache slot of every token it
+    reads, the unscaled mean over its query heads of q . k (LycheeDecode's token scores, without a second pass
+    over K). Slots it does not read, and listed rows, are left as they were.
     """
     if unit < 1:
         raise ValueError(f"unit {unit} must be >= 1 token per index entry")
@@ -218,9 +233,11 @@ def sparse_decode_attention(
     longest = k_cache.shape[2] if max_length is None else max_length
     row_tokens = max(longest if any(dense) else 0, width * unit if not all(dense) else 0, 1)
     max_tiles = -(-row_tokens // TILE)
-    if chunk_tiles is None:
-        busy_rows = batch * rows
-        chunk_tiles = max(1, -(-busy_rows * max_tiles // default_target_programs(q.device)))
+    if chunk_tiles is None:  # cut the work, not the rows, evenly: a long dense row gets many programs
+        dense_tiles = -(-max(longest, 1) // TILE)
+        listed_tiles = -(-max(width * unit, 1) // TILE)
+        work = batch * sum(dense_tiles if flag else listed_tiles for flag in dense)
+        chunk_tiles = max(1, -(-work // default_target_programs(q.device)))
     num_chunks = -(-max_tiles // chunk_tiles)
     group = hq // rows
     f32 = dict(device=q.device, dtype=torch.float32)
@@ -231,6 +248,14 @@ def sparse_decode_attention(
     dense_flags = _dense_flags(dense, q.device)
     index_arg = index if index is not None else dense_flags  # never read for dense rows
     dot_in_fp32 = _interpreting() or q.dtype == torch.float32
+    score_shape = (batch, rows, k_cache.shape[2])
+    if scores is not None and (
+        scores.dtype != torch.float32 or tuple(scores.shape) != score_shape or scores.stride(-1) != 1
+    ):
+        raise ValueError(
+            f"scores must be float32 [B={batch}, rows={rows}, S={k_cache.shape[2]}] with unit stride last, "
+            f"got {scores.dtype} {tuple(scores.shape)}"
+        )
     _sparse_partials_kernel[(batch * rows, num_chunks)](
         q,
         k_cache,
@@ -239,6 +264,7 @@ def sparse_decode_attention(
         starts,
         index_arg,
         dense_flags,
+        scores if scores is not None else part_m,  # never written without scores
         part_acc,
         part_m,
         part_l,
@@ -255,6 +281,8 @@ def sparse_decode_attention(
         v_cache.stride(2),
         index.stride(0) if index is not None else 0,
         index.stride(1) if index is not None else 0,
+        scores.stride(0) if scores is not None else 0,
+        scores.stride(1) if scores is not None else 0,
         HS=rows,
         ROWS_PER_KV=rows // hkv,
         GS=group,
@@ -264,6 +292,7 @@ def sparse_decode_attention(
         TILE=TILE,
         DOT_IN_FP32=dot_in_fp32,
         INPUT_PRECISION="ieee" if dot_in_fp32 else "tf32",
+        WRITE_SCORES=scores is not None,
         num_warps=WARPS,
         num_stages=STAGES,
     )

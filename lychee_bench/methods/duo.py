@@ -116,7 +116,7 @@ class DuoAttention(KernelPath, Method):
         window = sink_and_recent(valid, self.config.sink, self.config.recent)
         keep = torch.where(retrieval[None, :, None], valid[:, None, :], window[:, None, :])  # [B, Hkv, S]
         state.layer_data[("keep", layer_idx)] = keep
-        state.count("kv_tokens_read", keep.sum())
+        state.count("kv_tokens_read", keep.sum)
         return masked_decode_attention(query, key, value, keep, scaling)
 
     def _decode_triton(
@@ -136,7 +136,9 @@ class DuoAttention(KernelPath, Method):
         if pattern is None:  # host flags per layer, read once
             pattern = self._patterns[layer_idx] = tuple(self.roles.retrieval[layer_idx].tolist())
         retrieval = sum(pattern)
-        windowed = (window >= 0).sum() * (len(pattern) - retrieval)
-        state.count("kv_tokens_read", geometry.lengths.sum() * retrieval + windowed)
+        state.count(
+            "kv_tokens_read",
+            lambda: geometry.lengths.sum() * retrieval + (window >= 0).sum() * (len(pattern) - retrieval),
+        )
         index = window[:, None, :].expand(-1, key.shape[1], -1)
         return attend(query, key, value, scaling, geometry, index, dense_rows=pattern)

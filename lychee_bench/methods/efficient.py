@@ -90,8 +90,10 @@ def attend(
     *,
     dense_rows: Sequence[bool] | None = None,
     unit: int = 1,
+    scores: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The shared kernel on the engine's shapes: query [B, Hq, 1, D] -> [B, Hq, 1, D]. `index` None: dense."""
+    """The shared kernel on the engine's shapes: query [B, Hq, 1, D] -> [B, Hq, 1, D]. `index` None: dense.
+    `scores`: the dense rows' token scores are written there (see sparse_decode_attention)."""
     from lychee_bench.kernels.sparse_decode import sparse_decode_attention
 
     out = sparse_decode_attention(
@@ -105,6 +107,7 @@ def attend(
         dense_rows=dense_rows,
         unit=unit,
         max_length=geometry.longest,
+        scores=scores,
     )
     return out[:, :, None, :]
 

@@ -170,12 +170,12 @@ class Kascade(KernelPath, Method):
             if layer_idx == 0:
                 keep = valid[:, None, :].expand(-1, num_kv_heads, -1)
             # An anchor scores every cached key, so it reads the whole cache.
-            state.count("kv_tokens_read", valid.sum() * num_kv_heads)
+            state.count("kv_tokens_read", lambda: valid.sum() * num_kv_heads)
         else:
             if SLOT not in state.slots:
                 raise RuntimeError(f"kascade layer {layer_idx} reuses a set, but no anchor layer has run this step")
             keep = state.slots[SLOT].index_select(1, self.head_map(key.device)[layer_idx])
-            state.count("kv_tokens_read", keep.sum())
+            state.count("kv_tokens_read", keep.sum)
         state.layer_data[("keep", layer_idx)] = keep
         return masked_decode_attention(query, key, value, keep, scaling)
 
@@ -195,10 +195,10 @@ class Kascade(KernelPath, Method):
         if layer_idx in self.anchors.anchors:
             index = self.select_index(query, key, valid, scaling, geometry)
             state.slots[SLOT] = index
-            state.count("kv_tokens_read", geometry.lengths.sum() * key.shape[1])  # the anchor scores every key
+            state.count("kv_tokens_read", lambda: geometry.lengths.sum() * key.shape[1])  # the anchor scores every key
             return attend(query, key, value, scaling, geometry, None if layer_idx == 0 else index)
         if SLOT not in state.slots:
             raise RuntimeError(f"kascade layer {layer_idx} reuses a set, but no anchor layer has run this step")
         index = state.slots[SLOT].index_select(1, self.head_map(key.device)[layer_idx])
-        state.count("kv_tokens_read", rows_read(index, 1, geometry.lengths).sum())
+        state.count("kv_tokens_read", lambda: rows_read(index, 1, geometry.lengths).sum())
         return attend(query, key, value, scaling, geometry, index)

@@ -174,7 +174,7 @@ class LycheeDecode(KernelPath, Method):
                 if h not in state.slots:
                     raise RuntimeError(f"sparse head {h} of layer {layer_idx} has an empty slot; layer 0 must fill it")
                 keep[:, h] = state.slots[h]
-        state.count("kv_tokens_read", keep.sum())
+        state.count("kv_tokens_read", keep.sum)
         return masked_decode_attention(query, key, value, keep, scaling)
 
     def _head_index(self, layer_idx: int, heads: list[int], device: torch.device) -> torch.Tensor:
@@ -218,7 +218,8 @@ class LycheeDecode(KernelPath, Method):
                 step["lengths_host"], roles, key.shape[2], step["budget_blocks"], key.device
             )
         read_by_sparse = None
-        if not all(pattern):  # the blocks the sparse heads read: the slots as they are before this layer writes
+        # The blocks the sparse heads read: the slots as they are before this layer writes.
+        if state.counting and not all(pattern):
             blocks = state.slots.get("blocks")
             if blocks is not None:
                 read_by_sparse = (
@@ -255,13 +256,13 @@ class LycheeDecode(KernelPath, Method):
         state: DecodeState,
     ) -> torch.Tensor:
         """Token granularity on the shared position-list kernel (kernels/sparse_decode.py): retrieval heads are
-        dense rows (scored in torch, so they read K twice), sparse heads read the position list in their slot:
-        the sink and recent window, then the top-scoring tokens, exactly the reference's sets."""
+        dense rows that also leave their token scores (mean query . key) for the top-k, so K is read once; sparse
+        heads read the position list in their slot: the sink and recent window, then the top-scoring tokens,
+        exactly the reference's sets."""
         cfg = self.config
         geometry = step_geometry(valid, state)
         pattern = tuple(self.roles.retrieval[layer_idx].tolist())
-        batch, num_heads, _, head_dim = query.shape
-        num_kv_heads = key.shape[1]
+        batch, num_kv_heads, cache_len = query.shape[0], key.shape[1], key.shape[2]
         step = state.layer_data.get("lychee_token")
         if step is None:  # once per decode step: the forced window, its mask and the per-sequence top-k sizes
             window = step_window(state, geometry, cfg.sink, cfg.recent)
@@ -270,24 +271,33 @@ class LycheeDecode(KernelPath, Method):
             shortest = min(geometry.lengths_host)
             width = max(1, bound - min(shortest, cfg.sink + cfg.recent))
             free = (self.budget_for(valid) - geometry.lengths.long().clamp(max=cfg.sink + cfg.recent)).clamp(min=0)
-            step = {"window": window, "forced": forced, "width": width, "free": free}
+            unused = torch.full_like(window[:, :1], -1).expand(-1, window.shape[1] + min(width, cache_len))
+            step = {"window": window, "forced": forced, "width": width, "free": free, "unused": unused}
             state.layer_data["lychee_token"] = step
-        group = num_heads // num_kv_heads
-        for h in [h for h in range(num_kv_heads) if pattern[h]]:
-            mean_query = query[:, h * group : (h + 1) * group, 0].float().mean(dim=1)  # [B, D]
-            scores = torch.einsum("bd,bsd->bs", mean_query, key[:, h].float())
-            scores = scores.masked_fill(~valid | step["forced"], float("-inf"))
-            top = top_index(scores[:, None, :], step["width"], geometry.starts)[:, 0]
-            rank = torch.arange(top.shape[-1], device=top.device)
-            top = top.masked_fill(rank[None, :] >= step["free"][:, None], -1)
-            state.slots[h] = torch.cat([step["window"], top], dim=-1)
+        retrieval = [h for h in range(num_kv_heads) if pattern[h]]
         missing = [h for h in range(num_kv_heads) if not pattern[h] and h not in state.slots]
         if missing:
             raise RuntimeError(f"sparse heads {missing} of layer {layer_idx} have empty slots; layer 0 must fill them")
-        index = torch.stack([state.slots[h] for h in range(num_kv_heads)], dim=1)
-        read = rows_read(index, 1, geometry.lengths) * self._sparse_mask(layer_idx, pattern, key.device)
-        state.count("kv_tokens_read", geometry.lengths.sum() * sum(pattern) + read.sum())
-        return attend(query, key, value, scaling, geometry, index, dense_rows=pattern)
+        scores = None
+        if retrieval:  # the dense rows leave their token scores here (the kernel's q . k: K is read once)
+            if "scores" not in step:
+                step["scores"] = torch.empty(batch, num_kv_heads, cache_len, device=key.device)
+            scores = step["scores"]
+        if all(pattern):
+            index = None
+        else:  # the sparse heads' lists; a dense row's entry is never read
+            index = torch.stack([state.slots.get(h, step["unused"]) for h in range(num_kv_heads)], dim=1)
+            sparse = self._sparse_mask(layer_idx, pattern, key.device)
+            state.count("kv_tokens_read", lambda: (rows_read(index, 1, geometry.lengths) * sparse).sum())
+        state.count("kv_tokens_read", lambda: geometry.lengths.sum() * len(retrieval))
+        out = attend(query, key, value, scaling, geometry, index, dense_rows=pattern, scores=scores)
+        for h in retrieval:  # the retrieval heads choose for the sparse heads of the layers after this one
+            chosen = scores[:, h].masked_fill(~valid | step["forced"], float("-inf"))
+            top = top_index(chosen[:, None, :], step["width"], geometry.starts)[:, 0]
+            rank = torch.arange(top.shape[-1], device=top.device)
+            top = top.masked_fill(rank[None, :] >= step["free"][:, None], -1)
+            state.slots[h] = torch.cat([step["window"], top], dim=-1)
+        return out
 
     def _sparse_mask(self, layer_idx: int, pattern: tuple[bool, ...], device: torch.device) -> torch.Tensor:
         """[Hkv] 1 for the layer's sparse heads, on the device, made once per layer."""

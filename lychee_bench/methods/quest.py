@@ -136,7 +136,7 @@ class QuestAttention(KernelPath, Method):
             keep = self.select(query, key, valid, state.host_lengths(valid))
         state.layer_data[("keep", layer_idx)] = keep
         per_kv = keep.view(keep.shape[0], num_kv_heads, -1, keep.shape[-1]).any(dim=2)
-        state.count("kv_tokens_read", per_kv.sum())
+        state.count("kv_tokens_read", per_kv.sum)
         return masked_decode_attention(query, key, value, keep, scaling)
 
     def _decode_triton(
@@ -152,13 +152,13 @@ class QuestAttention(KernelPath, Method):
         geometry = step_geometry(valid, state)
         num_kv_heads = key.shape[1]
         if layer_idx < self.config.dense_layers:
-            state.count("kv_tokens_read", geometry.lengths.sum() * num_kv_heads)
+            state.count("kv_tokens_read", lambda: geometry.lengths.sum() * num_kv_heads)
             return attend(query, key, value, scaling, geometry, None)
         low, high = self._bounds(layer_idx, key, valid, geometry, state)
         index = self.select_pages(query, low, high, geometry)
         # The page table is read whole (both bounds, float32); the union of the group's pages per KV head.
         state.count("quest_summary_pages", float(low.shape[0] * num_kv_heads * low.shape[2]))
-        state.count("kv_tokens_read", self._pages_to_tokens(index, num_kv_heads, key.shape[2], geometry))
+        state.count("kv_tokens_read", lambda: self._pages_to_tokens(index, num_kv_heads, key.shape[2], geometry))
         return attend(query, key, value, scaling, geometry, index, unit=self.config.page_size)
 
     def _bounds(

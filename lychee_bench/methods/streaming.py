@@ -57,8 +57,8 @@ class StreamingAttention(KernelPath, Method):
         if self.path == "triton":
             geometry = step_geometry(valid, state)
             window = step_window(state, geometry, self.config.sink, self.config.recent)  # same in every layer
-            state.count("kv_tokens_read", (window >= 0).sum() * key.shape[1])
+            state.count("kv_tokens_read", lambda: (window >= 0).sum() * key.shape[1])
             return attend(query, key, value, scaling, geometry, window[:, None, :].expand(-1, key.shape[1], -1))
         keep = sink_and_recent(valid, self.config.sink, self.config.recent)
-        state.count("kv_tokens_read", keep.sum() * key.shape[1])
+        state.count("kv_tokens_read", lambda: keep.sum() * key.shape[1])
         return masked_decode_attention(query, key, value, keep[:, None, :].expand(-1, key.shape[1], -1), scaling)

@@ -192,7 +192,7 @@ class TidalDecode(KernelPath, Method):
         state.layer_data[("keep", layer_idx)] = keep
         # K/V rows read: the union of the group's sets per KV head.
         per_kv = keep.view(keep.shape[0], num_kv_heads, -1, keep.shape[-1]).any(dim=2)
-        state.count("kv_tokens_read", per_kv.sum())
+        state.count("kv_tokens_read", per_kv.sum)
         return masked_decode_attention(query, key, value, keep, scaling)
 
     def _decode_triton(
@@ -214,13 +214,13 @@ class TidalDecode(KernelPath, Method):
                 scores = self.scores(query, key).masked_fill(~valid[:, None, :], float("-inf"))
                 index = top_index(scores, self.config.budget, geometry.starts)
                 state.slots[SLOT] = index
-                # Counted once per selection and reused by every layer that reads this set.
-                state.layer_data["tidal_rows"] = distinct_rows(index, num_kv_heads, key.shape[2])
-            state.count("kv_tokens_read", geometry.lengths.sum() * num_kv_heads)
+                if state.counting:  # counted once per selection, reused by every layer that reads this set
+                    state.layer_data["tidal_rows"] = distinct_rows(index, num_kv_heads, key.shape[2])
+            state.count("kv_tokens_read", lambda: geometry.lengths.sum() * num_kv_heads)
             return attend(query, key, value, scaling, geometry, None)
         if SLOT not in state.slots:
             raise RuntimeError(f"tidal layer {layer_idx} reuses a set, but selection layer has not run this step")
         # K/V rows read: the union of the group's sets per KV head, as the reference counts them (the kernel
         # reads each query head's list, so overlapping positions are fetched again, mostly from L2).
-        state.count("kv_tokens_read", state.layer_data["tidal_rows"])
+        state.count("kv_tokens_read", lambda: state.layer_data["tidal_rows"])
         return attend(query, key, value, scaling, geometry, state.slots[SLOT])
