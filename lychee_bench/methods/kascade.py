@@ -76,6 +76,17 @@ def group_probabilities(query: torch.Tensor, key: torch.Tensor, valid: torch.Ten
     return torch.softmax(logits, dim=-1).sum(dim=2)
 
 
+def group_probabilities_kernel(query: torch.Tensor, key: torch.Tensor, geometry: Any, scaling: float) -> torch.Tensor:
+    """`group_probabilities` with the logits from one pass over K in its own dtype (kernels/token_logits.py;
+    they are -inf outside the real tokens already)."""
+    from lychee_bench.kernels.token_logits import token_logits
+
+    batch, num_heads = query.shape[:2]
+    logits = token_logits(query[:, :, 0], key, geometry.lengths, geometry.starts)
+    logits = logits.view(batch, key.shape[1], num_heads // key.shape[1], -1) * scaling
+    return torch.softmax(logits, dim=-1).sum(dim=2)
+
+
 class Kascade(KernelPath, Method):
     """Anchor layers select top-k by pooled post-softmax probability; reuse layers borrow it via a head map."""
 
@@ -142,8 +153,10 @@ class Kascade(KernelPath, Method):
     def select_index(
         self, query: torch.Tensor, key: torch.Tensor, valid: torch.Tensor, scaling: float, geometry: Any
     ) -> torch.Tensor:
-        """The same sets as `select`, as position lists [B, Hkv, k_max] (-1 past each sequence's own k)."""
-        scores = group_probabilities(query, key, valid, scaling).masked_fill(~valid[:, None, :], float("-inf"))
+        """The same sets as `select`, as position lists [B, Hkv, k_max] (-1 past each sequence's own k); the
+        efficient path's scoring (the logits kernel)."""
+        scores = group_probabilities_kernel(query, key, geometry, scaling)
+        scores = scores.masked_fill(~valid[:, None, :], float("-inf"))
         bound = max(self.config.tokens_for(n) for n in geometry.lengths_host)
         index = top_index(scores, bound, geometry.starts)
         rank = torch.arange(index.shape[-1], device=index.device)

@@ -164,13 +164,15 @@ class QuestAttention(KernelPath, Method):
     def _bounds(
         self, layer_idx: int, key: torch.Tensor, valid: torch.Tensor, geometry: StepGeometry, state: DecodeState
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The layer's page bounds [B, Hkv, P, D] (float32), kept in `state.persistent` across steps: built whole
-        when missing or too short, else only the page holding each sequence's newest token is recomputed."""
+        """The layer's page bounds [B, Hkv, P, D] in the cache's dtype (a min or max of keys is one of the keys,
+        so nothing is rounded), kept in `state.persistent` across steps: built whole when missing or too short,
+        else only the page holding each sequence's newest token is recomputed."""
         page = self.config.page_size
         pages = max(1, -(-geometry.longest // page))
         kept = state.persistent.get(("quest", layer_idx))
         if kept is None or kept[0].shape[2] < pages:
             low, high, _, _ = page_bounds(key, valid, page, geometry.longest)
+            low, high = low.to(key.dtype), high.to(key.dtype)
             state.persistent[("quest", layer_idx)] = (low, high)
             return low, high
         low, high = kept
@@ -178,7 +180,7 @@ class QuestAttention(KernelPath, Method):
         offsets = last[:, None] * page + torch.arange(page, device=key.device)[None, :]  # [B, page] relative
         inside = offsets < geometry.lengths.long()[:, None]
         rows = (geometry.starts.long()[:, None] + offsets).clamp(max=key.shape[2] - 1)
-        gathered = key.gather(2, rows[:, None, :, None].expand(-1, key.shape[1], -1, key.shape[3])).float()
+        gathered = key.gather(2, rows[:, None, :, None].expand(-1, key.shape[1], -1, key.shape[3]))
         mask = inside[:, None, :, None]
         new_low = gathered.masked_fill(~mask, float("inf")).amin(2)  # [B, Hkv, D]
         new_high = gathered.masked_fill(~mask, float("-inf")).amax(2)
@@ -192,17 +194,21 @@ class QuestAttention(KernelPath, Method):
     ) -> torch.Tensor:
         """[B, Hq, budget // page_size] page indices per query head (the newest page last, -1 unused): the same
         pages as `select`, or all pages of a sequence that fits the budget."""
+        from lychee_bench.kernels.token_logits import token_logits
+
         cfg = self.config
-        batch, num_heads, _, head_dim = query.shape
-        num_kv_heads = low.shape[1]
-        q = query.float().view(batch, num_kv_heads, num_heads // num_kv_heads, head_dim)
-        scores = torch.einsum("bhgd,bhpd->bhgp", q.clamp(min=0), high) + torch.einsum(
-            "bhgd,bhpd->bhgp", q.clamp(max=0), low
-        )
-        scores = scores.reshape(batch, num_heads, -1)
+        batch, num_heads = query.shape[:2]
         count = geometry.lengths.long()
-        pages = torch.arange(scores.shape[-1], device=scores.device)
         num_pages = (count + cfg.page_size - 1) // cfg.page_size  # [B]
+        # The bound as two products over the kept pages (q+ . max + q- . min), each in one pass over the bounds;
+        # -inf past a sequence's pages.
+        q = query[:, :, 0]
+        first = torch.zeros_like(geometry.starts)
+        pages_held = num_pages.to(torch.int32)
+        scores = token_logits(q.clamp(min=0), high, pages_held, first) + token_logits(
+            q.clamp(max=0), low, pages_held, first
+        )
+        pages = torch.arange(scores.shape[-1], device=scores.device)
         last = num_pages - 1
         allowed = (pages[None, :] < last[:, None])[:, None, :]  # existing pages other than the newest
         width = cfg.budget // cfg.page_size

@@ -211,7 +211,11 @@ class TidalDecode(KernelPath, Method):
         num_kv_heads = key.shape[1]
         if role != "reuse":
             if role == "select":
-                scores = self.scores(query, key).masked_fill(~valid[:, None, :], float("-inf"))
+                from lychee_bench.kernels.token_logits import token_logits
+
+                # self.scores' logits in one pass over K (no float32 copy), -inf outside the real tokens
+                mean = self.config.per_kv_head
+                scores = token_logits(query[:, :, 0], key, geometry.lengths, geometry.starts, mean=mean)
                 index = top_index(scores, self.config.budget, geometry.starts)
                 state.slots[SLOT] = index
                 if state.counting:  # counted once per selection, reused by every layer that reads this set
