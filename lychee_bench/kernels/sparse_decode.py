@@ -17,10 +17,11 @@ all of the sequence's ``lengths`` tokens in order, with no index (DuoAttention's
 must not repeat: a position listed twice would count twice.
 
 Work. Every row is cut into chunks of ``chunk_tiles`` tiles of ``TILE`` tokens; one program per (row, chunk)
-leaves a partial (running max, sum of exponentials, unnormalised output), and one program per row merges
-its partials. The grid depends only on host numbers (batch, rows, index width, the longest sequence), so a
-decode step with it can be captured in a CUDA graph. Runs under ``TRITON_INTERPRET=1`` on CPU, where the dot
-operands are upcast to float32 (the interpreter's bfloat16 ``tl.dot`` is wrong, see lychee_triton.py).
+leaves a partial (running max, sum of exponentials, unnormalised output), and one program per (row, 32 head
+dims) merges the partials of the chunks that hold the row's tokens. The grid depends only on host numbers
+(batch, rows, index width, the longest sequence), so a decode step with it can be captured in a CUDA graph.
+Runs under ``TRITON_INTERPRET=1`` on CPU, where the dot operands are upcast to float32 (the interpreter's
+bfloat16 ``tl.dot`` is wrong, see lychee_triton.py).
 """
 
 from __future__ import annotations
@@ -32,18 +33,13 @@ import triton
 import triton.language as tl
 
 from lychee_bench.kernels.lychee_plan import SUPPORTED_HEAD_DIMS, default_target_programs
-from lychee_bench.kernels.lychee_triton import (
-    LOG2E,
-    SUPPORTED_DTYPES,
-    _interpreting,
-    _merge_range,
-    _store_out,
-)
+from lychee_bench.kernels.lychee_triton import LOG2E, SUPPORTED_DTYPES, _interpreting
 
 TILE = 64  # tokens per loop step
 WARPS = 4
 STAGES = 3
 MERGE_ROWS = 64  # partial rows (chunks x query heads) per merge load
+MERGE_DIMS = 32  # head dims per merge program: a long row's many chunks are merged by D / 32 programs
 
 
 @triton.jit
@@ -153,21 +149,58 @@ def _sparse_merge_kernel(
     part_acc_ptr,
     part_m_ptr,
     part_l_ptr,
+    lengths_ptr,
+    dense_ptr,
     out_ptr,
     num_chunks,
+    width,
+    chunk_tiles,
     stride_ob,
     stride_oh,
     HS: tl.constexpr,
     GS: tl.constexpr,
     GM: tl.constexpr,
     D: tl.constexpr,
+    DS: tl.constexpr,
+    UNIT: tl.constexpr,
+    TILE: tl.constexpr,
     MERGE_TILE: tl.constexpr,
 ):
+    """One program per (row, slice of DS head dims): a log-sum-exp merge of the chunks that hold the row's
+    tokens (a listed row's index is short: its later chunks are empty and not read)."""
     row = tl.program_id(0)
-    m, l_sum, acc = _merge_range(
-        part_acc_ptr, part_m_ptr, part_l_ptr, row * num_chunks, num_chunks, GS, GM, D, MERGE_TILE
-    )
-    _store_out(out_ptr, (row // HS).to(tl.int64), row % HS, l_sum, acc, stride_ob, stride_oh, GS, GM, D)
+    d0 = tl.program_id(1) * DS
+    b = (row // HS).to(tl.int64)
+    hs = row % HS
+    length = tl.load(lengths_ptr + b)
+    row_tokens = tl.where(tl.load(dense_ptr + hs) != 0, length, width * UNIT)
+    count = tl.maximum(1, tl.minimum(num_chunks, tl.cdiv(tl.cdiv(row_tokens, TILE), chunk_tiles)))
+    first = row * num_chunks
+    p = tl.arange(0, MERGE_TILE)[:, None]
+    g = tl.arange(0, GM)[None, :]
+    d = d0 + tl.arange(0, DS)[None, None, :]
+    m = tl.full([GM], -1.0e30, tl.float32)
+    l_sum = tl.zeros([GM], tl.float32)
+    acc = tl.zeros([GM, DS], tl.float32)
+    for start in range(0, count, MERGE_TILE):
+        present = (start + p < count) & (g < GS)
+        part = (first + start + p).to(tl.int64) * GS + g
+        # .cg: read from L2, where the other programs' stores landed (L1 is not coherent across SMs).
+        m_c = tl.load(part_m_ptr + part, mask=present, other=-1.0e30, cache_modifier=".cg")
+        l_c = tl.load(part_l_ptr + part, mask=present, other=0.0, cache_modifier=".cg")
+        acc_c = tl.load(
+            part_acc_ptr + part[:, :, None] * D + d, mask=present[:, :, None], other=0.0, cache_modifier=".cg"
+        )
+        m_new = tl.maximum(m, tl.max(m_c, axis=0))
+        keep = tl.exp2(m - m_new)
+        take = tl.exp2(m_c - m_new[None, :])
+        l_sum = l_sum * keep + tl.sum(l_c * take, axis=0)
+        acc = acc * keep[:, None] + tl.sum(acc_c * take[:, :, None], axis=0)
+        m = m_new
+    gs = tl.arange(0, GM)
+    out = acc / tl.where(l_sum > 0, l_sum, 1.0)[:, None]
+    pointers = out_ptr + b * stride_ob + (hs * GS + gs)[:, None] * stride_oh + (d0 + tl.arange(0, DS))[None, :]
+    tl.store(pointers, out.to(out_ptr.dtype.element_ty), mask=(gs < GS)[:, None])
 
 
 def _check(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, rows: int) -> None:
@@ -296,18 +329,25 @@ def sparse_decode_attention(
         num_warps=WARPS,
         num_stages=STAGES,
     )
-    _sparse_merge_kernel[(batch * rows,)](
+    _sparse_merge_kernel[(batch * rows, dim // MERGE_DIMS)](
         part_acc,
         part_m,
         part_l,
+        lengths,
+        dense_flags,
         out,
         num_chunks,
+        width,
+        chunk_tiles,
         out.stride(0),
         out.stride(1),
         HS=rows,
         GS=group,
         GM=triton.next_power_of_2(group),
         D=dim,
+        DS=MERGE_DIMS,
+        UNIT=unit,
+        TILE=TILE,
         MERGE_TILE=max(1, MERGE_ROWS // triton.next_power_of_2(group)),
         num_warps=WARPS,
     )

@@ -132,11 +132,12 @@ def step_window(state: DecodeState, geometry: StepGeometry, sink: int, recent: i
     return window
 
 
-def top_index(scores: torch.Tensor, k: int, starts: torch.Tensor) -> torch.Tensor:
+def top_index(scores: torch.Tensor, k: int, starts: torch.Tensor, ranked: bool = True) -> torch.Tensor:
     """[B, H, min(k, S)] int32: the top-``k`` positions of ``scores`` [B, H, S] (absolute cache positions, -inf
     where not allowed), counted from each sequence's first real token (``starts`` [B]); -1 where fewer than
-    ``k`` positions are allowed. Same choice as torch.topk on the same scores."""
-    top = torch.topk(scores, min(k, scores.shape[-1]), dim=-1)
+    ``k`` positions are allowed. Same choice as torch.topk on the same scores; in rank order only when
+    ``ranked`` (a caller that cuts the list per sequence needs it; sorting a long list costs time)."""
+    top = torch.topk(scores, min(k, scores.shape[-1]), dim=-1, sorted=ranked)
     relative = top.indices - starts.to(top.indices.dtype)[:, None, None]
     return torch.where(top.values > float("-inf"), relative, torch.full_like(relative, -1)).to(torch.int32)
 

@@ -158,7 +158,11 @@ class Kascade(KernelPath, Method):
         scores = group_probabilities_kernel(query, key, geometry, scaling)
         scores = scores.masked_fill(~valid[:, None, :], float("-inf"))
         bound = max(self.config.tokens_for(n) for n in geometry.lengths_host)
-        index = top_index(scores, bound, geometry.starts)
+        # A fixed k that every sequence holds cuts no list: the top-k set needs no rank order.
+        cut = self.config.budget is None or min(geometry.lengths_host) < self.config.budget
+        index = top_index(scores, bound, geometry.starts, ranked=cut)
+        if not cut:
+            return index
         rank = torch.arange(index.shape[-1], device=index.device)
         beyond = rank[None, None, :] >= self.token_budget(valid)[:, None, None]
         return index.masked_fill(beyond, -1)

@@ -271,8 +271,12 @@ class LycheeDecode(KernelPath, Method):
             shortest = min(geometry.lengths_host)
             width = max(1, bound - min(shortest, cfg.sink + cfg.recent))
             free = (self.budget_for(valid) - geometry.lengths.long().clamp(max=cfg.sink + cfg.recent)).clamp(min=0)
+            # With one fixed budget and no sequence short of it, no list is cut per sequence: rank order unneeded.
+            cut = cfg.budget_ratio is not None or any(
+                cfg.budget - min(n, cfg.sink + cfg.recent) < min(width, cache_len) for n in geometry.lengths_host
+            )
             unused = torch.full_like(window[:, :1], -1).expand(-1, window.shape[1] + min(width, cache_len))
-            step = {"window": window, "forced": forced, "width": width, "free": free, "unused": unused}
+            step = {"window": window, "forced": forced, "width": width, "free": free, "unused": unused, "cut": cut}
             state.layer_data["lychee_token"] = step
         retrieval = [h for h in range(num_kv_heads) if pattern[h]]
         missing = [h for h in range(num_kv_heads) if not pattern[h] and h not in state.slots]
@@ -293,9 +297,10 @@ class LycheeDecode(KernelPath, Method):
         out = attend(query, key, value, scaling, geometry, index, dense_rows=pattern, scores=scores)
         for h in retrieval:  # the retrieval heads choose for the sparse heads of the layers after this one
             chosen = scores[:, h].masked_fill(~valid | step["forced"], float("-inf"))
-            top = top_index(chosen[:, None, :], step["width"], geometry.starts)[:, 0]
-            rank = torch.arange(top.shape[-1], device=top.device)
-            top = top.masked_fill(rank[None, :] >= step["free"][:, None], -1)
+            top = top_index(chosen[:, None, :], step["width"], geometry.starts, ranked=step["cut"])[:, 0]
+            if step["cut"]:
+                rank = torch.arange(top.shape[-1], device=top.device)
+                top = top.masked_fill(rank[None, :] >= step["free"][:, None], -1)
             state.slots[h] = torch.cat([step["window"], top], dim=-1)
         return out
 

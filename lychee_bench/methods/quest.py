@@ -215,7 +215,7 @@ class QuestAttention(KernelPath, Method):
         k = min(width - 1, scores.shape[-1])
         chosen = torch.empty(batch, num_heads, 0, dtype=torch.long, device=scores.device)
         if k > 0:
-            top = torch.topk(scores.masked_fill(~allowed, float("-inf")), k, dim=-1)
+            top = torch.topk(scores.masked_fill(~allowed, float("-inf")), k, dim=-1, sorted=False)  # a set
             chosen = torch.where(top.values > float("-inf"), top.indices, -1)
         newest = last[:, None, None].expand(-1, num_heads, 1)
         selected = torch.cat([chosen, newest], dim=-1)

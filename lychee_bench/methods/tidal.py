@@ -216,7 +216,7 @@ class TidalDecode(KernelPath, Method):
                 # self.scores' logits in one pass over K (no float32 copy), -inf outside the real tokens
                 mean = self.config.per_kv_head
                 scores = token_logits(query[:, :, 0], key, geometry.lengths, geometry.starts, mean=mean)
-                index = top_index(scores, self.config.budget, geometry.starts)
+                index = top_index(scores, self.config.budget, geometry.starts, ranked=False)  # a set
                 state.slots[SLOT] = index
                 if state.counting:  # counted once per selection, reused by every layer that reads this set
                     state.layer_data["tidal_rows"] = distinct_rows(index, num_kv_heads, key.shape[2])
