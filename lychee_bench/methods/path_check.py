@@ -91,8 +91,16 @@ def check_method(
         "relative": relative,
         "kv_read_reference": reads["reference"],
         "kv_read_triton": reads["triton"],
-        "ok": relative <= TOLERANCE[dtype] and reads["reference"] == reads["triton"],
+        "ok": relative <= TOLERANCE[dtype] and _same_reads(reads["reference"], reads["triton"], dtype),
     }
+
+
+def _same_reads(reference: float, triton: float, dtype: torch.dtype) -> bool:
+    """Equal K/V-row counts; in 16-bit types a near-tie at a top-k cut may go the other way (both paths score in
+    float32, summing in another order), so a difference of at most 0.01% is accepted there."""
+    if dtype == torch.float32:
+        return reference == triton
+    return abs(reference - triton) <= 1e-4 * max(reference, 1.0)
 
 
 def efficient_entries(entries: list[str]) -> list[str]:
