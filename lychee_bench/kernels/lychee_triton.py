@@ -69,15 +69,26 @@ def _interpreting() -> bool:
 
 @triton.jit
 def _merge_range(
-    acc_ptr, m_ptr, l_ptr, first, count, G: tl.constexpr, GM: tl.constexpr, D: tl.constexpr, TILE: tl.constexpr
+    acc_ptr,
+    m_ptr,
+    l_ptr,
+    first,
+    count,
+    G: tl.constexpr,
+    GM: tl.constexpr,
+    D: tl.constexpr,
+    TILE: tl.constexpr,
+    d0,
+    DS: tl.constexpr,
 ):
-    """Log-sum-exp merge of partial rows ``first .. first+count-1`` ([rows, G] m and l, [rows, G, D] acc)."""
+    """Log-sum-exp merge of partial rows ``first .. first+count-1`` ([rows, G] m and l, [rows, G, D] acc), over
+    head dims ``d0 .. d0+DS-1`` (the whole head: 0 and D)."""
     p = tl.arange(0, TILE)[:, None]
     g = tl.arange(0, GM)[None, :]
-    d = tl.arange(0, D)[None, None, :]
+    d = d0 + tl.arange(0, DS)[None, None, :]
     m = tl.full([GM], -1.0e30, tl.float32)
     l_sum = tl.zeros([GM], tl.float32)
-    acc = tl.zeros([GM, D], tl.float32)
+    acc = tl.zeros([GM, DS], tl.float32)
     for start in range(0, count, TILE):
         present = (start + p < count) & (g < G)
         row = (first + start + p).to(tl.int64) * G + g
@@ -105,9 +116,12 @@ def _store_rows(acc_ptr, m_ptr, l_ptr, row, m, l_sum, acc, G: tl.constexpr, GM: 
 
 
 @triton.jit
-def _store_out(out_ptr, b, h, l_sum, acc, stride_ob, stride_oh, G: tl.constexpr, GM: tl.constexpr, D: tl.constexpr):
+def _store_out(
+    out_ptr, b, h, l_sum, acc, stride_ob, stride_oh, G: tl.constexpr, GM: tl.constexpr, d0, DS: tl.constexpr
+):
+    """Normalised output of KV head ``h``'s query heads, head dims ``d0 .. d0+DS-1``."""
     g = tl.arange(0, GM)
-    d = tl.arange(0, D)
+    d = d0 + tl.arange(0, DS)
     out = acc / tl.where(l_sum > 0, l_sum, 1.0)[:, None]
     pointers = out_ptr + b.to(tl.int64) * stride_ob + (h * G + g)[:, None] * stride_oh + d[None, :]
     tl.store(pointers, out.to(out_ptr.dtype.element_ty), mask=(g < G)[:, None])
@@ -364,7 +378,7 @@ def _decode_layer_kernel(
         if ticket == group_items - 1:
             tl.atomic_xchg(tickets_ptr + group_base + group, 0)
             m, l_sum, acc_m = _merge_range(
-                part_acc_ptr, part_m_ptr, part_l_ptr, group_first, group_items, G, GM, D, MERGE_TILE
+                part_acc_ptr, part_m_ptr, part_l_ptr, group_first, group_items, G, GM, D, MERGE_TILE, 0, D
             )
             done = head_groups == 1
             if head_groups > 1:
@@ -375,10 +389,10 @@ def _decode_layer_kernel(
                 if done:
                     tl.atomic_xchg(tickets_ptr + num_groups + head, 0)
                     m, l_sum, acc_m = _merge_range(
-                        group_acc_ptr, group_m_ptr, group_l_ptr, group_base, head_groups, G, GM, D, MERGE_TILE
+                        group_acc_ptr, group_m_ptr, group_l_ptr, group_base, head_groups, G, GM, D, MERGE_TILE, 0, D
                     )
             if done:
-                _store_out(out_ptr, b, h, l_sum, acc_m, stride_ob, stride_oh, G, GM, D)
+                _store_out(out_ptr, b, h, l_sum, acc_m, stride_ob, stride_oh, G, GM, 0, D)
                 if FINISH >= 2:
                     if is_retrieval:
                         slot_row = slots_out_ptr + b * stride_jb + h * stride_jh
@@ -407,8 +421,8 @@ def _merge_heads_kernel(
     head = tl.program_id(0)
     first = tl.load(offsets_ptr + head)
     count = tl.load(counts_ptr + head)
-    m, l_sum, acc = _merge_range(part_acc_ptr, part_m_ptr, part_l_ptr, first, count, G, GM, D, MERGE_TILE)
-    _store_out(out_ptr, (head // HKV).to(tl.int64), head % HKV, l_sum, acc, stride_ob, stride_oh, G, GM, D)
+    m, l_sum, acc = _merge_range(part_acc_ptr, part_m_ptr, part_l_ptr, first, count, G, GM, D, MERGE_TILE, 0, D)
+    _store_out(out_ptr, (head // HKV).to(tl.int64), head % HKV, l_sum, acc, stride_ob, stride_oh, G, GM, 0, D)
 
 
 @triton.jit

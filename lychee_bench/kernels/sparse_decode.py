@@ -33,7 +33,7 @@ import triton
 import triton.language as tl
 
 from lychee_bench.kernels.lychee_plan import SUPPORTED_HEAD_DIMS, default_target_programs
-from lychee_bench.kernels.lychee_triton import LOG2E, SUPPORTED_DTYPES, _interpreting
+from lychee_bench.kernels.lychee_triton import LOG2E, SUPPORTED_DTYPES, _interpreting, _merge_range, _store_out
 
 TILE = 64  # tokens per loop step
 WARPS = 4
@@ -175,32 +175,10 @@ def _sparse_merge_kernel(
     length = tl.load(lengths_ptr + b)
     row_tokens = tl.where(tl.load(dense_ptr + hs) != 0, length, width * UNIT)
     count = tl.maximum(1, tl.minimum(num_chunks, tl.cdiv(tl.cdiv(row_tokens, TILE), chunk_tiles)))
-    first = row * num_chunks
-    p = tl.arange(0, MERGE_TILE)[:, None]
-    g = tl.arange(0, GM)[None, :]
-    d = d0 + tl.arange(0, DS)[None, None, :]
-    m = tl.full([GM], -1.0e30, tl.float32)
-    l_sum = tl.zeros([GM], tl.float32)
-    acc = tl.zeros([GM, DS], tl.float32)
-    for start in range(0, count, MERGE_TILE):
-        present = (start + p < count) & (g < GS)
-        part = (first + start + p).to(tl.int64) * GS + g
-        # .cg: read from L2, where the other programs' stores landed (L1 is not coherent across SMs).
-        m_c = tl.load(part_m_ptr + part, mask=present, other=-1.0e30, cache_modifier=".cg")
-        l_c = tl.load(part_l_ptr + part, mask=present, other=0.0, cache_modifier=".cg")
-        acc_c = tl.load(
-            part_acc_ptr + part[:, :, None] * D + d, mask=present[:, :, None], other=0.0, cache_modifier=".cg"
-        )
-        m_new = tl.maximum(m, tl.max(m_c, axis=0))
-        keep = tl.exp2(m - m_new)
-        take = tl.exp2(m_c - m_new[None, :])
-        l_sum = l_sum * keep + tl.sum(l_c * take, axis=0)
-        acc = acc * keep[:, None] + tl.sum(acc_c * take[:, :, None], axis=0)
-        m = m_new
-    gs = tl.arange(0, GM)
-    out = acc / tl.where(l_sum > 0, l_sum, 1.0)[:, None]
-    pointers = out_ptr + b * stride_ob + (hs * GS + gs)[:, None] * stride_oh + (d0 + tl.arange(0, DS))[None, :]
-    tl.store(pointers, out.to(out_ptr.dtype.element_ty), mask=(gs < GS)[:, None])
+    m, l_sum, acc = _merge_range(
+        part_acc_ptr, part_m_ptr, part_l_ptr, row * num_chunks, count, GS, GM, D, MERGE_TILE, d0, DS
+    )
+    _store_out(out_ptr, b, hs, l_sum, acc, stride_ob, stride_oh, GS, GM, d0, DS)
 
 
 def _check(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, rows: int) -> None:
