@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from lychee_bench.harness.engine import Engine, GenerationSettings, InputFormatter
+from lychee_bench.harness.engine import Engine, GenerationSettings
+from lychee_bench.harness.inputs import InputFormatter
 from lychee_bench.methods.full import FullAttention
 from lychee_bench.methods.streaming import StreamingAttention, StreamingConfig
 from tests.conftest import tiny_model

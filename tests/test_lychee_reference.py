@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from lychee_bench.harness.attention import DecodeState
-from lychee_bench.harness.engine import Engine, GenerationSettings, InputFormatter
+from lychee_bench.harness.engine import Engine, GenerationSettings
+from lychee_bench.harness.inputs import InputFormatter
 from lychee_bench.methods.common import masked_decode_attention
 from lychee_bench.methods.full import FullAttention
 from lychee_bench.methods.lychee import LycheeConfig, LycheeDecode

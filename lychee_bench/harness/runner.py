@@ -13,9 +13,12 @@ from tqdm.auto import tqdm
 
 from lychee_bench.harness import models, provenance, records
 from lychee_bench.harness.catalog import METHODS, TASKS
-from lychee_bench.harness.engine import Engine, GenerationSettings, InputFormatter
+from lychee_bench.harness.engine import Engine, GenerationSettings
+from lychee_bench.harness.inputs import InputFormatter
+from lychee_bench.harness.memory import MemoryPlanError
 from lychee_bench.harness.registry import UnknownNameError
 from lychee_bench.harness.sample_cache import cached_samples
+from lychee_bench.harness.sampling import row_seed
 from lychee_bench.methods.base import Method, RunShape
 
 
@@ -280,6 +283,11 @@ def run(plan: RunPlan, log: Any = print) -> list[dict[str, Any]]:
     for method in methods:
         method.prepare(model)
     engine = Engine(model, tokenizer)
+    longest = max(s.input_tokens or plan.ctx for _, _, samples in work for s in samples)
+    try:  # one row of the longest sample must fit; larger batches are split by the engine as memory allows
+        engine.check_fits(longest, max(s.max_new_tokens for _, _, samples in work for s in samples))
+    except MemoryPlanError as error:
+        raise PlanError([str(error)]) from error
     total = len(methods) * sum(len(s) for _, _, s in work)
     progress = tqdm(total=total, desc="samples", unit="sample", dynamic_ncols=True)
     # Every (task, subtask, sample) some method still needs, in task order; a batch may span subtasks (each row
@@ -303,26 +311,20 @@ def run(plan: RunPlan, log: Any = print) -> list[dict[str, Any]]:
         progress.set_postfix_str(f"{', '.join(subtasks)} ({', '.join(m.label for m in active)})")
         inputs = [formatter.format(sample.prompt, sample.answer_prefix) for _, sample, _, _ in chunk]
         limits = [sample.max_new_tokens for _, sample, _, _ in chunk]
+        # A sample's own seed: its sampled tokens do not depend on which batch it lands in.
+        seeds = [row_seed(plan.seed, sample.task, sample.subtask, sample.index) for _, sample, _, _ in chunk]
         settings = GenerationSettings(max_new_tokens=max(limits), seed=plan.seed, **settings_base)
-        outputs = engine.generate(inputs, settings, active, row_limits=limits)
-        prefill_share = engine.last_prefill_seconds / len(active)  # one prefill serves every method
+        outputs = engine.generate(inputs, settings, active, row_limits=limits, row_seeds=seeds)
         for method in active:
             for (task, sample, run_keys, labels), formatted, output in zip(
                 chunk, inputs, outputs[method.label], strict=True
             ):
                 if method.label not in labels:
                     continue
-                timing = {
-                    "elapsed_s": round((prefill_share + output.decode_seconds) / len(chunk), 4),
-                    "decode_steps": output.decode_steps,
-                    "decode_ms_per_step": round(1000 * output.decode_seconds / max(1, output.decode_steps), 3),
-                }
-                if method.label in engine.last_shared:
-                    timing["same_decode_as"] = engine.last_shared[method.label]
                 writer.append(
                     _sample_record(method, task, sample, formatted, output, plan, source, run_keys[method.label])
-                    | {"batch": batch_size, "forward_batch": len(chunk), "input_format": input_format}
-                    | timing
+                    | {"batch": batch_size, "forward_batch": output.forward_batch, "input_format": input_format}
+                    | _timing(output, len(active), engine.last_shared.get(method.label))
                     | {"code": prov["code"]}
                 )
                 progress.update(1)
@@ -335,6 +337,27 @@ def run(plan: RunPlan, log: Any = print) -> list[dict[str, Any]]:
         writer.append({"kind": "summary", **row, "provenance": prov, "model_info": model_info, "out": str(out)})
     log(f"results: {out / records.RECORDS_FILE}")
     return rows
+
+
+def _timing(output: Any, methods: int, shared_with: str | None) -> dict[str, Any]:
+    """A sample's share of its batch's time, and how its method's decode ran (engine.Generation)."""
+    prefill_share = output.prefill_seconds / methods  # one prefill serves every method of the batch
+    timing = {
+        "elapsed_s": round((prefill_share + output.decode_seconds) / output.forward_batch, 4),
+        "prefill_s": round(output.prefill_seconds, 4),
+        "decode_s": round(output.decode_seconds, 4),
+        "decode_steps": output.decode_steps,
+        # Steps after the warm-up (and capture): what one decode step costs; decode_s holds everything.
+        "decode_ms_per_step": round(output.steady_ms_per_step, 3),
+        "decode_mode": output.decode_mode,
+    }
+    if output.eager_reason:
+        timing["eager_reason"] = output.eager_reason
+    if output.peak_memory_bytes is not None:
+        timing["peak_memory_gib"] = round(output.peak_memory_bytes / 2**30, 2)
+    if shared_with:
+        timing["same_decode_as"] = shared_with
+    return timing
 
 
 def method_key(method: Method) -> dict[str, Any]:

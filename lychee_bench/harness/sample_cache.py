@@ -13,7 +13,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from lychee_bench.harness.engine import InputFormatter
+from lychee_bench.harness.inputs import InputFormatter
 from lychee_bench.harness.models import cache_dir
 from lychee_bench.harness.records import config_hash
 from lychee_bench.tasks.base import Sample, Task

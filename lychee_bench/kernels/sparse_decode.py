@@ -22,11 +22,20 @@ dims) merges the partials of the chunks that hold the row's tokens. The grid dep
 (batch, rows, index width, the longest sequence), so a decode step with it can be captured in a CUDA graph.
 Runs under ``TRITON_INTERPRET=1`` on CPU, where the dot operands are upcast to float32 (the interpreter's
 bfloat16 ``tl.dot`` is wrong, see lychee_triton.py).
+
+All rows dense (``index`` None: ``full`` attention's fast path, SPEC §4) has its own kernel,
+:func:`dense_decode_attention`: each program walks a contiguous run of positions with plain loads (no index
+load, whose wait held back the software pipeline of K/V loads in the general kernel), no mask except on a
+sequence's last partial tile, and the grid's chunks of every row split the row's *real* length evenly on the
+device, so a grid sized once for the longest length of a generation keeps every program busy at any length.
+Its launch knobs are :class:`DenseLaunch` (default :data:`DENSE_LAUNCH`); ``specialise_dense=False`` runs such a
+launch through the general kernel instead (the benchmark's "before").
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import triton
@@ -40,6 +49,30 @@ WARPS = 4
 STAGES = 3
 MERGE_ROWS = 64  # partial rows (chunks x query heads) per merge load
 MERGE_DIMS = 32  # head dims per merge program: a long row's many chunks are merged by D / 32 programs
+
+
+@dataclass(frozen=True)
+class DenseLaunch:
+    """Launch knobs of the all-dense kernel (kernels/bench_dense.py sweeps them on a GPU).
+
+    ``tile`` tokens per loop step, ``warps`` and ``stages`` (software-pipeline depth) of the partials kernel,
+    ``programs_per_sm`` the grid's target size on a GPU as a multiple of its SM count (the chunks of a row are
+    ``target // (batch * Hkv)``, at least one). Resident programs per SM are bounded by shared memory:
+    ``stages * tile * D * 4`` bytes of K/V tiles (bf16) each, about 228 KB per SM on Hopper."""
+
+    tile: int = 64
+    warps: int = 4
+    stages: int = 3
+    programs_per_sm: int = 2
+
+    def __post_init__(self) -> None:
+        if self.tile not in (16, 32, 64, 128, 256) or self.warps not in (1, 2, 4, 8, 16):
+            raise ValueError(f"tile {self.tile} must be a power of two in 16..256 and warps {self.warps} in 1..16")
+        if self.stages < 1 or self.programs_per_sm < 1:
+            raise ValueError(f"stages {self.stages} and programs_per_sm {self.programs_per_sm} must be >= 1")
+
+
+DENSE_LAUNCH = DenseLaunch()
 
 
 @triton.jit
@@ -181,6 +214,144 @@ def _sparse_merge_kernel(
     _store_out(out_ptr, b, hs, l_sum, acc, stride_ob, stride_oh, GS, GM, d0, DS)
 
 
+@triton.jit
+def _attend_tile(
+    q,
+    k,
+    v,
+    valid,
+    m_i,
+    l_i,
+    acc,
+    scale_log2e,
+    DOT_IN_FP32: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr,
+    MASKED: tl.constexpr,
+):
+    """One online-softmax step over a [TILE, D] tile of keys and values (``valid`` [TILE]: only with MASKED)."""
+    if DOT_IN_FP32:
+        k = k.to(tl.float32)
+    s = tl.dot(q, tl.trans(k), input_precision=INPUT_PRECISION) * scale_log2e
+    if MASKED:
+        s = tl.where(valid[None, :], s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, axis=1))
+    alpha = tl.exp2(m_i - m_new)
+    p = tl.exp2(s - m_new[:, None])
+    l_i = l_i * alpha + tl.sum(p, axis=1)
+    p_v = p.to(v.dtype)  # rounded to the cache dtype for the tensor cores, as flash attention does
+    if DOT_IN_FP32:
+        p_v = p_v.to(tl.float32)
+        v = v.to(tl.float32)
+    acc = acc * alpha[:, None] + tl.dot(p_v, v, input_precision=INPUT_PRECISION)
+    return m_new, l_i, acc
+
+
+@triton.jit
+def _dense_partials_kernel(
+    q_ptr,
+    k_ptr,
+    v_ptr,
+    lengths_ptr,
+    starts_ptr,
+    part_acc_ptr,
+    part_m_ptr,
+    part_l_ptr,
+    scale_log2e,
+    stride_qb,
+    stride_qh,
+    stride_kb,
+    stride_kh,
+    stride_ks,
+    stride_vb,
+    stride_vh,
+    stride_vs,
+    HKV: tl.constexpr,
+    GS: tl.constexpr,
+    G_PAD: tl.constexpr,
+    D: tl.constexpr,
+    TILE: tl.constexpr,
+    DOT_IN_FP32: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr,
+):
+    """One program per (sequence x KV head, chunk): the chunk's share of the sequence's ``length`` tokens, cut
+    evenly over the grid's chunks from the real length, read as contiguous tiles."""
+    row = tl.program_id(0)
+    chunk = tl.program_id(1)
+    b = (row // HKV).to(tl.int64)
+    kvh = (row % HKV).to(tl.int64)
+    length = tl.load(lengths_ptr + b)
+    start = tl.load(starts_ptr + b).to(tl.int64)
+    tiles = tl.cdiv(length, TILE)
+    per_chunk = tl.cdiv(tiles, tl.num_programs(1))
+    tile_first = chunk * per_chunk
+    tile_end = tl.minimum(tile_first + per_chunk, tiles)
+    full_end = tl.maximum(tile_first, tl.minimum(tile_end, length // TILE))  # tiles before it need no mask
+
+    g = tl.arange(0, G_PAD)
+    d = tl.arange(0, D)
+    t = tl.arange(0, TILE)
+    g_valid = g < GS
+    q = tl.load(
+        q_ptr + b * stride_qb + (kvh * GS + g)[:, None] * stride_qh + d[None, :], mask=g_valid[:, None], other=0.0
+    )
+    if DOT_IN_FP32:
+        q = q.to(tl.float32)
+    first = start + tile_first * TILE  # the chunk's first cache slot
+    k_tile = k_ptr + b * stride_kb + kvh * stride_kh + (first + t)[:, None] * stride_ks + d[None, :]
+    v_tile = v_ptr + b * stride_vb + kvh * stride_vh + (first + t)[:, None] * stride_vs + d[None, :]
+
+    m_i = tl.full([G_PAD], -1.0e30, tl.float32)  # finite: exp2(-inf - -inf) would be NaN for an empty chunk
+    l_i = tl.zeros([G_PAD], tl.float32)
+    acc = tl.zeros([G_PAD, D], tl.float32)
+    for _ in range(tile_first, full_end):
+        k = tl.load(k_tile)
+        v = tl.load(v_tile)
+        m_i, l_i, acc = _attend_tile(q, k, v, t, m_i, l_i, acc, scale_log2e, DOT_IN_FP32, INPUT_PRECISION, False)
+        k_tile += TILE * stride_ks
+        v_tile += TILE * stride_vs
+    if full_end < tile_end:  # the sequence's last tile, partly past its end (those slots are never read)
+        valid = full_end * TILE + t < length
+        k = tl.load(k_tile, mask=valid[:, None], other=0.0)
+        v = tl.load(v_tile, mask=valid[:, None], other=0.0)
+        m_i, l_i, acc = _attend_tile(q, k, v, valid, m_i, l_i, acc, scale_log2e, DOT_IN_FP32, INPUT_PRECISION, True)
+
+    part = (row * tl.num_programs(1) + chunk).to(tl.int64) * GS + g
+    tl.store(part_m_ptr + part, m_i, mask=g_valid)
+    tl.store(part_l_ptr + part, l_i, mask=g_valid)
+    tl.store(part_acc_ptr + part[:, None] * D + d[None, :], acc, mask=g_valid[:, None])
+
+
+@triton.jit
+def _dense_merge_kernel(
+    part_acc_ptr,
+    part_m_ptr,
+    part_l_ptr,
+    lengths_ptr,
+    out_ptr,
+    num_chunks,
+    stride_ob,
+    stride_oh,
+    HKV: tl.constexpr,
+    GS: tl.constexpr,
+    GM: tl.constexpr,
+    D: tl.constexpr,
+    DS: tl.constexpr,
+    TILE: tl.constexpr,
+    MERGE_TILE: tl.constexpr,
+):
+    """One program per (sequence x KV head, slice of DS head dims): the merge of the chunks that hold tokens."""
+    row = tl.program_id(0)
+    d0 = tl.program_id(1) * DS
+    b = (row // HKV).to(tl.int64)
+    tiles = tl.cdiv(tl.load(lengths_ptr + b), TILE)
+    per_chunk = tl.maximum(1, tl.cdiv(tiles, num_chunks))
+    count = tl.maximum(1, tl.cdiv(tiles, per_chunk))
+    m, l_sum, acc = _merge_range(
+        part_acc_ptr, part_m_ptr, part_l_ptr, row * num_chunks, count, GS, GM, D, MERGE_TILE, d0, DS
+    )
+    _store_out(out_ptr, b, row % HKV, l_sum, acc, stride_ob, stride_oh, GS, GM, d0, DS)
+
+
 def _check(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, rows: int) -> None:
     if q.dim() != 3 or k_cache.dim() != 4 or k_cache.shape != v_cache.shape:
         raise ValueError(
@@ -215,6 +386,8 @@ def sparse_decode_attention(
     max_length: int | None = None,
     chunk_tiles: int | None = None,
     scores: torch.Tensor | None = None,
+    specialise_dense: bool = True,
+    dense_launch: DenseLaunch | None = None,
 ) -> torch.Tensor:
     """Decode attention of ``q`` [B, Hq, D] over the listed positions; returns [B, Hq, D] in q's dtype.
 
@@ -228,7 +401,23 @@ def sparse_decode_attention(
     ``scores`` [B, HS, S_max] float32 (optional): each dense row writes, at the cache slot of every token it
     reads, the unscaled mean over its query heads of q . k (LycheeDecode's token scores, without a second pass
     over K). Slots it does not read, and listed rows, are left as they were.
+
+    With ``index`` None and no ``scores`` the call goes to :func:`dense_decode_attention` (``dense_launch``
+    its knobs; there ``chunk_tiles`` counts tiles of ``dense_launch.tile`` tokens), unless ``specialise_dense``
+    is False, which keeps the general kernel.
     """
+    if index is None and scores is None and specialise_dense:
+        return dense_decode_attention(
+            q,
+            k_cache,
+            v_cache,
+            lengths,
+            starts,
+            scale,
+            max_length=max_length,
+            chunk_tiles=chunk_tiles,
+            launch=dense_launch,
+        )
     if unit < 1:
         raise ValueError(f"unit {unit} must be >= 1 token per index entry")
     hkv = k_cache.shape[1]
@@ -326,6 +515,138 @@ def sparse_decode_attention(
         DS=MERGE_DIMS,
         UNIT=unit,
         TILE=TILE,
+        MERGE_TILE=max(1, MERGE_ROWS // triton.next_power_of_2(group)),
+        num_warps=WARPS,
+    )
+    return out
+
+
+def dense_decode_attention(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    lengths: torch.Tensor,
+    starts: torch.Tensor,
+    scale: float,
+    *,
+    max_length: int | None = None,
+    chunk_tiles: int | None = None,
+    launch: DenseLaunch | None = None,
+) -> torch.Tensor:
+    """Decode attention of ``q`` [B, Hq, D] over every real token of each sequence; returns [B, Hq, D].
+
+    Sequence ``b`` holds ``lengths[b]`` tokens from cache slot ``starts[b]`` on (left padding before them, any
+    contents after them: neither is read); ``lengths`` / ``starts`` [B] int32 on q's device. ``max_length``
+    (host) bounds ``lengths`` and sizes the grid (default: the cache size): a grid sized once for the longest
+    length of a generation stays right, and fully used, as the lengths grow (CUDA graphs). ``chunk_tiles``
+    caps the tiles per program (default: ``launch.programs_per_sm`` programs per SM; 16 programs in the
+    interpreter). ``launch`` defaults to :data:`DENSE_LAUNCH`.
+    """
+    launch = launch or DENSE_LAUNCH
+    hkv = k_cache.shape[1]
+    _check(q, k_cache, v_cache, hkv)
+    num_chunks = _dense_chunks(q, k_cache, max_length, chunk_tiles, launch)
+    part_acc, part_m, part_l = _dense_partials(q, k_cache, v_cache, lengths, starts, scale, num_chunks, launch)
+    return _dense_merge(part_acc, part_m, part_l, lengths, num_chunks, q, launch)
+
+
+def _dense_chunks(
+    q: torch.Tensor, k_cache: torch.Tensor, max_length: int | None, chunk_tiles: int | None, launch: DenseLaunch
+) -> int:
+    """Chunks per (sequence, KV head): the grid's second dimension."""
+    if chunk_tiles is not None and chunk_tiles < 1:
+        raise ValueError(f"chunk_tiles must be >= 1, got {chunk_tiles}")
+    longest = k_cache.shape[2] if max_length is None else max_length
+    if not 0 <= longest <= k_cache.shape[2]:
+        raise ValueError(f"max_length {longest} must lie in [0, {k_cache.shape[2]}] (the cache size)")
+    max_tiles = max(1, -(-longest // launch.tile))
+    if chunk_tiles is not None:
+        return -(-max_tiles // chunk_tiles)
+    if q.device.type == "cuda":
+        target = launch.programs_per_sm * torch.cuda.get_device_properties(q.device).multi_processor_count
+    else:
+        target = default_target_programs(q.device)
+    return max(1, min(max_tiles, target // (q.shape[0] * k_cache.shape[1])))  # round down: never a second wave
+
+
+def _dense_partials(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    lengths: torch.Tensor,
+    starts: torch.Tensor,
+    scale: float,
+    num_chunks: int,
+    launch: DenseLaunch,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The partials launch alone (the benchmark times it apart from the merge)."""
+    batch, hq, dim = q.shape
+    hkv = k_cache.shape[1]
+    group = hq // hkv
+    f32 = dict(device=q.device, dtype=torch.float32)
+    part_acc = torch.empty(batch * hkv * num_chunks, group, dim, **f32)
+    part_m = torch.empty(batch * hkv * num_chunks, group, **f32)
+    part_l = torch.empty(batch * hkv * num_chunks, group, **f32)
+    dot_in_fp32 = _interpreting() or q.dtype == torch.float32
+    _dense_partials_kernel[(batch * hkv, num_chunks)](
+        q,
+        k_cache,
+        v_cache,
+        lengths,
+        starts,
+        part_acc,
+        part_m,
+        part_l,
+        scale * LOG2E,
+        q.stride(0),
+        q.stride(1),
+        k_cache.stride(0),
+        k_cache.stride(1),
+        k_cache.stride(2),
+        v_cache.stride(0),
+        v_cache.stride(1),
+        v_cache.stride(2),
+        HKV=hkv,
+        GS=group,
+        G_PAD=max(16, triton.next_power_of_2(group)),  # tl.dot needs at least 16 rows on GPUs
+        D=dim,
+        TILE=launch.tile,
+        DOT_IN_FP32=dot_in_fp32,
+        INPUT_PRECISION="ieee" if dot_in_fp32 else "tf32",
+        num_warps=launch.warps,
+        num_stages=launch.stages,
+    )
+    return part_acc, part_m, part_l
+
+
+def _dense_merge(
+    part_acc: torch.Tensor,
+    part_m: torch.Tensor,
+    part_l: torch.Tensor,
+    lengths: torch.Tensor,
+    num_chunks: int,
+    q: torch.Tensor,
+    launch: DenseLaunch,
+) -> torch.Tensor:
+    batch, hq, dim = q.shape
+    rows = part_m.shape[0] // num_chunks
+    group = hq // (rows // batch)
+    out = torch.empty_like(q)
+    _dense_merge_kernel[(rows, dim // MERGE_DIMS)](
+        part_acc,
+        part_m,
+        part_l,
+        lengths,
+        out,
+        num_chunks,
+        out.stride(0),
+        out.stride(1),
+        HKV=rows // batch,
+        GS=group,
+        GM=triton.next_power_of_2(group),
+        D=dim,
+        DS=MERGE_DIMS,
+        TILE=launch.tile,
         MERGE_TILE=max(1, MERGE_ROWS // triton.next_power_of_2(group)),
         num_warps=WARPS,
     )

@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from lychee_bench.harness.attention import DecodeState
+from lychee_bench.methods.state import DecodeState
 
 
 @dataclass(frozen=True)
@@ -77,8 +77,9 @@ class Method(ABC):
     capabilities: ClassVar[Capabilities] = Capabilities()
     # Decode-only methods change nothing in prefill, so the harness decodes the question's tail by default.
     decode_only: ClassVar[bool] = True
-    # Its decode step reads nothing back from the device when the step carries host lengths, so the latency
-    # bench captures it in a CUDA graph as it is (tests/test_latency.py checks every method's step).
+    # Its decode step can be captured once in a CUDA graph and replayed while the context grows: it reads
+    # nothing back from the device, and it uses the step's host lengths only as the bounds the engine gives
+    # (StepGeometry). tests/test_latency.py and tests/test_method_matrix.py check every method that says so.
     graph_safe: ClassVar[bool] = False
 
     def __init__(self, config: Any = None):
@@ -120,6 +121,18 @@ class Method(ABC):
     def check_config(self, shape: RunShape) -> list[str]:
         """Method-specific reasons to refuse; override where needed."""
         return []
+
+    def graph_refusal(self) -> str | None:
+        """Why this configuration's decode step cannot be captured in a CUDA graph (None: it can). The engine
+        runs a refused method eagerly and records the reason with its results."""
+        if not self.graph_safe:
+            return f"{self.name} does not declare its decode step graph-safe"
+        return None
+
+    @property
+    def correction_period(self) -> int:
+        """Cache correction: every this many decoded tokens the engine recomputes their K/V densely (0: off)."""
+        return 0
 
     def prepare(self, model: torch.nn.Module) -> None:
         """Load per-model artifacts (head roles, ...) once the model is loaded."""

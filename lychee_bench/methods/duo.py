@@ -14,11 +14,11 @@ from typing import Any, ClassVar
 
 import torch
 
-from lychee_bench.harness.attention import DecodeState
 from lychee_bench.methods.base import Method, RunShape
 from lychee_bench.methods.common import masked_decode_attention, sink_and_recent, streaming_window
 from lychee_bench.methods.efficient import KernelPath, attend, check_path, step_geometry, step_window
 from lychee_bench.methods.roles import HeadRoles, RolesError, resolve_roles, shipped_roles_path
+from lychee_bench.methods.state import DecodeState
 
 CONTINUOUS_SUFFIX = "-continuous"  # shipped roles trained with `train-heads --gate continuous`
 

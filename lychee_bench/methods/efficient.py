@@ -9,13 +9,12 @@ from __future__ import annotations
 import importlib.util
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 
-from lychee_bench.harness.attention import DecodeState
 from lychee_bench.kernels.lychee_plan import SUPPORTED_HEAD_DIMS  # plain torch: importing it needs no Triton
 from lychee_bench.methods.base import head_dim_of
+from lychee_bench.methods.state import DecodeState, StepGeometry
 
 PATHS = ("auto", "reference", "triton")
 
@@ -53,31 +52,9 @@ def path_reasons(method: str, path: str, device: str, head_dim: int, extra_refus
     return [f"{method} path=triton: {reason}" for reason in [*extra_refusals, *triton_refusals(device, head_dim)]]
 
 
-@dataclass
-class StepGeometry:
-    """Where each sequence's real tokens sit in this decode step's (left-padded) cache."""
-
-    lengths: torch.Tensor  # [B] int32 on the device: real tokens (the current one included)
-    starts: torch.Tensor  # [B] int32: cache index of the first real token
-    lengths_host: list[int]
-
-    @property
-    def longest(self) -> int:
-        return max(self.lengths_host)
-
-
 def step_geometry(valid: torch.Tensor, state: DecodeState) -> StepGeometry:
-    """The step's geometry, computed once per decode step (host lengths from the engine: no read-back)."""
-    geometry = state.layer_data.get("geometry")
-    if geometry is None:
-        count = valid.sum(-1)
-        geometry = StepGeometry(
-            lengths=count.to(torch.int32),
-            starts=(valid.shape[1] - count).to(torch.int32),  # left padding: real tokens are at the end
-            lengths_host=state.host_lengths(valid),
-        )
-        state.layer_data["geometry"] = geometry
-    return geometry
+    """The step's geometry: the engine's, or derived once per step from `valid` (see DecodeState)."""
+    return state.step_geometry(valid)
 
 
 def attend(
@@ -184,3 +161,11 @@ class KernelPath:
     @property
     def path(self) -> str:
         return self._path or "reference"
+
+    def graph_refusal(self) -> str | None:
+        if self.path != "triton":
+            return (
+                f"{self.name}'s reference path reads each step's lengths back from the device; its Triton path "
+                "(path=triton, the default on CUDA) is the graph-safe one"
+            )
+        return super().graph_refusal()

@@ -24,11 +24,11 @@ from typing import Any, ClassVar
 import torch
 
 from lychee_bench.calibration.artifacts import ArtifactError, KascadeAnchors, resolve_kascade
-from lychee_bench.harness.attention import DecodeState
 from lychee_bench.methods.base import Method, RunShape
 from lychee_bench.methods.common import masked_decode_attention
 from lychee_bench.methods.efficient import KernelPath, attend, check_path, rows_read, step_geometry, top_index
 from lychee_bench.methods.selection import select_tokens
+from lychee_bench.methods.state import DecodeState
 
 SLOT = "kascade"
 PUBLISHED_ANCHORS = {"llama3.1-8b": [0, 2, 8, 13, 14], "qwen3-8b": [0, 2, 7, 14, 23]}  # the paper's choices
@@ -157,9 +157,9 @@ class Kascade(KernelPath, Method):
         efficient path's scoring (the logits kernel)."""
         scores = group_probabilities_kernel(query, key, geometry, scaling)
         scores = scores.masked_fill(~valid[:, None, :], float("-inf"))
-        bound = max(self.config.tokens_for(n) for n in geometry.lengths_host)
-        # A fixed k that every sequence holds cuts no list: the top-k set needs no rank order.
-        cut = self.config.budget is None or min(geometry.lengths_host) < self.config.budget
+        bound = max(self.config.tokens_for(n) for n in geometry.lengths_max)
+        # A fixed k that every sequence holds at every step the geometry serves cuts no list: no rank order needed.
+        cut = self.config.budget is None or geometry.shortest < self.config.budget
         index = top_index(scores, bound, geometry.starts, ranked=cut)
         if not cut:
             return index

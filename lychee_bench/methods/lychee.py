@@ -14,7 +14,6 @@ from typing import Any, ClassVar
 
 import torch
 
-from lychee_bench.harness.attention import DecodeState
 from lychee_bench.methods.base import Method, RunShape
 from lychee_bench.methods.common import masked_decode_attention, sink_and_recent, valid_rank
 from lychee_bench.methods.efficient import (
@@ -28,6 +27,7 @@ from lychee_bench.methods.efficient import (
 )
 from lychee_bench.methods.roles import HeadRoles, RolesError, resolve_roles
 from lychee_bench.methods.selection import select_blocks, select_tokens
+from lychee_bench.methods.state import DecodeState
 
 GRANULARITIES = ("token", "block")
 
@@ -81,6 +81,7 @@ class LycheeDecode(KernelPath, Method):
     name: ClassVar[str] = "lychee"
     description: ClassVar[str] = "LycheeDecode: retrieval heads pick tokens (top-k), sparse heads reuse them"
     Config: ClassVar[type] = LycheeConfig
+    graph_safe: ClassVar[bool] = True
 
     def __init__(self, config: LycheeConfig | None = None):
         super().__init__(config)
@@ -95,6 +96,15 @@ class LycheeDecode(KernelPath, Method):
         except RolesError as error:
             reasons.append(str(error))
         return reasons + self.resolve_path(shape.device, shape.head_dim)
+
+    def graph_refusal(self) -> str | None:
+        if self.config.budget_ratio is not None:
+            return "lychee budget_ratio changes the budget with every token; a captured step needs a fixed --budget"
+        return super().graph_refusal()
+
+    @property
+    def correction_period(self) -> int:
+        return self.config.correction_period
 
     def kernel_refusals(self) -> list[str]:
         if self.config.granularity == "block" and self.config.block_size != 64:
@@ -195,54 +205,52 @@ class LycheeDecode(KernelPath, Method):
         state: DecodeState,
     ) -> torch.Tensor:
         """The efficient path: one split-KV launch for all heads (kernels/lychee_triton.py). Slots hold block
-        indices [B, Hkv, W] counted from each sequence's first real token, exactly the reference's blocks."""
-        from lychee_bench.kernels.lychee_plan import plan_decode_work
-        from lychee_bench.kernels.lychee_triton import lychee_decode_layer
+        indices [B, Hkv, W] counted from each sequence's first real token, exactly the reference's blocks.
 
-        step = state.layer_data.get("lychee")
-        if step is None:  # once per decode step: lengths on the host (the engine's, or one sync), plans per roles
-            count = valid.sum(-1)
-            lengths_host = state.host_lengths(valid)
-            step = {
-                "lengths": count.to(torch.int32),
-                "lengths_host": lengths_host,
-                "starts": (valid.shape[1] - count).to(torch.int32),  # left padding: real tokens are at the end
-                "budget_blocks": self.config.host_budget_blocks(max(lengths_host)),
-                "plans": {},
-            }
-            state.layer_data["lychee"] = step
+        The work plans (one per role pattern), their scratch buffers and the slot table are built once for the
+        lengths the geometry bounds and kept in `state.persistent`: every later step, eager or a replay of a
+        captured graph, uses the same tensors (the kernels read the exact lengths on the device)."""
+        from lychee_bench.kernels.lychee_plan import plan_decode_work
+        from lychee_bench.kernels.lychee_triton import DecodeBuffers, lychee_decode_layer
+
+        geometry = step_geometry(valid, state)
+        kept = state.persistent.get("lychee")
+        if kept is None or kept["lengths_max"] != geometry.lengths_max:
+            kept = {"lengths_max": geometry.lengths_max, "plans": {}, "buffers": {}, "slots": None}
+            kept["budget_blocks"] = self.config.host_budget_blocks(geometry.longest)
+            state.persistent["lychee"] = kept
         roles = self.roles.retrieval[layer_idx]
         pattern = tuple(roles.tolist())
-        if pattern not in step["plans"]:
-            step["plans"][pattern] = plan_decode_work(
-                step["lengths_host"], roles, key.shape[2], step["budget_blocks"], key.device
+        q = query[:, :, 0]
+        if pattern not in kept["plans"]:
+            plan = plan_decode_work(geometry.lengths_max, roles, key.shape[2], kept["budget_blocks"], key.device)
+            kept["plans"][pattern] = plan
+            kept["buffers"][pattern] = DecodeBuffers.allocate(plan, q)
+            if kept["slots"] is None:
+                kept["slots"] = torch.full(
+                    (plan.batch, plan.num_kv_heads, plan.slot_width), -1, dtype=torch.int32, device=key.device
+                )
+        if state.counting and not all(pattern):  # the blocks the sparse heads read: the slots before this layer
+            sparse = self._sparse_mask(layer_idx, pattern, key.device)
+            blocks = kept["slots"]
+            state.count(
+                "kv_tokens_read", lambda: (rows_read(blocks, self.config.block_size, geometry.lengths) * sparse).sum()
             )
-        read_by_sparse = None
-        # The blocks the sparse heads read: the slots as they are before this layer writes.
-        if state.counting and not all(pattern):
-            blocks = state.slots.get("blocks")
-            if blocks is not None:
-                read_by_sparse = (
-                    rows_read(blocks, self.config.block_size, step["lengths"])
-                    * self._sparse_mask(layer_idx, pattern, key.device)
-                ).sum()
-        out, slots = lychee_decode_layer(
-            query[:, :, 0],
+        state.count("kv_tokens_read", lambda: geometry.lengths.sum() * sum(pattern))
+        out, _ = lychee_decode_layer(
+            q,
             key,
             value,
-            step["lengths"],
+            geometry.lengths,
             roles,
-            state.slots.get("blocks"),
-            step["budget_blocks"],
+            kept["slots"],
+            kept["budget_blocks"],
             scaling,
-            plan=step["plans"][pattern],
-            starts=step["starts"],
+            plan=kept["plans"][pattern],
+            buffers=kept["buffers"][pattern],
+            starts=geometry.starts,
             inplace_slots=True,
         )
-        state.slots["blocks"] = slots
-        state.count("kv_tokens_read", sum(pattern) * sum(step["lengths_host"]))
-        if read_by_sparse is not None:
-            state.count("kv_tokens_read", read_by_sparse)
         return out[:, :, None, :]
 
     def _decode_token_kernel(
@@ -268,12 +276,14 @@ class LycheeDecode(KernelPath, Method):
             window = step_window(state, geometry, cfg.sink, cfg.recent)
             forced = sink_and_recent(valid, cfg.sink, cfg.recent)
             bound = cfg.host_budget(geometry.longest)
-            shortest = min(geometry.lengths_host)
-            width = max(1, bound - min(shortest, cfg.sink + cfg.recent))
-            free = (self.budget_for(valid) - geometry.lengths.long().clamp(max=cfg.sink + cfg.recent)).clamp(min=0)
-            # With one fixed budget and no sequence short of it, no list is cut per sequence: rank order unneeded.
+            window_tokens = cfg.sink + cfg.recent
+            width = max(1, bound - min(geometry.shortest, window_tokens))
+            free = (self.budget_for(valid) - geometry.lengths.long().clamp(max=window_tokens)).clamp(min=0)
+            # With one fixed budget and no sequence short of it at any step the geometry serves (its bounds are
+            # the extremes), no list is cut per sequence: rank order unneeded.
             cut = cfg.budget_ratio is not None or any(
-                cfg.budget - min(n, cfg.sink + cfg.recent) < min(width, cache_len) for n in geometry.lengths_host
+                cfg.budget - min(n, window_tokens) < min(width, cache_len)
+                for n in geometry.lengths_min + geometry.lengths_max
             )
             unused = torch.full_like(window[:, :1], -1).expand(-1, window.shape[1] + min(width, cache_len))
             step = {"window": window, "forced": forced, "width": width, "free": free, "unused": unused, "cut": cut}

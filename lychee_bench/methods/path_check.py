@@ -19,10 +19,10 @@ from typing import Any
 import pandas as pd
 import torch
 
-from lychee_bench.harness.attention import DecodeState
 from lychee_bench.harness.runner import build_methods, parse_method_entry
 from lychee_bench.harness.synthetic_models import synthetic_config
 from lychee_bench.methods.base import Method, head_dim_of
+from lychee_bench.methods.state import DecodeState
 
 # Allowed difference between the paths, relative to the largest reference output (selection ties in low
 # precision can swap a boundary position, which moves the output by about one value row's weight).

@@ -20,10 +20,10 @@ from typing import ClassVar
 
 import torch
 
-from lychee_bench.harness.attention import DecodeState
 from lychee_bench.methods.base import Method, RunShape
 from lychee_bench.methods.common import masked_decode_attention, valid_rank
 from lychee_bench.methods.efficient import KernelPath, StepGeometry, attend, check_path, distinct_rows, step_geometry
+from lychee_bench.methods.state import DecodeState
 
 
 @dataclass

@@ -8,10 +8,10 @@ from typing import ClassVar
 
 import torch
 
-from lychee_bench.harness.attention import DecodeState
 from lychee_bench.methods.base import Method, RunShape
 from lychee_bench.methods.common import masked_decode_attention, sink_and_recent, streaming_window
 from lychee_bench.methods.efficient import KernelPath, attend, check_path, step_geometry, step_window
+from lychee_bench.methods.state import DecodeState
 
 
 @dataclass

@@ -20,11 +20,11 @@ from typing import Any, ClassVar
 import torch
 
 from lychee_bench.calibration.artifacts import ArtifactError, shipped_tidal
-from lychee_bench.harness.attention import DecodeState
 from lychee_bench.methods.base import Method, RunShape
 from lychee_bench.methods.common import masked_decode_attention, valid_rank
 from lychee_bench.methods.efficient import KernelPath, attend, check_path, distinct_rows, step_geometry, top_index
 from lychee_bench.methods.selection import select_tokens
+from lychee_bench.methods.state import DecodeState
 
 LLAMA3_RESELECT_LAYER = 13  # the published choice for 32-layer Llama-3 models (PyTorch code, 0-based)
 SLOT = "tidal"

@@ -1,0 +1,267 @@
+"""The engine's forward pass: a loaded transformers model's weights, run as a compact layer stack.
+
+The three supported architectures (llama, qwen2, qwen3) are the same decoder layer up to biases on the QKV
+projection (qwen2) and an RMSNorm of each query and key head (qwen3). Written out here (as gpt-fast does), the
+step is what the engine needs and nothing else: the query/key/value projections and the gate/up projections are
+each ONE matrix product (their weights concatenated once, the model's own parameters becoming views of the
+fused tensors, so no memory is added and the transformers model keeps working), keys and values go straight
+into the engine's static cache at the slots it names, attention is a call the engine passes in (the method, or
+dense SDPA), and only the positions asked for reach the LM head. Norms, rotary embedding and the MLP's
+activation are plain torch, fused by torch.compile where the engine compiles the per-layer pieces
+(``compiled=True``): ``attention_inputs`` (norm, fused QKV, head norms, rotary) and ``finish_layer`` (output
+projection, residual, norm, fused gate/up, activation, down projection, residual) are the two compiled graphs
+of a layer, so attention is the one break between them. tests/test_forward.py checks the logits against the
+transformers model's own forward.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+SUPPORTED = ("llama", "qwen2", "qwen3")
+
+
+@dataclass
+class LayerWeights:
+    """One decoder layer's tensors (the fused ones are the model's own storage)."""
+
+    input_norm: torch.Tensor
+    post_norm: torch.Tensor
+    qkv: torch.Tensor  # [(Hq + 2 Hkv) * D, hidden]
+    qkv_bias: torch.Tensor | None
+    out: torch.Tensor  # [hidden, Hq * D]
+    out_bias: torch.Tensor | None
+    gate_up: torch.Tensor  # [2 * intermediate, hidden]
+    gate_up_bias: torch.Tensor | None
+    down: torch.Tensor
+    down_bias: torch.Tensor | None
+    q_norm: torch.Tensor | None  # qwen3: per-head RMSNorm of queries and keys
+    k_norm: torch.Tensor | None
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """transformers' RMSNorm, operation for operation (float32 statistics, scale in the input dtype)."""
+    dtype = x.dtype
+    x = x.to(torch.float32)
+    x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * x.to(dtype)
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary embedding of x [B, H, T, D] with cos/sin [B, T, D] (transformers' rotate-half convention)."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos[:, None] + rotated * sin[:, None]
+
+
+def _fuse(modules: list[torch.nn.Linear]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One weight (and bias) for linears that read the same input; each module's parameters become views of it."""
+    weight = torch.cat([m.weight.detach() for m in modules])
+    biases = [m.bias for m in modules]
+    bias = torch.cat([b.detach() for b in biases]) if all(b is not None for b in biases) else None
+    if any(b is not None for b in biases) and bias is None:
+        raise ValueError("cannot fuse linears where only some have a bias")
+    first = 0
+    for module in modules:
+        rows = module.weight.shape[0]
+        module.weight = torch.nn.Parameter(weight[first : first + rows], requires_grad=False)
+        if bias is not None:
+            module.bias = torch.nn.Parameter(bias[first : first + rows], requires_grad=False)
+        first += rows
+    return weight, bias
+
+
+def _fused_weights(
+    modules: list[torch.nn.Linear], fused: dict[int, tuple[torch.Tensor, torch.Tensor | None]]
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The fused weight of `modules`, fused once per model: `fused` (kept on the model) maps the storage of a
+    fused tensor to it, so a second stack over the same model finds the views and reuses their storage."""
+    known = fused.get(modules[0].weight.untyped_storage().data_ptr())
+    if known is not None and known[0].shape[0] == sum(m.weight.shape[0] for m in modules):
+        return known
+    weight, bias = _fuse(modules)
+    fused[weight.untyped_storage().data_ptr()] = (weight, bias)
+    return weight, bias
+
+
+def attention_inputs(
+    hidden: torch.Tensor,
+    norm: torch.Tensor,
+    qkv_weight: torch.Tensor,
+    qkv_bias: torch.Tensor | None,
+    q_norm: torch.Tensor | None,
+    k_norm: torch.Tensor | None,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    num_heads: int,
+    num_kv_heads: int,
+    eps: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """hidden [B, T, hidden] -> query [B, Hq, T, D], key and value [B, Hkv, T, D] (rotary applied). Tensors,
+    not a LayerWeights, are the arguments: one compiled graph then serves every layer."""
+    batch, tokens, _ = hidden.shape
+    x = rms_norm(hidden, norm, eps)
+    qkv = torch.nn.functional.linear(x, qkv_weight, qkv_bias)
+    head_dim = qkv.shape[-1] // (num_heads + 2 * num_kv_heads)
+    q, k, v = qkv.view(batch, tokens, -1, head_dim).split([num_heads, num_kv_heads, num_kv_heads], dim=2)
+    if q_norm is not None:
+        q = rms_norm(q, q_norm, eps)
+        k = rms_norm(k, k_norm, eps)
+    q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+    return rotate(q, cos, sin), rotate(k, cos, sin), v.contiguous()
+
+
+def finish_layer(
+    hidden: torch.Tensor,
+    attended: torch.Tensor,
+    out_weight: torch.Tensor,
+    out_bias: torch.Tensor | None,
+    norm: torch.Tensor,
+    gate_up_weight: torch.Tensor,
+    gate_up_bias: torch.Tensor | None,
+    down_weight: torch.Tensor,
+    down_bias: torch.Tensor | None,
+    eps: float,
+    activation: Callable[[torch.Tensor], torch.Tensor],
+) -> torch.Tensor:
+    """hidden [B, T, hidden] (the layer's input) + attention output [B, Hq, T, D] -> the layer's output."""
+    batch, _, tokens, _ = attended.shape
+    attended = attended.transpose(1, 2).reshape(batch, tokens, -1)
+    hidden = hidden + torch.nn.functional.linear(attended, out_weight, out_bias)
+    x = rms_norm(hidden, norm, eps)
+    gate, up = torch.nn.functional.linear(x, gate_up_weight, gate_up_bias).chunk(2, dim=-1)
+    return hidden + torch.nn.functional.linear(activation(gate) * up, down_weight, down_bias)
+
+
+def unsupported_reasons(config: object) -> list[str]:
+    """Why the compact forward cannot run a model with this config (empty: it can)."""
+    reasons = []
+    model_type = getattr(config, "model_type", None)
+    if model_type not in SUPPORTED:
+        reasons.append(f"the engine runs architectures {', '.join(SUPPORTED)}, not {model_type!r}")
+    layer_types = getattr(config, "layer_types", None) or []
+    if getattr(config, "use_sliding_window", False) and "sliding_attention" in layer_types:
+        reasons.append("sliding-window attention layers are not supported; use a config with use_sliding_window off")
+    return reasons
+
+
+class LayerStack:
+    """The model's decoder as the engine runs it: embed, per-layer (attention inputs, attention, finish), head.
+
+    `compiled` routes the per-layer pieces through torch.compile (decode steps: one graph per piece serves every
+    layer, since the weights are arguments); prefill chunks call the eager pieces (their shapes vary per chunk,
+    and a prefill is bound by its matrix products, not by launches).
+    """
+
+    def __init__(self, model: torch.nn.Module, compiled: bool = False):
+        config = model.config
+        reasons = unsupported_reasons(config)
+        if reasons:
+            raise ValueError("; ".join(reasons))
+        inner = model.model
+        self.model = model
+        self.config = config
+        self.num_layers = config.num_hidden_layers
+        self.num_heads = config.num_attention_heads
+        self.num_kv_heads = config.num_key_value_heads
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        self.eps = config.rms_norm_eps
+        self.embedding = inner.embed_tokens
+        self.rotary = inner.rotary_emb
+        self.final_norm = inner.norm
+        self.lm_head = model.lm_head
+        self.layers: list[LayerWeights] = []
+        # Every layer's MLP has the same activation: one object, so one compiled graph serves all layers.
+        self.activation: Callable[[torch.Tensor], torch.Tensor] = inner.layers[0].mlp.act_fn
+        fused = model.__dict__.setdefault("_lychee_bench_fused", {})
+        with torch.no_grad():
+            for layer in inner.layers:
+                attn, mlp = layer.self_attn, layer.mlp
+                qkv, qkv_bias = _fused_weights([attn.q_proj, attn.k_proj, attn.v_proj], fused)
+                gate_up, gate_up_bias = _fused_weights([mlp.gate_proj, mlp.up_proj], fused)
+                q_norm = getattr(attn, "q_norm", None)
+                k_norm = getattr(attn, "k_norm", None)
+                self.layers.append(
+                    LayerWeights(
+                        input_norm=layer.input_layernorm.weight,
+                        post_norm=layer.post_attention_layernorm.weight,
+                        qkv=qkv,
+                        qkv_bias=qkv_bias,
+                        out=attn.o_proj.weight,
+                        out_bias=attn.o_proj.bias,
+                        gate_up=gate_up,
+                        gate_up_bias=gate_up_bias,
+                        down=mlp.down_proj.weight,
+                        down_bias=mlp.down_proj.bias,
+                        q_norm=None if q_norm is None else q_norm.weight,
+                        k_norm=None if k_norm is None else k_norm.weight,
+                    )
+                )
+        self.scaling = inner.layers[0].self_attn.scaling
+        self.compiled = compiled
+        self._attention_inputs = attention_inputs
+        self._finish_layer = finish_layer
+        self._head = self._logits
+        if compiled:
+            self._attention_inputs = torch.compile(attention_inputs, fullgraph=True)
+            self._finish_layer = torch.compile(finish_layer, fullgraph=True)
+            self._head = torch.compile(self._logits, fullgraph=True)
+
+    def embed(self, token_ids: torch.Tensor) -> torch.Tensor:
+        return self.embedding(token_ids)
+
+    def rotary_tables(self, hidden: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin [B, T, D] for positions [B, T] (the model's own rotary module: its scaling, e.g. YaRN)."""
+        return self.rotary(hidden, positions)
+
+    def layer(
+        self,
+        index: int,
+        hidden: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        attend: Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+        compiled: bool = False,
+    ) -> torch.Tensor:
+        """One decoder layer; `attend(layer, q, k, v)` stores k/v in the cache and returns the attention output
+        [B, Hq, T, D]."""
+        inputs = self._attention_inputs if compiled else attention_inputs
+        finish = self._finish_layer if compiled else finish_layer
+        w = self.layers[index]
+        q, k, v = inputs(
+            hidden,
+            w.input_norm,
+            w.qkv,
+            w.qkv_bias,
+            w.q_norm,
+            w.k_norm,
+            cos,
+            sin,
+            self.num_heads,
+            self.num_kv_heads,
+            self.eps,
+        )
+        attended = attend(index, q, k, v)
+        return finish(
+            hidden,
+            attended,
+            w.out,
+            w.out_bias,
+            w.post_norm,
+            w.gate_up,
+            w.gate_up_bias,
+            w.down,
+            w.down_bias,
+            self.eps,
+            self.activation,
+        )
+
+    def logits(self, hidden: torch.Tensor, compiled: bool = False) -> torch.Tensor:
+        """hidden [B, hidden] (the positions that need logits) -> float32 logits [B, vocab]."""
+        return (self._head if compiled else self._logits)(hidden)
+
+    def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.lm_head(self.final_norm(hidden)).float()
