@@ -6,6 +6,7 @@ import os
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
@@ -59,3 +60,21 @@ def smol_tokenizer():
 
     source = models.resolve_model(None)
     return models.load_tokenizer(source)
+
+
+HOST_READS = (
+    torch.ops.aten._local_scalar_dense.default,
+    torch.ops.aten.item.default,  # seen instead of _local_scalar_dense under inference_mode
+    torch.ops.aten.is_nonzero.default,  # bool(tensor)
+    torch.ops.aten.nonzero.default,
+)
+
+
+class NoHostReads(TorchDispatchMode):
+    """Fails on any op that reads a tensor value back to the host (.item(), bool(t), nonzero): the CPU stand-in
+    for what a CUDA graph capture refuses."""
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func in HOST_READS:
+            raise AssertionError(f"host read inside the decode step: {func}")
+        return func(*args, **(kwargs or {}))

@@ -6,18 +6,16 @@ graph-captured one); the engine must produce its tokens exactly.
 
 from __future__ import annotations
 
-import inspect
-
 import torch
 from transformers import DynamicCache
 
-from lychee_bench.harness.attention import DecodeState, method_attention
+from lychee_bench.harness.attention import DecodeState, cache_keyword, method_attention
 from lychee_bench.harness.inputs import FormattedInput
 from lychee_bench.methods.base import Method
 
 
 def _forward(model, input_ids, mask, positions, cache, state):
-    keyword = "cache" if "cache" in inspect.signature(type(model).forward).parameters else "past_key_values"
+    keyword = cache_keyword(model)
     return model(
         input_ids=input_ids,
         attention_mask=mask,

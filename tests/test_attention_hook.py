@@ -6,8 +6,7 @@ import pytest
 import torch
 from transformers import DynamicCache
 
-from lychee_bench.harness.attention import DecodeState, method_attention
-from lychee_bench.harness.engine import _cache_keyword
+from lychee_bench.harness.attention import DecodeState, cache_keyword, method_attention
 from lychee_bench.methods.full import FullAttention
 from lychee_bench.methods.streaming import StreamingAttention, StreamingConfig
 from tests.conftest import tiny_model
@@ -15,7 +14,7 @@ from tests.conftest import tiny_model
 
 def _prefill_then_step(model, method, prompt: torch.Tensor, next_token: torch.Tensor):
     """Dense prefill of `prompt` [1, n] then one decode step; returns the decode logits and the state."""
-    keyword = _cache_keyword(model)
+    keyword = cache_keyword(model)
     state = DecodeState(method=method)
     cache = DynamicCache(config=model.config)
     n = prompt.shape[1]
@@ -65,7 +64,7 @@ def test_streaming_equals_an_independent_truncated_cache(arch):
     token = torch.randint(0, 256, (1, 1))
     logits, _ = _prefill_then_step(model, StreamingAttention(StreamingConfig(sink=sink, recent=recent)), prompt, token)
 
-    keyword = _cache_keyword(model)
+    keyword = cache_keyword(model)
     with torch.no_grad():
         cache = DynamicCache(config=model.config)
         model(input_ids=prompt, use_cache=True, **{keyword: cache})
@@ -99,13 +98,12 @@ def test_missing_state_is_an_error():
 def test_statistics_cost_nothing_when_not_counting():
     """A timed step (the bench's state) keeps no statistics: the functions that would compute them never run."""
     from lychee_bench.harness.attention import DecodeState
-    from lychee_bench.harness.static_engine import StaticDecodeState
     from lychee_bench.methods.full import FullAttention
 
     def must_not_run():
         raise AssertionError("a statistic was computed while not counting")
 
-    timed = StaticDecodeState(method=FullAttention())
+    timed = DecodeState(method=FullAttention(), counting=False)
     timed.count("kv_tokens_read", must_not_run)
     assert timed.totals() == {}
     counted = DecodeState(method=FullAttention())

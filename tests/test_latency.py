@@ -3,24 +3,23 @@
 from __future__ import annotations
 
 import json
-from types import SimpleNamespace
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
-from lychee_bench.harness.attention import DecodeState
+from lychee_bench.harness.attention import cache_keyword
 from lychee_bench.harness.engine import Engine
+from lychee_bench.harness.kv_cache import StaticKVCache
 from lychee_bench.harness.records import read_records
-from lychee_bench.harness.static_engine import FixedSlotCache, StaticDecoder
 from lychee_bench.harness.synthetic_models import build_synthetic, synthetic_config
 from lychee_bench.methods.base import Method, RunShape
 from lychee_bench.methods.full import FullAttention
 from lychee_bench.methods.lychee import LycheeConfig, LycheeDecode
 from lychee_bench.tasks.latency.bench import SMOKE_LABEL, BenchError, run_bench
-from lychee_bench.tasks.latency.graph_safe import make_graph_safe
+from lychee_bench.tasks.latency.fixed_step import FixedContextStep
 from lychee_bench.tasks.latency.plot import latency_table, plot_latency
 from lychee_bench.tasks.latency.traffic import kv_bytes_read, weight_bytes_read
+from tests.conftest import NoHostReads
 
 TINY = "tiny-llama-synthetic"
 SMOKE_OPTIONS = {"roles": "uniform:3", "path": "reference", "budget": "128"}
@@ -41,10 +40,11 @@ def smoke_run(tmp_path_factory):
 
 
 def _cache(model, batch, ctx):
-    cfg = model.config
-    return FixedSlotCache(
-        cfg.num_hidden_layers, batch, cfg.num_key_value_heads, cfg.head_dim, ctx, torch.float32, "cpu"
-    )
+    return StaticKVCache.for_config(model.config, batch, ctx, torch.float32, "cpu")
+
+
+def _step(model, cache, method):
+    return FixedContextStep(Engine(model, None), cache, method)
 
 
 def test_smoke_bench_writes_complete_records(smoke_run):
@@ -90,80 +90,53 @@ def test_refuses_without_cuda(tmp_path):
         run_bench(["full"], [4096], [1], model="llama3-8b-synthetic", out=tmp_path, smoke=True)
 
 
-def test_static_step_matches_dynamic_engine(tiny):
+def test_fixed_context_step_matches_transformers(tiny):
+    """The bench's step (the engine's prefill, then one step writing slot C-1) gives transformers' own logits
+    for the same tokens (its forward with a DynamicCache)."""
+    from transformers import DynamicCache
+
     ctx, batch = 48, 2
     generator = torch.Generator().manual_seed(1)
     tokens = torch.randint(0, tiny.config.vocab_size, (batch, ctx), generator=generator)
     method = FullAttention()
-    decoder = StaticDecoder(tiny, _cache(tiny, batch, ctx), batch, make_graph_safe(method)[0])
-    decoder.prefill(tokens[:, :-1], chunk=16)
-    decoder.input_ids.copy_(tokens[:, -1:])
-    static_logits = decoder.step().clone()
-
-    engine = Engine(tiny, SimpleNamespace(pad_token_id=0, eos_token_id=None))
-    from transformers import DynamicCache
-
-    from lychee_bench.harness.attention import method_attention
-
-    cache = DynamicCache(config=tiny.config)
-    mask = torch.ones(batch, ctx - 1, dtype=torch.long)
-    positions = torch.arange(ctx - 1)[None].expand(batch, -1)
-    with torch.inference_mode(), method_attention(tiny):
-        state = DecodeState(method=method)
-        state.begin_step("prefill")
-        engine._forward(tokens[:, :-1], mask, positions, cache, state)
-        state.begin_step("decode")
-        full_mask = torch.ones(batch, ctx, dtype=torch.long)
-        dynamic_logits = engine._forward(tokens[:, -1:], full_mask, positions[:, -1:] + 1, cache, state).logits[:, -1]
-    torch.testing.assert_close(static_logits, dynamic_logits, rtol=1e-4, atol=1e-4)
+    cache = _cache(tiny, batch, ctx)
+    engine = Engine(tiny, None, prefill_chunk=16)
+    engine.prefill(cache, tokens[:, :-1].tolist(), ctx - 1)
+    step = FixedContextStep(engine, cache, method)
+    step.tokens.copy_(tokens[:, -1:])
+    static_logits = step.step().clone()
+    with torch.inference_mode():
+        dynamic = DynamicCache(config=tiny.config)
+        tiny(input_ids=tokens[:, :-1], use_cache=True, **{cache_keyword(tiny): dynamic})
+        positions = torch.full((batch, 1), ctx - 1)
+        out = tiny(input_ids=tokens[:, -1:], position_ids=positions, use_cache=True, **{cache_keyword(tiny): dynamic})
+    torch.testing.assert_close(static_logits, out.logits[:, -1].float(), rtol=1e-4, atol=1e-4)
 
 
 def test_context_does_not_drift(tiny):
     ctx, batch = 40, 1
     cache = _cache(tiny, batch, ctx)
     cache.fill_random(ctx - 1, seed=3)
-    decoder = StaticDecoder(tiny, cache, batch, make_graph_safe(FullAttention())[0])
-    before = [layer.keys[:, :, : ctx - 1].clone() for layer in cache.layers]
+    decoder = _step(tiny, cache, FullAttention())
+    before = [keys[:, :, : ctx - 1].clone() for keys in cache.keys]
     first = decoder.step().clone()
     for _ in range(4):
         logits = decoder.replay()
-    assert decoder.context_length() == ctx and cache.length == ctx - 1
-    assert int(decoder.position_ids.max()) == ctx - 1
-    for layer, old in zip(cache.layers, before, strict=True):
-        assert torch.equal(layer.keys[:, :, : ctx - 1], old)  # earlier slots are never touched
+    assert decoder.context_length() == ctx
+    assert int(decoder.positions.max()) == ctx - 1
+    for keys, old in zip(cache.keys, before, strict=True):
+        assert torch.equal(keys[:, :, : ctx - 1], old)  # earlier slots are never touched
     torch.testing.assert_close(logits, first)  # same slot, same input: the same step every time
 
 
-_HOST_READS = (
-    torch.ops.aten._local_scalar_dense.default,
-    torch.ops.aten.item.default,  # seen instead of _local_scalar_dense under inference_mode
-    torch.ops.aten.is_nonzero.default,  # bool(tensor)
-    torch.ops.aten.nonzero.default,
-)
-
-
-class _NoHostReads(TorchDispatchMode):
-    """Fails on any op that reads a tensor value back to the host (.item(), bool(t), nonzero)."""
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func in _HOST_READS:
-            raise AssertionError(f"host read inside the decode step: {func}")
-        return func(*args, **(kwargs or {}))
-
-
-def test_graph_safe_full_step_has_no_host_reads(tiny):
-    """The CPU stand-in for CUDA-graph capture: the whole decode step (HF model, cache, method) never reads a
-    value back. The plain FullAttention needs none either, since the step carries the host lengths (the static
-    decoder and the engine give them)."""
+def test_full_step_has_no_host_reads(tiny):
+    """The CPU stand-in for CUDA-graph capture: the whole decode step (layer stack, cache, method) never reads a
+    value back."""
     ctx = 32
     cache = _cache(tiny, 1, ctx)
     cache.fill_random(ctx - 1)
-    decoder = StaticDecoder(tiny, cache, 1, make_graph_safe(FullAttention())[0])
-    with _NoHostReads():
-        decoder.step()
-    plain = StaticDecoder(tiny, cache, 1, FullAttention())
-    with _NoHostReads():
-        plain.step()
+    with NoHostReads():
+        _step(tiny, cache, FullAttention()).step()
 
 
 def test_bytes_per_step_formulas():
@@ -195,26 +168,17 @@ def test_synthetic_qwen3_builds_finite():
     assert torch.allclose(model.model.layers[0].self_attn.q_norm.weight, torch.ones(1))
 
 
-def test_compiled_dense_blocks_keep_the_logits_and_restore_the_model(tiny, tmp_path):
-    """torch.compile of norms, MLPs and rotary (the bench's default on CUDA) changes no logit beyond rounding,
-    and the model is plain eager again afterwards; the bench records what it compiled."""
-    import sys
-
-    from lychee_bench.harness.fused_blocks import ROTARY_FUNCTION, compiled_dense_blocks
-
-    ids = torch.randint(0, tiny.config.vocab_size, (2, 12), generator=torch.Generator().manual_seed(0))
-    modeling = sys.modules[type(tiny).__module__]
-    rotary = getattr(modeling, ROTARY_FUNCTION)
-    with torch.no_grad():
-        eager = tiny(ids).logits
-        with compiled_dense_blocks(tiny) as compiled:
-            fused = tiny(ids).logits
-        assert {"apply_rotary_pos_emb"} < set(compiled) and any(name.endswith("MLP") for name in compiled)
-        torch.testing.assert_close(fused, eager, rtol=1e-5, atol=1e-5)
-    assert getattr(modeling, ROTARY_FUNCTION) is rotary
-    assert all("forward" not in vars(module) for module in tiny.modules())
+def test_compiled_layer_pieces_keep_the_logits(tiny, tmp_path):
+    """torch.compile of each layer's dense pieces (the engine's and the bench's default on CUDA) changes no logit
+    beyond rounding; the bench records what it compiled."""
+    ctx = 24
+    cache = _cache(tiny, 2, ctx)
+    cache.fill_random(ctx - 1, seed=2)
+    eager = _step(tiny, cache, FullAttention()).step().clone()
+    compiled = FixedContextStep(Engine(tiny, None, compiled=True), cache, FullAttention()).step()
+    torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-4)
     records = run_bench(["full"], [192], [1], model=TINY, out=tmp_path, reps=1, smoke=True, compile=True)
-    assert records and all("RMSNorm" in " ".join(r["compiled"]) for r in records)
+    assert records and all(r["compiled"] == ["attention_inputs", "finish_layer", "logits"] for r in records)
 
 
 def _no_read_methods(tmp_path) -> dict[str, Method]:
@@ -250,12 +214,11 @@ def test_every_method_decode_step_has_no_host_reads(tiny, tmp_path):
     cache.fill_random(ctx - 1, seed=5)
     methods = _no_read_methods(tmp_path)
     assert {"full", "lychee", "tidal", "quest", "duo", "streaming", "kascade"} <= set(methods)
-    # Each declares itself capturable, except lychee, whose Triton path the bench wraps (graph_safe.py).
-    assert {name for name, method in methods.items() if not method.graph_safe} == {"lychee"}
+    assert all(method.graph_safe for method in methods.values())  # each declares itself capturable
     for name, method in methods.items():
         method.prepare(tiny)
-        decoder = StaticDecoder(tiny, cache, 2, method)
-        with _NoHostReads():
+        decoder = _step(tiny, cache, method)
+        with NoHostReads():
             logits = decoder.step()
         assert bool(torch.isfinite(logits).all()), name
 
@@ -275,14 +238,14 @@ def test_efficient_paths_decode_step_has_no_host_reads(tmp_path):
     ctx = 160
     cache = _cache(tiny, 2, ctx)
     cache.fill_random(ctx - 1, seed=6)
-    methods = {name: m for name, m in _no_read_methods(tmp_path).items() if name not in ("full", "lychee")}
+    methods = _no_read_methods(tmp_path)
     for name, method in methods.items():
         method.config.path = "triton"
         method.prepare(tiny)
         assert method.path == "triton", name
-        decoder = StaticDecoder(tiny, cache, 2, method)
+        decoder = _step(tiny, cache, method)
         decoder.step()  # the first step builds what later steps keep (Quest's page bounds)
-        with _NoHostReads():
+        with NoHostReads():
             logits = decoder.step()
         assert bool(torch.isfinite(logits).all()), name
 

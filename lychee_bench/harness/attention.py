@@ -9,6 +9,7 @@ selected token sets lives in the state, never in module globals or on the model.
 
 from __future__ import annotations
 
+import inspect
 from contextlib import AbstractContextManager, contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -84,3 +85,9 @@ def attention_implementation(model: torch.nn.Module, name: str) -> Iterator[None
 def method_attention(model: torch.nn.Module) -> AbstractContextManager[None]:
     """Route the model's attention through lychee-bench for the duration; always restores the original."""
     return attention_implementation(model, ATTENTION_NAME)
+
+
+def cache_keyword(model: torch.nn.Module) -> str:
+    """The forward keyword of a transformers model's KV cache: `cache` (transformers >= 5.24) or
+    `past_key_values` (earlier releases, e.g. 5.17 on the GPU machine)."""
+    return "cache" if "cache" in inspect.signature(type(model).forward).parameters else "past_key_values"

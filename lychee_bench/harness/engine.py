@@ -366,14 +366,18 @@ class DecodeLoop:
         self.done_steps = 0  # forwards run so far (host count)
 
     def _graph_refusal(self) -> str | None:
+        """Why this decode runs eagerly (None: it is captured): the method's own reason first."""
         engine = self.engine
+        refusal = self.method.graph_refusal()
+        if refusal:
+            return refusal
         if engine.device.type != "cuda":
             return "eager on the CPU"
         if not engine.graphs:
             return "graphs turned off"
         if engine.count:
             return "statistics are counted (count=True): eager steps"
-        return self.method.graph_refusal()
+        return None
 
     # ---- one step ------------------------------------------------------------------------------------------
     def choose(self) -> None:

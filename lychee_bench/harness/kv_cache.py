@@ -35,8 +35,10 @@ class StaticKVCache:
         device: torch.device | str,
     ):
         shape = (batch, num_kv_heads, capacity, head_dim)
-        self.keys = [torch.empty(shape, dtype=dtype, device=device) for _ in range(num_layers)]
-        self.values = [torch.empty(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        # Zeros, not empty: a masked dense kernel (SDPA with a mask, the reference paths) still multiplies the
+        # slots it masks, and stale memory can hold inf or NaN, which a mask does not cancel (0 x inf).
+        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
         self.batch = batch
         self.capacity = capacity
 

@@ -20,12 +20,13 @@ from lychee_bench.methods.base import Method, RunShape
 from lychee_bench.methods.efficient import attend, choose_path, path_reasons, step_geometry
 from lychee_bench.methods.state import DecodeState
 
-FULL_PATHS = ("auto", "sdpa", "triton")
+FULL_PATHS = ("auto", "sdpa", "reference", "triton")  # reference: sdpa, the name every method's plain path has
 
 
 @dataclass
 class FullConfig:
-    """`path`: auto (triton on CUDA where the kernel supports the head dim, else sdpa), sdpa or triton."""
+    """`path`: auto (triton on CUDA where the kernel supports the head dim, else sdpa), sdpa (also called
+    reference, as every method's plain-torch path is) or triton."""
 
     path: str = "auto"
 
@@ -49,8 +50,7 @@ class FullAttention(Method):
 
     def check_config(self, shape: RunShape) -> list[str]:
         self._path = self._choose(shape.device, shape.head_dim)
-        option = "reference" if self.config.path == "sdpa" else self.config.path
-        return path_reasons(self.name, option, shape.device, shape.head_dim)
+        return path_reasons(self.name, self.config.path, shape.device, shape.head_dim)
 
     def prepare(self, model: torch.nn.Module) -> None:
         config = model.config
@@ -58,13 +58,13 @@ class FullAttention(Method):
         self._path = self._choose(str(next(model.parameters()).device), head_dim)
 
     def _choose(self, device: str, head_dim: int) -> str:
-        if self.config.path == "sdpa":
+        if self.config.path in ("sdpa", "reference"):
             return "sdpa"
         return "triton" if choose_path(self.config.path, device, head_dim) == "triton" else "sdpa"
 
     @property
     def path(self) -> str:
-        return self._path or ("sdpa" if self.config.path == "auto" else self.config.path)
+        return self._path or ("triton" if self.config.path == "triton" else "sdpa")
 
     def decode_attention(
         self,

@@ -33,7 +33,7 @@ from transformers import AttentionInterface, DynamicCache
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-from lychee_bench.harness.attention import attention_implementation
+from lychee_bench.harness.attention import attention_implementation, cache_keyword
 
 TRAIN_ATTENTION_NAME = "lychee_bench_train"
 MODES = ("hybrid", "sparse", "full")
@@ -240,17 +240,11 @@ def decoder(model: torch.nn.Module) -> torch.nn.Module:
     return getattr(model, model.base_model_prefix, model)
 
 
-def _cache_keyword(module: torch.nn.Module) -> str:
-    import inspect
-
-    return "cache" if "cache" in inspect.signature(type(module).forward).parameters else "past_key_values"
-
-
 @torch.no_grad()
 def prefill(model: torch.nn.Module, context_ids: torch.Tensor, chunk: int | None = None) -> DynamicCache:
     """Dense prefill of the context [1, ctx] (optionally in chunks to bound activation memory)."""
     base = decoder(model)
-    keyword = _cache_keyword(base)
+    keyword = cache_keyword(base)
     cache = DynamicCache(config=model.config)
     step = chunk or context_ids.shape[1]
     for start in range(0, context_ids.shape[1], step):
@@ -266,7 +260,7 @@ def segment_hidden(
     With a state the hybrid attention runs (gradients flow to state.z); without one, the model's own attention.
     """
     base = decoder(model)
-    keyword = _cache_keyword(base)
+    keyword = cache_keyword(base)
     try:
         if state is None:
             with torch.no_grad():

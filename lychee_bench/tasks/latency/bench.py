@@ -10,7 +10,6 @@ copy: ``torch.mul(src, 1, out=dst)`` on 2 GiB, read + write counted). SPEC §6; 
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 import re
@@ -24,16 +23,8 @@ import torch
 from tqdm.auto import tqdm
 
 from lychee_bench.harness import provenance, records
-from lychee_bench.harness.fused_blocks import compiled_dense_blocks
-from lychee_bench.harness.static_engine import (
-    FixedSlotCache,
-    StaticDecoder,
-    StaticDecodeState,
-    Timing,
-    capture_graph,
-    time_cuda,
-    time_wall,
-)
+from lychee_bench.harness.engine import Engine
+from lychee_bench.harness.kv_cache import StaticKVCache
 from lychee_bench.harness.synthetic_models import (
     SYNTHETIC_MODELS,
     TINY_MODELS,
@@ -41,12 +32,17 @@ from lychee_bench.harness.synthetic_models import (
     describe_synthetic,
     synthetic_config,
 )
-from lychee_bench.methods.base import Method, RunShape, head_dim_of
-from lychee_bench.tasks.latency.graph_safe import make_graph_safe
+from lychee_bench.harness.timing import Timing, capture_graph, time_cuda, time_wall
+from lychee_bench.methods.base import Method, RunShape
+from lychee_bench.methods.state import DecodeState
+from lychee_bench.tasks.latency.fixed_step import FixedContextStep
 from lychee_bench.tasks.latency.profile import profile_steps
-from lychee_bench.tasks.latency.traffic import floor_ms, kv_bytes_read, weight_bytes_read
+from lychee_bench.tasks.latency.stock import stock_decode_step
+from lychee_bench.tasks.latency.traffic import floor_ms, full_kv_bytes, kv_bytes_read, weight_bytes_read
 
 SMOKE_LABEL = "cpu-smoke, not a measurement"
+STOCK_LABEL = "transformers"  # stock transformers' decode step, what a user would run instead
+MATMUL_SIZE = 8192
 SMOKE_MAX_CTX = 8192
 COPY_ELEMENTS_GPU = 1 << 30  # 2 GiB of bf16
 COPY_ELEMENTS_CPU = 1 << 22
@@ -97,7 +93,9 @@ class BenchPlan:
     attention: bool = True  # also time the attention alone
     smoke: bool = False
     seed: int = 0
-    compile: bool | None = None  # torch.compile the norms, MLPs and rotary embedding; None: on CUDA, off in smoke
+    compile: bool | None = None  # torch.compile the per-layer dense pieces; None: on CUDA, off in smoke
+    stock: bool = True  # also time stock transformers' decode step (DynamicCache, SDPA) at each point
+    matmul: bool = True  # measure the bf16 matrix-product rate (the prefill's FLOP floor)
     profile: int = 0  # also profile this many steps per point (tasks/latency/profile.py)
     full_budget: bool = False  # also run each sparse method with a budget holding the longest context (SPEC §4)
 
@@ -219,19 +217,20 @@ class Bench:
         t0 = time.perf_counter()
         model = self._load_model(config)
         self.log(f"model ready in {time.perf_counter() - t0:.1f} s")
-        safe_methods = []
         for method in methods:
             method.prepare(model)
-            safe_methods.append(make_graph_safe(method))
-
         compile_blocks = (not plan.smoke) if plan.compile is None else plan.compile
-        with compiled_dense_blocks(model) if compile_blocks else contextlib.nullcontext([]) as compiled:
-            return self._run_points(plan, config, model_info, model, safe_methods, started, compiled)
+        engine = Engine(model, None, graphs=False, compiled=compile_blocks, prefill_chunk=plan.prefill_chunk)
+        compiled = ["attention_inputs", "finish_layer", "logits"] if compile_blocks else []
+        return self._run_points(plan, config, model_info, engine, methods, started, compiled)
 
-    def _run_points(self, plan, config, model_info, model, safe_methods, started, compiled) -> list[dict[str, Any]]:
+    def _run_points(self, plan, config, model_info, engine, methods, started, compiled) -> list[dict[str, Any]]:
         prov = provenance.collect(str(self.device))
         copy = self._copy_bandwidth()
         self.log(f"copy bandwidth {copy['copy_bw_bytes_per_s'] / 1e12:.3f} TB/s ({copy['copy_method']})")
+        if plan.matmul and not plan.smoke:
+            copy.update(self._matmul_rate())
+            self.log(f"bf16 matmul rate {copy['matmul_flops_per_s'] / 1e12:.1f} TFLOP/s")
         run_key = records.config_hash({**dataclasses.asdict(plan), "out": None, "started": started})
         writer = records.RecordWriter(plan.out)
         records.write_manifest(
@@ -258,7 +257,8 @@ class Bench:
             "dtype": self.dtype_name,
             "device": prov["device"],
             "timing_mode": self._timing_mode(),
-            "compiled": compiled,  # the parts of the step that ran through torch.compile (empty: all eager)
+            "compiled": compiled,  # the pieces of each layer that ran through torch.compile (empty: all eager)
+            "engine": "lychee_bench.harness.engine (static cache, fused QKV and gate/up, one decode step per graph)",
             "label": SMOKE_LABEL if plan.smoke else model_info.get("weights") + " weights",
             "copy_bw_bytes_per_s": copy["copy_bw_bytes_per_s"],
             "provenance": prov,
@@ -266,11 +266,12 @@ class Bench:
         results: list[dict[str, Any]] = []
         points = [(b, c) for b in plan.batches for c in plan.contexts]
         for batch, ctx in tqdm(points, desc="latency points", disable=plan.smoke):
-            rows = self._point(model, config, safe_methods, batch, ctx, copy["copy_bw_bytes_per_s"])
-            full = next((r for r in rows if r["method"] == "full" and r.get("decode_ms")), None)
+            rows = self._point(engine, config, methods, batch, ctx, copy)
+            full = _fastest_full(rows)
             for row in rows:
                 if full and row.get("decode_ms"):
                     row["speedup_vs_full"] = full["decode_ms"] / row["decode_ms"]
+                    row["full_reference"] = full["method"]
                 else:
                     row["speedup_vs_full"] = None
                 record = {**common, **row}
@@ -295,6 +296,23 @@ class Bench:
         if self.plan.smoke:
             return time_wall(run, self.plan.reps, warmup=1)
         return time_cuda(run, self.plan.reps, warmup=self.plan.warmup)
+
+    @torch.no_grad()
+    def _matmul_rate(self) -> dict[str, Any]:
+        """bf16 (the run's dtype) matrix-product rate on 8192-square operands, in a graph: the prefill's ceiling."""
+        size = MATMUL_SIZE
+        a = torch.randn(size, size, dtype=self.dtype, device=self.device)
+        b = torch.randn(size, size, dtype=self.dtype, device=self.device)
+        out = torch.empty(size, size, dtype=self.dtype, device=self.device)
+        graph = capture_graph(lambda: torch.mm(a, b, out=out))
+        timing = self._time(graph.replay)
+        del graph
+        flops = 2 * size**3
+        return {
+            "matmul_size": size,
+            **timing.as_dict("matmul"),
+            "matmul_flops_per_s": flops / (timing.median_ms * 1e-3),
+        }
 
     @torch.no_grad()
     def _copy_bandwidth(self) -> dict[str, Any]:
@@ -322,69 +340,78 @@ class Bench:
             torch.cuda.synchronize()
             torch.cuda.empty_cache()
 
-    def _point(self, model, config, methods, batch: int, ctx: int, copy_bw: float) -> list[dict[str, Any]]:
-        """Every method at one (batch, context), all on the same cache."""
-        head_dim = head_dim_of(config)
+    def _point(self, engine, config, methods, batch: int, ctx: int, copy: dict[str, Any]) -> list[dict[str, Any]]:
+        """Every method at one (batch, context), all on the same cache; stock transformers last (it takes the
+        cache over)."""
         base = {"ctx": ctx, "batch": batch}
+        copy_bw = copy["copy_bw_bytes_per_s"]
         rows = []
         try:
-            cache = FixedSlotCache(
-                config.num_hidden_layers, batch, config.num_key_value_heads, head_dim, ctx, self.dtype, self.device
-            )
+            cache = StaticKVCache.for_config(config, batch, ctx, self.dtype, self.device)
         except torch.OutOfMemoryError as error:
             self._empty_cache()
             return [
-                {**base, "method": m.label, "error": f"cache does not fit: {error}".splitlines()[0]} for m, _ in methods
+                {**base, "method": m.label, "error": f"cache does not fit: {error}".splitlines()[0]} for m in methods
             ]
         fill = {"kv_fill": "random", "prefill_ms": None}
         if self.plan.prefill:
-            fill = self._prefill(model, cache, batch, ctx, methods[0][0])
+            fill = self._prefill(engine, cache, batch, ctx, config, copy)
         else:
             cache.fill_random(ctx - 1, seed=self.plan.seed)
-        weights = weight_bytes_read(model, batch)
-        for method, graph_safe in methods:
+        weights = weight_bytes_read(engine.model, batch)
+        full_kv = full_kv_bytes(self._shape(config, batch, ctx), ctx, batch)  # what the stock step reads
+        for method in methods:
             row = {**base, **fill, "method": method.label, "method_config": method.describe(), "path": method.path}
-            row["graph_safe"] = graph_safe
+            row["graph_safe"] = method.graph_refusal() is None
             row.update(weights)
             try:
-                row.update(self._measure(model, cache, method, batch, ctx, config))
+                row.update(self._measure(engine, cache, method, batch, ctx, config))
             except (RuntimeError, torch.OutOfMemoryError) as error:
                 row["error"] = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
             kv = kv_bytes_read(method, self._shape(config, batch, ctx), ctx, batch)
-            total = None if kv is None else kv + weights["weight_bytes_read"]
-            floor = floor_ms(total, copy_bw)
-            row.update(kv_bytes_read=kv, bytes_per_step=total, floor_ms=floor)
-            decode = row.get("decode_ms")
-            row["time_over_floor"] = decode / floor if decode and floor else None
-            row["achieved_bw_fraction"] = floor / decode if decode and floor else None
-            rows.append(row)
+            rows.append(_with_floor(row, kv, weights, copy_bw))
             self._empty_cache()
+        if self.plan.stock and not self.plan.smoke:
+            row = {**base, **fill, "method": STOCK_LABEL, "path": "transformers DynamicCache + sdpa, eager"}
+            row.update(weights)
+            try:
+                row.update(stock_decode_step(engine.model, cache, ctx, self.plan.reps, self.plan.warmup))
+            except (RuntimeError, torch.OutOfMemoryError) as error:
+                row["error"] = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+            rows.append(_with_floor(row, full_kv, weights, copy_bw))
         del cache
         self._empty_cache()
         return rows
 
-    def _prefill(self, model, cache, batch: int, ctx: int, method: Method) -> dict[str, Any]:
-        decoder = StaticDecoder(model, cache, batch, method)
+    def _prefill(self, engine, cache, batch: int, ctx: int, config: Any, copy: dict[str, Any]) -> dict[str, Any]:
+        """A real, timed prefill of C-1 random tokens per row (the engine's: one row at a time, chunked), with its
+        FLOP floor at the matrix-product rate measured in this run."""
         generator = torch.Generator().manual_seed(self.plan.seed)
-        tokens = torch.randint(0, model.config.vocab_size, (batch, ctx - 1), generator=generator).to(self.device)
+        tokens = torch.randint(0, config.vocab_size, (batch, ctx - 1), generator=generator).tolist()
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
-        decoder.prefill(tokens, self.plan.prefill_chunk)
+        engine.prefill(cache, tokens, ctx - 1)
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         elapsed = (time.perf_counter() - start) * 1e3
-        decoder.release()
-        return {"kv_fill": "prefill", "prefill_ms": elapsed, "prefill_chunk": self.plan.prefill_chunk}
+        flops = prefill_flops(config, batch, ctx - 1)
+        result = {"kv_fill": "prefill", "prefill_ms": elapsed, "prefill_chunk": engine.chunk_for(ctx - 1)}
+        result["prefill_flops"] = flops
+        rate = copy.get("matmul_flops_per_s")
+        if rate:
+            result["prefill_floor_ms"] = flops / rate * 1e3
+            result["prefill_over_floor"] = elapsed / result["prefill_floor_ms"]
+        return result
 
-    def _measure(self, model, cache, method: Method, batch: int, ctx: int, config: Any) -> dict[str, Any]:
+    def _measure(self, engine, cache, method: Method, batch: int, ctx: int, config: Any) -> dict[str, Any]:
         smoke = self.plan.smoke
         result: dict[str, Any] = {}
         if not smoke:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
-        decoder = StaticDecoder(model, cache, batch, method)
-        keys_before = cache.layers[0].keys[:, :, : ctx - 1].sum(dtype=torch.float32).item()
+        decoder = FixedContextStep(engine, cache, method)
+        keys_before = cache.keys[0][:, :, : ctx - 1].sum(dtype=torch.float32).item()
         if smoke:
             timing = self._time(decoder.step)
             result["captured"] = False
@@ -405,7 +432,7 @@ class Bench:
         # The context must not drift: the step writes slot C-1 and nothing before it changes.
         result["context_checked"] = decoder.context_length()
         result["context_drift"] = decoder.context_length() != ctx or (
-            cache.layers[0].keys[:, :, : ctx - 1].sum(dtype=torch.float32).item() != keys_before
+            cache.keys[0][:, :, : ctx - 1].sum(dtype=torch.float32).item() != keys_before
         )
         if self.plan.attention:
             attention = self._attention_only(cache, method, decoder, config)
@@ -421,7 +448,7 @@ class Bench:
         decoder.release()
         return result
 
-    def _profile(self, decoder: StaticDecoder, method: Method, batch: int, ctx: int, step_ms: float) -> dict:
+    def _profile(self, decoder: FixedContextStep, method: Method, batch: int, ctx: int, step_ms: float) -> dict:
         """Kernels per step, busy time and the gap to the timed step; the top kernels go to profiles/*.txt."""
         summary, table = profile_steps(decoder.replay, self.plan.profile, on_cuda=not self.plan.smoke)
         if not summary["kernels_per_step"] and decoder.graph is not None:  # a profiler that cannot see into graphs
@@ -437,21 +464,23 @@ class Bench:
         (folder / f"{name}.txt").write_text(header + "\n" + table + "\n")
         return {"profile": summary}
 
-    def _attention_only(self, cache: FixedSlotCache, method: Method, decoder: StaticDecoder, config: Any) -> Timing:
+    def _attention_only(self, cache: StaticKVCache, method: Method, decoder: FixedContextStep, config: Any) -> Timing:
         """All layers' attention calls alone (each on its own layer's cache, as in a step), one graph."""
         batch = decoder.batch
-        head_dim = cache.layers[0].keys.shape[-1]
+        head_dim = cache.keys[0].shape[-1]
         generator = torch.Generator(device=self.device).manual_seed(self.plan.seed + 1)
         query = torch.randn(
             batch, config.num_attention_heads, 1, head_dim, generator=generator, device=self.device, dtype=self.dtype
         )
-        state = StaticDecodeState(method=method, static=decoder.static)
+        state = DecodeState(method=method, counting=False, geometry=decoder.geometry)
         scaling = head_dim**-0.5
 
         def attention_pass() -> None:
-            state.begin_step("decode", [decoder.context] * batch)
-            for index, layer in enumerate(cache.layers):
-                method.decode_attention(index, query, layer.keys, layer.values, decoder.static.valid, scaling, state)
+            state.begin_step("decode", decoder.lengths_host)
+            for index in range(len(cache.keys)):
+                method.decode_attention(
+                    index, query, cache.keys[index], cache.values[index], decoder.valid, scaling, state
+                )
 
         with torch.inference_mode():
             if self.plan.smoke:
@@ -460,6 +489,36 @@ class Bench:
             timing = self._time(graph.replay)
             del graph
             return timing
+
+
+def prefill_flops(config: Any, batch: int, tokens: int) -> float:
+    """Matrix FLOPs of a causal prefill of `tokens` per row: every linear layer (2 x parameters x tokens), the
+    causal attention products (q.k and p.v over the lower triangle: 2 x 2 x Hq x D x tokens^2 / 2 per layer) and
+    the LM head for the last position only."""
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    hidden, heads, kv_heads = config.hidden_size, config.num_attention_heads, config.num_key_value_heads
+    per_layer = hidden * (heads + 2 * kv_heads) * head_dim + heads * head_dim * hidden
+    per_layer += 3 * hidden * config.intermediate_size
+    linear = 2.0 * per_layer * config.num_hidden_layers * tokens
+    attention = 2.0 * heads * head_dim * tokens * (tokens + 1) * config.num_hidden_layers
+    head = 2.0 * hidden * config.vocab_size
+    return batch * (linear + attention + head)
+
+
+def _with_floor(row: dict[str, Any], kv: int | None, weights: dict[str, int], copy_bw: float) -> dict[str, Any]:
+    total = None if kv is None else kv + weights["weight_bytes_read"]
+    floor = floor_ms(total, copy_bw)
+    row.update(kv_bytes_read=kv, bytes_per_step=total, floor_ms=floor)
+    decode = row.get("decode_ms")
+    row["time_over_floor"] = decode / floor if decode and floor else None
+    row["achieved_bw_fraction"] = floor / decode if decode and floor else None
+    return row
+
+
+def _fastest_full(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The reference for speedups: the faster of the dense rows (`full` on each of its paths)."""
+    dense = [r for r in rows if r.get("method_config", {}).get("name") == "full" and r.get("decode_ms")]
+    return min(dense, key=lambda r: r["decode_ms"], default=None)
 
 
 def _one_line(record: dict[str, Any]) -> str:
