@@ -181,3 +181,184 @@ def test_sparse_kernel_compiles_for_hopper_without_a_gpu(kernel):
     assert done.returncode == 0, done.stderr[-2000:]
     usages = [json.loads(line) for line in done.stdout.strip().splitlines()]
     assert len(usages) == 4 and all(0 < u["registers"] <= 255 and u["stack_bytes"] == 0 for u in usages), usages
+
+
+# The all-dense kernel (index None): full attention's fast path.
+
+
+def dense_case(lengths: list[int], starts: list[int], max_len: int, hkv: int, group: int, dim: int, dtype):
+    """Queries and a cache where every slot outside [start, start + length) holds garbage that would show if
+    it were read: huge keys (they would take all the attention) and NaN values (NaN even at weight 0)."""
+    batch = len(lengths)
+    q = torch.randn(batch, hkv * group, dim).to(dtype)
+    k = torch.randn(batch, hkv, max_len, dim).to(dtype)
+    v = torch.randn(batch, hkv, max_len, dim).to(dtype)
+    real = torch.zeros(batch, max_len, dtype=torch.bool)
+    for b, (n, s) in enumerate(zip(lengths, starts, strict=True)):
+        real[b, s : s + n] = True
+    outside = ~real[:, None, :].expand(-1, hkv, -1)
+    k[outside] = 3e4
+    v[outside] = float("nan")
+    as_int = lambda x: torch.tensor(x, dtype=torch.int32)  # noqa: E731
+    return q, k, v, as_int(lengths), as_int(starts), real
+
+
+def dense_reference(q, k, v, real, scale):
+    """Float64 SDPA with a boolean mask over the real tokens (garbage zeroed first: masked NaN would spread)."""
+    keep = real[:, None, None, :]
+    k64 = k.double().masked_fill(~real[:, None, :, None], 0.0)
+    v64 = v.double().masked_fill(~real[:, None, :, None], 0.0)
+    out = torch.nn.functional.scaled_dot_product_attention(
+        q[:, :, None].double(), k64, v64, attn_mask=keep, scale=scale, enable_gqa=True
+    )
+    return out[:, :, 0]
+
+
+DENSE_TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 1e-2}
+
+
+@pytest.mark.parametrize(
+    "hkv, group, dim, dtype, tile",
+    [
+        (2, 4, 64, torch.float32, 64),  # Llama-like GQA 4
+        (1, 3, 128, torch.bfloat16, 64),  # SmolLM2-like GQA 3, head dim 128
+        (3, 1, 64, torch.bfloat16, 32),  # no GQA
+        (2, 4, 128, torch.float32, 16),  # many short tiles: the unmasked loop and the masked last tile
+        (2, 3, 64, torch.float32, 64),
+    ],
+)
+def test_all_dense_matches_masked_attention(kernel, hkv, group, dim, dtype, tile):
+    """Batch 3 with left padding and different lengths (a whole number of tiles, a partial last tile, fewer
+    tokens than one tile), each ending before the cache does; default chunking and one tile per chunk."""
+    max_len = 203
+    lengths, starts = [150, 64, 7], [20, 100, 190]
+    q, k, v, lengths_t, starts_t, real = dense_case(lengths, starts, max_len, hkv, group, dim, dtype)
+    expected = dense_reference(q, k, v, real, 0.15)
+    launch = kernel.DenseLaunch(tile=tile)
+    for chunk_tiles in (None, 1):
+        out = kernel.dense_decode_attention(
+            q, k, v, lengths_t, starts_t, 0.15, max_length=max(lengths), chunk_tiles=chunk_tiles, launch=launch
+        )
+        assert out.dtype == dtype and out.shape == q.shape
+        assert torch.isfinite(out).all()
+        tol = DENSE_TOLERANCE[dtype]
+        torch.testing.assert_close(out.double(), expected, atol=tol, rtol=tol)
+
+
+def test_all_dense_grid_sized_for_a_longer_generation(kernel, monkeypatch):
+    """The engine sizes the grid once for the longest length a generation reaches: a launch for max_length
+    (or the whole cache) far beyond today's lengths gives the output of one sized exactly. The last launch
+    merges its many chunks a few at a time (a loop the GPU's default sizes take only past 256 chunks)."""
+    lengths, starts = [40, 17, 100], [3, 60, 1]
+    q, k, v, lengths_t, starts_t, real = dense_case(lengths, starts, 400, 2, 4, 64, torch.float32)
+    expected = dense_reference(q, k, v, real, 0.2)
+    launch = kernel.DenseLaunch(tile=16)
+    exact = kernel.dense_decode_attention(q, k, v, lengths_t, starts_t, 0.2, max_length=100, launch=launch)
+    torch.testing.assert_close(exact.double(), expected, atol=1e-5, rtol=1e-5)
+    for max_length, chunk_tiles in ((400, None), (400, 1), (None, 2), (250, 3)):
+        out = kernel.dense_decode_attention(
+            q, k, v, lengths_t, starts_t, 0.2, max_length=max_length, chunk_tiles=chunk_tiles, launch=launch
+        )
+        torch.testing.assert_close(out, exact, atol=1e-6, rtol=1e-6)
+    monkeypatch.setattr(kernel, "DENSE_MERGE_ELEMENTS", 64)  # 4 chunks x 4 heads x 4 dims per load
+    out = kernel.dense_decode_attention(q, k, v, lengths_t, starts_t, 0.2, max_length=400, chunk_tiles=1, launch=launch)
+    torch.testing.assert_close(out, exact, atol=1e-6, rtol=1e-6)
+
+
+def test_index_none_takes_the_dense_kernel_unless_told_not_to(kernel, monkeypatch):
+    """``sparse_decode_attention`` with no index runs the all-dense kernel; ``specialise_dense=False`` keeps
+    the general position-list kernel (the benchmark's "before"); both give the same attention."""
+    lengths, starts = [90, 33], [10, 0]
+    q, k, v, lengths_t, starts_t, real = dense_case(lengths, starts, 130, 2, 3, 64, torch.float32)
+    expected = dense_reference(q, k, v, real, 0.3)
+    calls = []
+    dense = kernel.dense_decode_attention
+    monkeypatch.setattr(kernel, "dense_decode_attention", lambda *a, **kw: calls.append(1) or dense(*a, **kw))
+    fast = kernel.sparse_decode_attention(q, k, v, lengths_t, starts_t, None, 0.3, max_length=90)
+    assert calls == [1]
+    general = kernel.sparse_decode_attention(
+        q, k, v, lengths_t, starts_t, None, 0.3, max_length=90, specialise_dense=False
+    )
+    assert calls == [1]
+    torch.testing.assert_close(fast.double(), expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(general.double(), expected, atol=2e-4, rtol=2e-4)
+
+
+def test_dense_launch_rejects_bad_knobs(kernel):
+    q, k, v, lengths, starts, _ = dense_case([5], [0], 64, 1, 2, 64, torch.float32)
+    with pytest.raises(ValueError, match="tile 48"):
+        kernel.DenseLaunch(tile=48)
+    with pytest.raises(ValueError, match="stages 0"):
+        kernel.DenseLaunch(stages=0)
+    with pytest.raises(ValueError, match="max_length 65"):
+        kernel.dense_decode_attention(q, k, v, lengths, starts, 0.1, max_length=65)
+    with pytest.raises(ValueError, match="chunk_tiles"):
+        kernel.dense_decode_attention(q, k, v, lengths, starts, 0.1, chunk_tiles=0)
+
+
+def test_dense_launch_lowers_stages_where_shared_memory_is_short(kernel, monkeypatch):
+    """A device with less shared memory per block than the default pipeline needs (an A100 has 164 KB) gets
+    fewer stages, remembered for the next call, instead of an error."""
+    from triton.runtime.errors import OutOfResources
+
+    tried = []
+    launch_partials = kernel._launch_dense_partials
+
+    def small_device(*args):
+        tried.append(args[-2])
+        if args[-2] > 2:
+            raise OutOfResources(args[-2] * 65536, 3 * 65536, "shared memory")
+        return launch_partials(*args)
+
+    monkeypatch.setattr(kernel, "_launch_dense_partials", small_device)
+    monkeypatch.setattr(kernel, "_FITTED_STAGES", {})
+    q, k, v, lengths, starts, real = dense_case([70, 9], [2, 30], 80, 2, 2, 64, torch.float32)
+    launch = kernel.DenseLaunch(tile=32, stages=4)
+    for _ in range(2):
+        out = kernel.dense_decode_attention(q, k, v, lengths, starts, 0.25, launch=launch)
+        torch.testing.assert_close(out.double(), dense_reference(q, k, v, real, 0.25), atol=1e-5, rtol=1e-5)
+    assert tried == [4, 3, 2, 2]
+
+
+DENSE_PTX_SCRIPT = """
+import inspect, json, sys
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from lychee_bench.kernels import sparse_decode as sd
+
+group, dim = int(sys.argv[1]), int(sys.argv[2])
+launch = sd.DENSE_LAUNCH
+kernel = sd._dense_partials_kernel
+names = list(inspect.signature(kernel.fn).parameters)
+constants = dict(HKV=8, GS=group, G_PAD=max(16, triton.next_power_of_2(group)), D=dim, TILE=launch.tile,
+                 DOT_IN_FP32=False, INPUT_PRECISION="tf32")
+types = {"q_ptr": "*bf16", "k_ptr": "*bf16", "v_ptr": "*bf16", "scale_log2e": "fp32"}
+signature = {n: "constexpr" if n in constants else types.get(n, "*fp32" if "part" in n else
+             ("*i32" if n.endswith("_ptr") else "i32")) for n in names}
+# What a launch specialises on: pointers and strides divisible by 16 (torch allocations, head dims 64/128).
+attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in names if n.endswith("_ptr") or n.startswith("stride")}
+compiled = triton.compile(ASTSource(fn=kernel, signature=signature, constexprs=constants, attrs=attrs),
+                          target=GPUTarget("cuda", 90, 32), options=dict(num_warps=launch.warps,
+                          num_stages=launch.stages))
+print(json.dumps(dict(ptx=compiled.asm["ptx"], shared=compiled.metadata.shared)))
+"""
+
+
+@pytest.mark.parametrize("group, dim", [(4, 128), (3, 64)])
+def test_dense_kernel_compiles_for_hopper_with_wide_pipelined_loads(kernel, group, dim):
+    """The GPU build (sm_90, bf16, default knobs) compiles here, and K/V arrive as 16-byte asynchronous copies
+    into shared memory (vectorised and software-pipelined), never as 2-byte scalar loads."""
+    import json
+    import re
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-c", DENSE_PTX_SCRIPT, str(group), str(dim)]
+    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "TRITON_INTERPRET": "0"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    ptx = result["ptx"]
+    assert len(re.findall(r"cp\.async\.cg\.shared\.global \[[^]]*\], \[[^]]*\], 0x10", ptx)) >= 8, "no 16-byte cp.async"
+    assert not re.search(r"ld\.global(\.[a-z]+)*\.b16", ptx), "scalar 2-byte global loads"
+    assert 0 < result["shared"] <= 228 * 1024
