@@ -164,7 +164,7 @@ def test_cache_correction_rewrites_sparse_kv_densely(smol_tokenizer):
     formatter = InputFormatter(smol_tokenizer, exercise_chars=60)
     text = "The quick brown fox jumps over the lazy dog. " * 40 + "What does the fox jump over?"
     inputs = [formatter.format(text, " Answer:")]
-    engine = Engine(model, smol_tokenizer)
+    engine = Engine(model, smol_tokenizer, count=True)
     dense_roles = LycheeDecode(LycheeConfig(roles="all", budget=64, correction_period=4))
     dense_roles.prepare(model)
     outputs = engine.generate(inputs, GenerationSettings(16), [FullAttention(), dense_roles])
@@ -194,7 +194,7 @@ def test_reference_and_triton_paths_give_the_same_tokens(smol_tokenizer, monkeyp
         method.prepare(model)
         methods.append(method)
     assert [m.path for m in methods] == ["reference", "triton"]
-    engine = Engine(model, smol_tokenizer)
+    engine = Engine(model, smol_tokenizer, count=True)
     reference = engine.generate(inputs, GenerationSettings(6), [methods[0]])["lychee"]
     reference_read = engine.last_counters["kv_tokens_read"]
     efficient = engine.generate(inputs, GenerationSettings(6), [methods[1]])["lychee"]
