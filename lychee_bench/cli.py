@@ -105,6 +105,9 @@ def run(
         typer.Option("--chat-template/--no-chat-template", help="default: use it when the tokenizer has one"),
     ] = None,
     rope_scaling: Annotated[str | None, typer.Option(help="extend the context, e.g. yarn:2")] = None,
+    tokenizer: Annotated[
+        str | None, typer.Option(help="a synthetic --model's tokenizer: an embedded model name or a folder")
+    ] = None,
     temperature: Annotated[float, typer.Option(min=0.0, help="0 = greedy")] = 0.0,
     top_p: Annotated[float, typer.Option(min=0.0, max=1.0)] = 1.0,
     out: Annotated[
@@ -136,6 +139,7 @@ def run(
             exercise_chars=exercise_chars,
             chat_template=chat_template,
             rope_scaling=rope_scaling,
+            tokenizer=tokenizer,
             temperature=temperature,
             top_p=top_p,
             out=out,

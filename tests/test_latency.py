@@ -297,3 +297,21 @@ def test_full_budget_adds_each_sparse_method_at_the_whole_context(tmp_path):
     wide = [r for r in records if r["method"] == "streaming[sink=4;budget=160]"]
     full = {r["ctx"]: r["kv_bytes_read"] for r in records if r["method"] == "full"}
     assert all(r["kv_bytes_read"] == full[r["ctx"]] for r in wide)
+
+
+def test_versus_transformers_times_both_on_the_same_inputs(tmp_path):
+    """The comparison script (CPU plumbing check on the default model): equal-length inputs, stock generate's
+    per-step time and the engine's, per method, written to versus.json."""
+    from lychee_bench.tasks.latency.versus_transformers import main
+
+    code = main(
+        ["--ctx", "512", "--batch", "2", "--methods", "full,streaming", "--new-tokens", "3", "--device", "cpu"]
+        + ["--out", str(tmp_path)]
+    )
+    assert code == 0
+    (result,) = json.loads((tmp_path / "versus.json").read_text())
+    assert result["batch"] == 2 and 0 < result["prompt_tokens"] <= 512 - 3
+    assert result["transformers"]["ms_per_step"] > 0
+    assert set(result["lychee_bench"]) == {"full", "streaming"}
+    for entry in result["lychee_bench"].values():
+        assert entry["ms_per_step"] > 0 and entry["speedup_vs_transformers"] > 0 and entry["decode_mode"] == "eager"

@@ -143,9 +143,21 @@ class ModelSource:
         return {"name": self.name, "location": self.location, "fingerprint": self.fingerprint}
 
 
+SYNTHETIC_LOCATION = "synthetic:"  # a ModelSource location for a published shape with random weights
+
+
+def is_synthetic(source: ModelSource) -> bool:
+    return source.location.startswith(SYNTHETIC_LOCATION)
+
+
 def resolve_model(name: str | None) -> ModelSource:
-    """Turn `--model` into files on disk (converting the embedded model on first use)."""
+    """Turn `--model` into files on disk (converting the embedded model on first use). A synthetic shape
+    (harness/synthetic_models.py) has no files: random weights, and the tokenizer the run names."""
+    from lychee_bench.harness.synthetic_models import SYNTHETIC_MODELS
+
     name = name or DEFAULT_MODEL
+    if name in SYNTHETIC_MODELS:
+        return ModelSource(name, SYNTHETIC_LOCATION + name, f"synthetic:{name}")
     if name in EMBEDDED_MODELS:
         embedded = EMBEDDED_MODELS[name]
         target = cache_dir() / "models" / embedded.name
@@ -167,10 +179,20 @@ def resolve_model(name: str | None) -> ModelSource:
     )
 
 
-def load_config(source: ModelSource, rope_scaling: str | None = None) -> Any:
-    """The model's config, with an optional rope scaling applied (e.g. "yarn:2")."""
+def load_config(source: ModelSource, rope_scaling: str | None = None, vocab_size: int | None = None) -> Any:
+    """The model's config, with an optional rope scaling applied (e.g. "yarn:2"); a synthetic shape's
+    vocabulary can be sized to the tokenizer it runs with."""
     from transformers import AutoConfig
 
+    if is_synthetic(source):
+        from lychee_bench.harness.synthetic_models import synthetic_config
+
+        config = synthetic_config(source.name)
+        if vocab_size:
+            config.vocab_size = vocab_size
+        if rope_scaling:
+            apply_rope_scaling(config, rope_scaling)
+        return config
     try:
         config = AutoConfig.from_pretrained(source.location)
     except OSError as error:
@@ -229,10 +251,14 @@ def load_tokenizer(source: ModelSource) -> Any:
     return AutoTokenizer.from_pretrained(source.location)
 
 
-def load_model(source: ModelSource, config: Any, device: str, dtype: str) -> Any:
+def load_model(source: ModelSource, config: Any, device: str, dtype: str, seed: int = 0) -> Any:
     import torch
     from transformers import AutoModelForCausalLM
 
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+    if is_synthetic(source):
+        from lychee_bench.harness.synthetic_models import build_synthetic
+
+        return build_synthetic(source.name, device, torch_dtype, seed, config=config)
     model = AutoModelForCausalLM.from_pretrained(source.location, config=config, dtype=torch_dtype)
     return model.to(device).eval()

@@ -46,6 +46,7 @@ class RunPlan:
     exercise_chars: int = 100
     chat_template: bool | None = None  # None: use the tokenizer's template when it has one
     rope_scaling: str | None = None
+    tokenizer: str | None = None  # a synthetic model's tokenizer (an embedded model name or a folder)
     temperature: float = 0.0
     top_p: float = 1.0
     out: Path | None = None
@@ -227,7 +228,8 @@ def run(plan: RunPlan, log: Any = print) -> list[dict[str, Any]]:
     for task in tasks.values():
         reasons += task.check_assets()
     source = models.resolve_model(plan.model)
-    config = models.load_config(source, plan.rope_scaling)
+    tokenizer_source, vocab_size = _tokenizer_source(plan, source)
+    config = models.load_config(source, plan.rope_scaling, vocab_size)
     reasons += models.check_architecture(config)
     reasons += models.check_context(config, plan.ctx, source.name)
     batch_size = plan.batch_size or (8 if device.startswith("cuda") else 1)
@@ -240,11 +242,13 @@ def run(plan: RunPlan, log: Any = print) -> list[dict[str, Any]]:
     decode_exercise = plan.decode_exercise
     if decode_exercise is None:
         decode_exercise = any(getattr(m, "decode_only", False) for m in methods)
-    tokenizer = models.load_tokenizer(source)
+    tokenizer = models.load_tokenizer(tokenizer_source)
     formatter = InputFormatter(tokenizer, plan.chat_template, plan.exercise_chars if decode_exercise else 0)
     out = plan.out or default_out(plan, methods, source.name)
     prov = provenance.collect(device)
     model_info = {**source.provenance(), "dtype": dtype, "rope_scaling": plan.rope_scaling}
+    if models.is_synthetic(source):
+        model_info |= {"tokenizer": tokenizer_source.provenance(), "weights": f"synthetic, seed {plan.seed}"}
     input_format = {
         "chat_template": formatter.use_chat_template,
         "tokenizer": formatter.fingerprint(),
@@ -278,7 +282,7 @@ def run(plan: RunPlan, log: Any = print) -> list[dict[str, Any]]:
             work.append((name, subtask, samples))
 
     log(f"loading {source.name} on {device} ({dtype}) ...")
-    model = models.load_model(source, config, device, dtype)
+    model = models.load_model(source, config, device, dtype, seed=plan.seed)
     settings_base = {"temperature": plan.temperature, "top_p": plan.top_p}
     for method in methods:
         method.prepare(model)
@@ -358,6 +362,24 @@ def _timing(output: Any, methods: int, shared_with: str | None) -> dict[str, Any
     if shared_with:
         timing["same_decode_as"] = shared_with
     return timing
+
+
+def _tokenizer_source(plan: RunPlan, source: Any) -> tuple[Any, int | None]:
+    """Where the tokenizer comes from: the model itself, or for a synthetic shape (random weights, no files) the
+    `--tokenizer` the run names, whose vocabulary then sizes the model's."""
+    if not models.is_synthetic(source):
+        if plan.tokenizer:
+            raise PlanError([f"--tokenizer is for synthetic models only; {source.name} has its own tokenizer"])
+        return source, None
+    if not plan.tokenizer:
+        raise PlanError(
+            [
+                f"{source.name} is a published shape with random weights and no tokenizer; give one with "
+                f"--tokenizer (an embedded model name such as {models.DEFAULT_MODEL}, or a model folder)"
+            ]
+        )
+    tokenizer_source = models.resolve_model(plan.tokenizer)
+    return tokenizer_source, len(models.load_tokenizer(tokenizer_source))
 
 
 def method_key(method: Method) -> dict[str, Any]:

@@ -123,12 +123,13 @@ def synthetic_config(name: str) -> Any:
 
 @torch.no_grad()
 def build_synthetic(
-    name: str, device: str | torch.device, dtype: torch.dtype = torch.bfloat16, seed: int = 0
+    name: str, device: str | torch.device, dtype: torch.dtype = torch.bfloat16, seed: int = 0, config: Any = None
 ) -> torch.nn.Module:
-    """The named synthetic model on ``device`` in ``dtype`` with random weights (seconds for 8B on a GPU)."""
+    """The named synthetic model on ``device`` in ``dtype`` with random weights (seconds for 8B on a GPU);
+    ``config`` replaces the published one (e.g. a vocabulary sized to a given tokenizer)."""
     from transformers import AutoModelForCausalLM
 
-    config = synthetic_config(name)
+    config = synthetic_config(name) if config is None else config
     config._name_or_path = name
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
