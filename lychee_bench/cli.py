@@ -252,12 +252,16 @@ def bench(
     roles: Annotated[str | None, typer.Option(help="lychee roles (default uniform: 12.5% of KV heads)")] = None,
     option: Annotated[list[str], typer.Option("--option", "-o", help="method option key=value")] = [],  # noqa: B006
     prefill: Annotated[bool, typer.Option("--prefill/--no-prefill", help="fill by a timed chunked prefill")] = False,
-    prefill_chunk: int = 4096,
+    prefill_chunk: Annotated[int, typer.Option(min=0, help="prefill chunk in tokens (0: the engine's choice)")] = 0,
+    rope_scaling: Annotated[str | None, typer.Option(help="extend a real model's context, e.g. yarn:16")] = None,
+    stock: Annotated[
+        bool, typer.Option("--stock/--no-stock", help="also time stock transformers' decode step (DynamicCache)")
+    ] = True,
     attention: Annotated[bool, typer.Option("--attention/--no-attention", help="also time attention alone")] = True,
     smoke: Annotated[bool, typer.Option("--smoke", help="CPU smoke mode: tiny model, not a measurement")] = False,
     compile_blocks: Annotated[
         bool | None,
-        typer.Option("--compile/--no-compile", help="torch.compile norms, MLPs, rotary (default: on CUDA)"),
+        typer.Option("--compile/--no-compile", help="torch.compile each layer's dense pieces (default: on CUDA)"),
     ] = None,
     profile: Annotated[
         int, typer.Option(min=0, help="also profile N steps per point: kernels, busy time, gaps (profiles/*.txt)")
@@ -295,6 +299,8 @@ def bench(
             options=options,
             prefill=prefill,
             prefill_chunk=prefill_chunk,
+            rope_scaling=rope_scaling,
+            stock=stock,
             attention=attention,
             compile=compile_blocks,
             profile=profile,

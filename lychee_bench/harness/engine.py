@@ -220,7 +220,10 @@ class Engine:
         while start < batch:
             rows = self._rows_for_next_batch(inputs[start:], limits[start:])
             part = self._generate_batch(
-                inputs[start : start + rows], limits[start : start + rows], seeds[start : start + rows], settings,
+                inputs[start : start + rows],
+                limits[start : start + rows],
+                seeds[start : start + rows],
+                settings,
                 methods,
             )
             for label, generations in part.items():

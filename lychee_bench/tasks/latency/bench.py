@@ -55,10 +55,13 @@ TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16":
 
 def synthetic_defaults(model: str, config: Any, entries: list[str], options: dict[str, Any]) -> dict[str, Any]:
     """The shared options with the bench's defaults for what a synthetic model has no artifact for: lychee and
-    duo get uniform roles with 12.5% retrieval heads, kascade the published anchors of the shape's model."""
+    duo get uniform roles with 12.5% retrieval heads, kascade the published anchors of the shape's model. A real
+    model keeps the options as given (its shipped roles and calibrations, as in `run`)."""
     from lychee_bench.harness.runner import parse_method_entry
 
     options = dict(options)
+    if model not in SYNTHETIC_MODELS:  # a real model: its shipped artifacts, as `run` uses them
+        return options
     names = {parse_method_entry(entry)[0].lower() for entry in entries}
     if names & {"lychee", "lycheedecode", "duo"} and "roles" not in options:
         total = config.num_hidden_layers * config.num_key_value_heads
@@ -89,7 +92,8 @@ class BenchPlan:
     warmup: int = 5
     options: dict[str, str] = dataclasses.field(default_factory=dict)
     prefill: bool = False  # fill the cache with a real (timed, chunked) prefill instead of random K/V
-    prefill_chunk: int = 4096
+    prefill_chunk: int = 0  # 0: the engine's choice
+    rope_scaling: str | None = None  # a real model's context extension, e.g. "yarn:16"
     attention: bool = True  # also time the attention alone
     smoke: bool = False
     seed: int = 0
@@ -170,7 +174,8 @@ class Bench:
         from lychee_bench.harness import models
 
         source = models.resolve_model(name)
-        return models.load_config(source), {**source.provenance(), "weights": "real"}
+        config = models.load_config(source, self.plan.rope_scaling)
+        return config, {**source.provenance(), "weights": "real", "rope_scaling": self.plan.rope_scaling}
 
     def _methods(self, config: Any) -> list[Method]:
         from lychee_bench.harness.runner import build_methods
@@ -220,7 +225,7 @@ class Bench:
         for method in methods:
             method.prepare(model)
         compile_blocks = (not plan.smoke) if plan.compile is None else plan.compile
-        engine = Engine(model, None, graphs=False, compiled=compile_blocks, prefill_chunk=plan.prefill_chunk)
+        engine = Engine(model, None, graphs=False, compiled=compile_blocks, prefill_chunk=plan.prefill_chunk or None)
         compiled = ["attention_inputs", "finish_layer", "logits"] if compile_blocks else []
         return self._run_points(plan, config, model_info, engine, methods, started, compiled)
 

@@ -40,7 +40,13 @@ class FixedContextStep:
         self.state.begin_step("decode", self.lengths_host)
         with torch.inference_mode():
             self.logits = decode_forward(
-                self.engine.stack, self.cache, self.method, self.state, self.tokens, self.positions, self.slot,
+                self.engine.stack,
+                self.cache,
+                self.method,
+                self.state,
+                self.tokens,
+                self.positions,
+                self.slot,
                 self.valid,
             )
         return self.logits
