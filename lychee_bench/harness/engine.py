@@ -31,6 +31,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch.backends.cuda import SDPAParams, can_use_flash_attention
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.attention.bias import causal_lower_right
 
 from lychee_bench.harness.forward import LayerStack
@@ -51,6 +53,7 @@ from lychee_bench.methods.state import DecodeState, StepGeometry
 CPU_PREFILL_CHUNK = 2048
 MAX_PREFILL_CHUNK = 32768
 MIN_GRAPH_STEPS = 4  # fewer steps than this left after the warm-up: not worth a capture
+FAST_SDPA_BACKENDS = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]
 
 
 @dataclass
@@ -79,14 +82,34 @@ class Generation:
     peak_memory_bytes: int | None = None
 
 
+def _flash_takes(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> bool:
+    """Whether SDPA's flash kernel runs these shapes as they are (GQA included), with no mask."""
+    if not query.is_cuda:
+        return False
+    params = SDPAParams(query, key, value, None, 0.0, False, query.shape[1] != key.shape[1])
+    return bool(can_use_flash_attention(params))
+
+
 def causal_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float) -> torch.Tensor:
     """query [1, Hq, T, D] over the row's keys [1, Hkv, S, D] whose last T are the queries' own tokens: SDPA's
-    causal kernels (lower-right aligned when S > T), no mask."""
+    causal kernels (lower-right aligned when S > T), no mask. On a GPU the keys' heads are repeated for the
+    query heads when the flash kernel does not take GQA as it is, and SDPA's math backend (which would build
+    [Hq, T, S] scores) is never used."""
     tokens, keys = query.shape[2], key.shape[2]
-    if tokens == keys:
-        return F.scaled_dot_product_attention(query, key, value, is_causal=True, scale=scale, enable_gqa=True)
-    bias = causal_lower_right(tokens, keys)
-    return F.scaled_dot_product_attention(query, key, value, attn_mask=bias, scale=scale, enable_gqa=True)
+    gqa = query.shape[1] != key.shape[1]
+    if not query.is_cuda:
+        if tokens == keys:
+            return F.scaled_dot_product_attention(query, key, value, is_causal=True, scale=scale, enable_gqa=gqa)
+        bias = causal_lower_right(tokens, keys)
+        return F.scaled_dot_product_attention(query, key, value, attn_mask=bias, scale=scale, enable_gqa=gqa)
+    if gqa and not _flash_takes(query, key, value):
+        group = query.shape[1] // key.shape[1]
+        key, value, gqa = key.repeat_interleave(group, 1), value.repeat_interleave(group, 1), False
+    with sdpa_kernel(FAST_SDPA_BACKENDS):
+        if tokens == keys:
+            return F.scaled_dot_product_attention(query, key, value, is_causal=True, scale=scale, enable_gqa=gqa)
+        bias = causal_lower_right(tokens, keys)
+        return F.scaled_dot_product_attention(query, key, value, attn_mask=bias, scale=scale, enable_gqa=gqa)
 
 
 def decode_forward(
