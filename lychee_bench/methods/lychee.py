@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 import torch
 
 from lychee_bench.methods.base import Method, RunShape
-from lychee_bench.methods.common import masked_decode_attention, sink_and_recent, valid_rank
+from lychee_bench.methods.common import masked_decode_attention, valid_rank
 from lychee_bench.methods.efficient import (
     KernelPath,
     attend,
@@ -23,7 +23,6 @@ from lychee_bench.methods.efficient import (
     rows_read,
     step_geometry,
     step_window,
-    top_index,
 )
 from lychee_bench.methods.roles import HeadRoles, RolesError, resolve_roles
 from lychee_bench.methods.selection import select_blocks, select_tokens
@@ -272,21 +271,14 @@ class LycheeDecode(KernelPath, Method):
         pattern = tuple(self.roles.retrieval[layer_idx].tolist())
         batch, num_kv_heads, cache_len = query.shape[0], key.shape[1], key.shape[2]
         step = state.layer_data.get("lychee_token")
-        if step is None:  # once per decode step: the forced window, its mask and the per-sequence top-k sizes
+        if step is None:  # once per decode step: the forced window and the per-sequence top-k sizes
             window = step_window(state, geometry, cfg.sink, cfg.recent)
-            forced = sink_and_recent(valid, cfg.sink, cfg.recent)
             bound = cfg.host_budget(geometry.longest)
             window_tokens = cfg.sink + cfg.recent
             width = max(1, bound - min(geometry.shortest, window_tokens))
             free = (self.budget_for(valid) - geometry.lengths.long().clamp(max=window_tokens)).clamp(min=0)
-            # With one fixed budget and no sequence short of it at any step the geometry serves (its bounds are
-            # the extremes), no list is cut per sequence: rank order unneeded.
-            cut = cfg.budget_ratio is not None or any(
-                cfg.budget - min(n, window_tokens) < min(width, cache_len)
-                for n in geometry.lengths_min + geometry.lengths_max
-            )
             unused = torch.full_like(window[:, :1], -1).expand(-1, window.shape[1] + min(width, cache_len))
-            step = {"window": window, "forced": forced, "width": width, "free": free, "unused": unused, "cut": cut}
+            step = {"window": window, "width": width, "free": free, "unused": unused}
             state.layer_data["lychee_token"] = step
         retrieval = [h for h in range(num_kv_heads) if pattern[h]]
         missing = [h for h in range(num_kv_heads) if not pattern[h] and h not in state.slots]
@@ -305,14 +297,34 @@ class LycheeDecode(KernelPath, Method):
             state.count("kv_tokens_read", lambda: (rows_read(index, 1, geometry.lengths) * sparse).sum())
         state.count("kv_tokens_read", lambda: geometry.lengths.sum() * len(retrieval))
         out = attend(query, key, value, scaling, geometry, index, dense_rows=pattern, scores=scores)
-        for h in retrieval:  # the retrieval heads choose for the sparse heads of the layers after this one
-            chosen = scores[:, h].masked_fill(~valid | step["forced"], float("-inf"))
-            top = top_index(chosen[:, None, :], step["width"], geometry.starts, ranked=step["cut"])[:, 0]
-            if step["cut"]:
-                rank = torch.arange(top.shape[-1], device=top.device)
-                top = top.masked_fill(rank[None, :] >= step["free"][:, None], -1)
-            state.slots[h] = torch.cat([step["window"], top], dim=-1)
+        if retrieval:  # the retrieval heads choose for the sparse heads of the layers after this one
+            top = self._select(scores, geometry, step, retrieval)
+            for h in retrieval:
+                state.slots[h] = torch.cat([step["window"], top[:, h]], dim=-1)
         return out
+
+    def _select(self, scores, geometry, step, retrieval: list[int]) -> torch.Tensor:
+        """Each retrieval head's top tokens outside the sink and recent window, [B, Hkv, k] positions counted
+        from the first real token (-1 unused), by the exact top-k kernel (kernels/token_select.py): it keeps each
+        row's own count (its budget less the window), so no rank order is needed."""
+        from lychee_bench.kernels.token_select import select_top_tokens
+
+        cfg = self.config
+        k = min(step["width"], scores.shape[-1])
+        if "top" not in step:
+            step["top"] = torch.full((*scores.shape[:2], k), -1, dtype=torch.int32, device=scores.device)
+            step["free_rows"] = step["free"].to(torch.int32)
+        return select_top_tokens(
+            scores,
+            geometry.lengths,
+            geometry.starts,
+            k,
+            sink=cfg.sink,
+            recent=cfg.recent,
+            k_per_row=step["free_rows"],
+            rows=retrieval,
+            out=step["top"],
+        )
 
     def _sparse_mask(self, layer_idx: int, pattern: tuple[bool, ...], device: torch.device) -> torch.Tensor:
         """[Hkv] 1 for the layer's sparse heads, on the device, made once per layer."""
