@@ -501,6 +501,8 @@ class DecodeLoop:
                 steady_from, steady_began = self.done_steps, time.perf_counter()
             if graph is not None:
                 graph.replay()
+            elif reason is None and self.done_steps < warmup:
+                self._warm_up()
             else:
                 self.step()
             index = self.done_steps % 2
@@ -524,6 +526,15 @@ class DecodeLoop:
         steady_steps = self.done_steps - steady_from
         steady_ms = 1000 * (ended - steady_began) / steady_steps if steady_steps > 0 else 0.0
         return self._generations(ended - began, steady_ms, reason)
+
+    def _warm_up(self) -> None:
+        """A step on a side stream before a capture (compiles kernels, builds plans and buffers; the documented
+        way to warm up a CUDA graph's work)."""
+        side = torch.cuda.Stream(self.engine.device)
+        side.wait_stream(torch.cuda.current_stream(self.engine.device))
+        with torch.cuda.stream(side):
+            self.step()
+        torch.cuda.current_stream(self.engine.device).wait_stream(side)
 
     def _capture(self) -> tuple[torch.cuda.CUDAGraph | None, str | None]:
         """Capture one step (its warm-up already ran eagerly: compiled kernels, plans and buffers exist)."""
