@@ -14,7 +14,7 @@ from lychee_bench.harness.engine import DecodeLoop, Engine, GenerationSettings
 from lychee_bench.harness.inputs import FormattedInput, InputFormatter
 from lychee_bench.harness.kv_cache import StaticKVCache
 from lychee_bench.harness.memory import MemoryPlanError
-from lychee_bench.methods.full import FullAttention
+from lychee_bench.methods.full import FullAttention, FullConfig
 from lychee_bench.methods.lychee import LycheeConfig, LycheeDecode
 from lychee_bench.methods.quest import QuestAttention, QuestConfig
 from lychee_bench.methods.streaming import StreamingAttention, StreamingConfig
@@ -151,7 +151,8 @@ def test_a_method_that_cannot_be_captured_records_why():
     reference = TidalDecode(TidalConfig(budget=12, selection_layer=1, reselect_layer=2, path="reference"))
     reference.prepare(model)
     assert "reference path" in reference.graph_refusal()
-    assert FullAttention().graph_refusal() is None
+    assert FullAttention(FullConfig(path="triton")).graph_refusal() is None
+    assert "eagerly" in FullAttention(FullConfig(path="reference")).graph_refusal()
     outputs = Engine(model, _tokenizer(eos=-1)).generate(_random_inputs([(30, 0)]), GenerationSettings(4), [ratio])
     assert outputs["lychee"][0].decode_mode == "eager" and "budget_ratio" in outputs["lychee"][0].eager_reason
 
@@ -168,7 +169,7 @@ def test_every_graph_safe_decode_step_reads_nothing_back():
     cache = StaticKVCache.for_config(model.config, 2, width + 12, torch.float32, "cpu")
     logits = engine.prefill(cache, prompts, width)
     methods = [
-        FullAttention(),
+        FullAttention(FullConfig(path="triton")),
         LycheeDecode(LycheeConfig(roles="uniform:3", budget=128, path="triton")),
         LycheeDecode(LycheeConfig(roles="uniform:3", budget=32, granularity="token", sink=4, recent=8, path="triton")),
         TidalDecode(TidalConfig(budget=12, selection_layer=1, reselect_layer=2, path="triton")),

@@ -311,7 +311,7 @@ def test_versus_transformers_times_both_on_the_same_inputs(tmp_path):
     assert code == 0
     (result,) = json.loads((tmp_path / "versus.json").read_text())
     assert result["batch"] == 2 and 0 < result["prompt_tokens"] <= 512 - 3
-    assert result["transformers"]["ms_per_step"] > 0
+    assert result["transformers"]["generate_1_s"] > 0 and result["transformers"]["generate_3_s"] > 0
     assert set(result["lychee_bench"]) == {"full", "streaming"}
     for entry in result["lychee_bench"].values():
-        assert entry["ms_per_step"] > 0 and entry["speedup_vs_transformers"] > 0 and entry["decode_mode"] == "eager"
+        assert entry["ms_per_step"] > 0 and entry["decode_mode"] == "eager"  # CPU timings: plumbing, not speed

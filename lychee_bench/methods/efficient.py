@@ -160,7 +160,8 @@ class KernelPath:
 
     @property
     def path(self) -> str:
-        return self._path or "reference"
+        """The path that runs: resolved for the run's device, else the option as given (auto: reference)."""
+        return self._path or (self.config.path if self.config.path != "auto" else "reference")
 
     def graph_refusal(self) -> str | None:
         if self.path != "triton":

@@ -57,9 +57,9 @@ def time_stock_generate(model: torch.nn.Module, rows: list[list[int]], new_token
     device = next(model.parameters()).device
     input_ids = torch.tensor(rows, device=device)
     mask = torch.ones_like(input_ids)
-    times = {}
+    times: dict[int, float] = {}
     with attention_implementation(model, "sdpa"):
-        for count in (1, new_tokens, 1, new_tokens):  # the first pair warms up
+        for count in (1, new_tokens, 1, new_tokens):  # the first pair warms up; each count keeps its faster run
             _sync(device)
             began = time.perf_counter()
             out = model.generate(
@@ -71,7 +71,7 @@ def time_stock_generate(model: torch.nn.Module, rows: list[list[int]], new_token
                 pad_token_id=model.generation_config.pad_token_id or 0,
             )
             _sync(device)
-            times[count] = time.perf_counter() - began
+            times[count] = min(times.get(count, float("inf")), time.perf_counter() - began)
             assert out.shape[1] == input_ids.shape[1] + count
     return {
         "generate_1_s": times[1],
