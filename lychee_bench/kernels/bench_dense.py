@@ -42,6 +42,8 @@ import torch
 import torch.nn.functional as F
 import triton
 
+from lychee_bench.kernels.timing import l2_bytes, time_in_graph
+
 SHAPES = {"llama3-8b": (32, 8, 128), "smollm2-135m": (9, 3, 64)}  # query heads, KV heads, head dim
 CONTEXTS = (32768, 131072)
 BATCHES = (1, 4)
@@ -63,44 +65,6 @@ def fail_without_cuda() -> None:
         sys.exit(2)
 
 
-@dataclasses.dataclass(frozen=True)
-class Timing:
-    median_ms: float
-    p10_ms: float
-    p90_ms: float
-    reps: int
-
-
-def time_in_graph(calls: list[Callable[[], Any]], reps: int, warmup: int = 3) -> Timing:
-    """Per-call time of one pass over ``calls`` captured in a CUDA graph: eager warm-up (compiles) on a side
-    stream, capture, warm-up replays, then ``reps`` replays each timed with CUDA events."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(warmup):
-            for call in calls:
-                call()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for call in calls:
-            call()
-    for _ in range(warmup):
-        graph.replay()
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / len(calls))
-    del graph
-    times.sort()
-    pick = lambda f: times[min(len(times) - 1, int(f * len(times)))]  # noqa: E731
-    return Timing(median_ms=pick(0.5), p10_ms=pick(0.1), p90_ms=pick(0.9), reps=reps)
-
-
 def copy_bandwidth() -> dict[str, Any]:
     """Bytes per second of an elementwise copy on the SMs (read + write of 2 GiB): the ceiling of SPEC §6."""
     src = torch.randn(1 << 30, dtype=DTYPE, device=DEVICE)
@@ -108,11 +72,6 @@ def copy_bandwidth() -> dict[str, Any]:
     timing = time_in_graph([lambda: torch.mul(src, 1, out=dst)], reps=20)
     nbytes = 2 * src.numel() * src.element_size()
     return dict(**dataclasses.asdict(timing), bytes=nbytes, bytes_per_s=nbytes / (timing.median_ms * 1e-3))
-
-
-def l2_bytes() -> int:
-    props = torch.cuda.get_device_properties(torch.cuda.current_device())
-    return int(getattr(props, "L2_cache_size", 0) or 64 << 20)
 
 
 def reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:

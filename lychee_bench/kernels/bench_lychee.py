@@ -31,6 +31,8 @@ import torch
 import torch.nn.functional as F
 import triton
 
+from lychee_bench.kernels.timing import Timing, l2_bytes, time_in_graph
+
 HQ, HKV, HEAD_DIM, DTYPE = 32, 8, 128, torch.bfloat16
 CONTEXTS = (8192, 32768, 65536, 131072)
 BATCHES = (1, 4, 8)
@@ -48,51 +50,6 @@ def require_cuda() -> None:
             f"(torch {torch.__version__}). On CPU run the correctness tests instead: "
             "TRITON_INTERPRET=1 pytest tests/test_kernels_lychee.py"
         )
-
-
-@dataclasses.dataclass(frozen=True)
-class Timing:
-    median_ms: float
-    p10_ms: float
-    p90_ms: float
-    reps: int
-
-
-def time_in_graph(calls: list[Callable[[], Any]], reps: int, warmup: int = 3) -> Timing:
-    """Time one pass over ``calls`` captured in a CUDA graph; report per-call times (pass time / len(calls)).
-
-    Eager warm-up compiles the kernels; a graph removes launch overhead as a decode engine with CUDA graphs
-    would; each replay is timed with CUDA events and synchronised before its time is read.
-    """
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(warmup):
-            for call in calls:
-                call()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for call in calls:
-            call()
-    for _ in range(warmup):
-        graph.replay()
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / len(calls))
-    times.sort()
-    pick = lambda f: times[min(len(times) - 1, int(f * len(times)))]  # noqa: E731
-    return Timing(median_ms=pick(0.5), p10_ms=pick(0.1), p90_ms=pick(0.9), reps=reps)
-
-
-def l2_bytes() -> int:
-    props = torch.cuda.get_device_properties(torch.cuda.current_device())
-    return int(getattr(props, "L2_cache_size", 0) or 64 << 20)
 
 
 def copies_for(kv_bytes: int) -> int:

@@ -21,7 +21,6 @@ last and writes ``select_bench.json`` into ``--out``. Exit 2 without a CUDA GPU.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import os
@@ -32,11 +31,12 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from lychee_bench.kernels.timing import Timing, l2_bytes, time_eager, time_in_graph
 
 CONTEXTS = (32768, 131072)
 ROWS = (1, 3, 8, 32)
@@ -121,71 +121,14 @@ def check(kind: str, slots: int, rows: int, seed: int) -> dict[str, Any]:
                 untouched=untouched_ok, ok=exact and same_values and untouched_ok)  # fmt: skip
 
 
-@dataclasses.dataclass(frozen=True)
-class Timing:
-    median_us: float
-    p10_us: float
-    p90_us: float
-    replays: int
-
-
-def time_in_graph(calls: list[Callable[[], Any]], replays: int, warmup: int = 5) -> Timing:
-    """Per-call time of ``calls`` captured back to back in one CUDA graph: eager warm-up on a side stream (it
-    compiles the kernels), capture, warm replays, then each replay between CUDA events, synchronised before
-    its time is read; median and spread over replays."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(warmup):
-            for call in calls:
-                call()
-    torch.cuda.current_stream().wait_stream(stream)
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for call in calls:
-            call()
-    for _ in range(warmup):
-        graph.replay()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(replays):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) * 1000.0 / len(calls))
-    times.sort()
-    pick = lambda f: times[min(len(times) - 1, int(f * len(times)))]  # noqa: E731
-    del graph
-    return Timing(median_us=pick(0.5), p10_us=pick(0.1), p90_us=pick(0.9), replays=replays)
-
-
-def time_eager(calls: list[Callable[[], Any]], replays: int, warmup: int = 5) -> Timing:
-    """The fallback when a graph cannot be captured: the same calls launched eagerly between CUDA events (host
-    launch overhead included, so slower than a graph)."""
-    for _ in range(warmup):
-        for call in calls:
-            call()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(replays):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for call in calls:
-            call()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) * 1000.0 / len(calls))
-    times.sort()
-    pick = lambda f: times[min(len(times) - 1, int(f * len(times)))]  # noqa: E731
-    return Timing(median_us=pick(0.5), p10_us=pick(0.1), p90_us=pick(0.9), replays=replays)
-
-
-def l2_bytes() -> int:
-    props = torch.cuda.get_device_properties(torch.cuda.current_device())
-    return int(getattr(props, "L2_cache_size", 0) or 50 << 20)
+def _micro(timing: Timing) -> dict[str, Any]:
+    """A timing in microseconds, as this bench reports them."""
+    return {
+        "median_us": timing.median_ms * 1000,
+        "p10_us": timing.p10_ms * 1000,
+        "p90_us": timing.p90_ms * 1000,
+        "replays": timing.reps,
+    }
 
 
 def time_case(slots: int, rows: int, replays: int, seed: int) -> dict[str, Any]:
@@ -220,7 +163,7 @@ def time_case(slots: int, rows: int, replays: int, seed: int) -> dict[str, Any]:
                 print(f"graph capture failed for {name} S={slots} rows={rows}: {error}; timing eagerly", flush=True)
                 torch.cuda.synchronize()
                 timing, how = time_eager(calls(inputs), replays), f"eager (capture failed: {error})"
-            result[f"{name}_{temperature}"] = {**dataclasses.asdict(timing), "timed_as": how}
+            result[f"{name}_{temperature}"] = {**_micro(timing), "timed_as": how}
     scores_bytes = rows * slots * 4
     result["scores_bytes"] = scores_bytes
     result["speedup_warm"] = result["topk_warm"]["median_us"] / result["kernel_warm"]["median_us"]

@@ -32,7 +32,7 @@ from lychee_bench.harness.synthetic_models import (
     describe_synthetic,
     synthetic_config,
 )
-from lychee_bench.harness.timing import Timing, capture_graph, time_cuda, time_wall
+from lychee_bench.kernels.timing import Timing, capture_graph, time_cuda, time_wall
 from lychee_bench.methods.base import Method, RunShape
 from lychee_bench.methods.state import DecodeState
 from lychee_bench.tasks.latency.fixed_step import FixedContextStep

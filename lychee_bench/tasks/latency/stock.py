@@ -15,7 +15,7 @@ from transformers import DynamicCache
 
 from lychee_bench.harness.attention import attention_implementation, cache_keyword
 from lychee_bench.harness.kv_cache import StaticKVCache
-from lychee_bench.harness.timing import time_cuda
+from lychee_bench.kernels.timing import time_cuda
 
 
 @torch.inference_mode()

@@ -1,5 +1,6 @@
-"""Timing on the device: CUDA events around graph replays, medians and spread (SPEC §6), and a wall-clock
-stand-in for the CPU smoke mode."""
+"""Timing on the device (SPEC §6): CUDA events around graph replays, medians and spread, one copy for every
+benchmark of the project (the kernel benches here, the latency bench in tasks/latency), and a wall-clock stand-in
+for the CPU smoke mode. Warm up first (compiles kernels), capture, replay; synchronise before reading a time."""
 
 from __future__ import annotations
 
@@ -76,3 +77,30 @@ def capture_graph(calls: Callable[[], Any], warmup: int = 3) -> torch.cuda.CUDAG
     with torch.cuda.graph(graph):
         calls()
     return graph
+
+
+def time_in_graph(calls: list[Callable[[], Any]], reps: int, warmup: int = 3) -> Timing:
+    """Per-call time of ``calls`` captured back to back in one CUDA graph (pass time / len(calls)): eager warm-up
+    on a side stream, capture, warm replays, then each replay between CUDA events."""
+    graph = capture_graph(lambda: [call() for call in calls], warmup)
+    for _ in range(warmup):
+        graph.replay()
+    timing = time_cuda(graph.replay, reps, warmup=0)
+    del graph
+    return scaled(timing, 1.0 / len(calls))
+
+
+def time_eager(calls: list[Callable[[], Any]], reps: int, warmup: int = 3) -> Timing:
+    """The fallback when a graph cannot be captured: the calls launched eagerly between CUDA events (host launch
+    overhead included, so slower than a graph); per call."""
+    return scaled(time_cuda(lambda: [call() for call in calls], reps, warmup), 1.0 / len(calls))
+
+
+def scaled(timing: Timing, factor: float) -> Timing:
+    return Timing(timing.median_ms * factor, timing.p10_ms * factor, timing.p90_ms * factor, timing.reps)
+
+
+def l2_bytes() -> int:
+    """The device's L2 cache size (inputs rotated over several times this measure cold-L2 times)."""
+    props = torch.cuda.get_device_properties(torch.cuda.current_device())
+    return int(getattr(props, "L2_cache_size", 0) or 50 << 20)
