@@ -231,6 +231,22 @@ def _attend_step(
     tl.store(score_base + scored, block_score, mask=(scored < end) & retrieval_steps)
 
     s = tl.where(valid[None, :], qk * scale_log2e, float("-inf"))
+    return _softmax_update(s, v, m_i, l_i, acc, DOT_IN_FP32, INPUT_PRECISION)
+
+
+@triton.jit
+def _softmax_update(
+    s,
+    v,
+    m_i,
+    l_i,
+    acc,
+    DOT_IN_FP32: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr,
+):
+    """One online-softmax step: logits ``s`` [G, T] (log2 units, -inf where masked) over value rows ``v`` [T, D]
+    update the running max ``m_i``, sum ``l_i`` and unnormalised output ``acc``. Every decode kernel's inner
+    step (this layer kernel, the shared position-list kernel and its dense specialisation)."""
     m_new = tl.maximum(m_i, tl.max(s, axis=1))
     alpha = tl.exp2(m_i - m_new)
     p = tl.exp2(s - m_new[:, None])

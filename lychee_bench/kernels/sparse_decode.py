@@ -44,7 +44,14 @@ import triton.language as tl
 from triton.runtime.errors import OutOfResources
 
 from lychee_bench.kernels.lychee_plan import SUPPORTED_HEAD_DIMS, default_target_programs
-from lychee_bench.kernels.lychee_triton import LOG2E, SUPPORTED_DTYPES, _interpreting, _merge_range, _store_out
+from lychee_bench.kernels.lychee_triton import (
+    LOG2E,
+    SUPPORTED_DTYPES,
+    _interpreting,
+    _merge_range,
+    _softmax_update,
+    _store_out,
+)
 
 TILE = 64  # tokens per loop step
 WARPS = 4
@@ -167,18 +174,8 @@ def _sparse_partials_kernel(
             mean_qk = tl.sum(tl.where(g_valid[:, None], qk, 0.0), axis=0) / GS
             score_at = score_ptr + b * stride_sb + hs * stride_sh + start + pos
             tl.store(score_at, mean_qk, mask=valid & (listed_lanes == 0))
-        s = qk * scale_log2e
-        s = tl.where(valid[None, :], s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, axis=1))
-        alpha = tl.exp2(m_i - m_new)
-        p = tl.exp2(s - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, axis=1)
-        p_v = p.to(v.dtype)  # rounded to the cache dtype for the tensor cores, as flash attention does
-        if DOT_IN_FP32:
-            p_v = p_v.to(tl.float32)
-            v = v.to(tl.float32)
-        acc = acc * alpha[:, None] + tl.dot(p_v, v, input_precision=INPUT_PRECISION)
-        m_i = m_new
+        s = tl.where(valid[None, :], qk * scale_log2e, float("-inf"))
+        m_i, l_i, acc = _softmax_update(s, v, m_i, l_i, acc, DOT_IN_FP32, INPUT_PRECISION)
 
     part = (row * tl.num_programs(1) + chunk).to(tl.int64) * GS + g
     tl.store(part_m_ptr + part, m_i, mask=g_valid)
@@ -243,16 +240,7 @@ def _attend_tile(
     s = tl.dot(q, tl.trans(k), input_precision=INPUT_PRECISION) * scale_log2e
     if MASKED:
         s = tl.where(valid[None, :], s, float("-inf"))
-    m_new = tl.maximum(m_i, tl.max(s, axis=1))
-    alpha = tl.exp2(m_i - m_new)
-    p = tl.exp2(s - m_new[:, None])
-    l_i = l_i * alpha + tl.sum(p, axis=1)
-    p_v = p.to(v.dtype)  # rounded to the cache dtype for the tensor cores, as flash attention does
-    if DOT_IN_FP32:
-        p_v = p_v.to(tl.float32)
-        v = v.to(tl.float32)
-    acc = acc * alpha[:, None] + tl.dot(p_v, v, input_precision=INPUT_PRECISION)
-    return m_new, l_i, acc
+    return _softmax_update(s, v, m_i, l_i, acc, DOT_IN_FP32, INPUT_PRECISION)
 
 
 @triton.jit
