@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 
 import pytest
 import torch
@@ -78,3 +79,11 @@ class NoHostReads(TorchDispatchMode):
         if func in HOST_READS:
             raise AssertionError(f"host read inside the decode step: {func}")
         return func(*args, **(kwargs or {}))
+
+
+def fresh_seed() -> int:
+    """Seeds torch with a fresh random seed (or LYCHEE_TEST_SEED, to reproduce a run) and prints it."""
+    value = int(os.environ.get("LYCHEE_TEST_SEED", random.SystemRandom().randrange(2**31)))
+    print(f"seed={value}")
+    torch.manual_seed(value)
+    return value

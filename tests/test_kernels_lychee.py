@@ -9,7 +9,6 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import random
 import subprocess
 import sys
 
@@ -20,6 +19,7 @@ import torch  # noqa: E402
 
 from lychee_bench.kernels import reference as ref  # noqa: E402
 from lychee_bench.kernels.lychee_plan import plan_decode_work  # noqa: E402
+from tests.conftest import fresh_seed  # noqa: E402
 
 try:
     from lychee_bench.kernels import lychee_triton
@@ -35,10 +35,7 @@ TOLERANCE = {torch.float32: 2e-4, torch.float16: 2e-3, torch.bfloat16: 2e-2}
 
 @pytest.fixture
 def seed() -> int:
-    value = int(os.environ.get("LYCHEE_TEST_SEED", random.SystemRandom().randrange(2**31)))
-    print(f"seed={value}")
-    torch.manual_seed(value)
-    return value
+    return fresh_seed()
 
 
 @pytest.fixture

@@ -10,13 +10,14 @@ from the scores, cut-offs anywhere.
 from __future__ import annotations
 
 import os
-import random
 
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
+
+from tests.conftest import fresh_seed  # noqa: E402
 
 try:
     from lychee_bench.kernels import token_select
@@ -31,8 +32,7 @@ POISON = -7  # written into output buffers first: any entry the kernel forgets s
 def ts():
     if token_select is None:
         pytest.fail(IMPORT_ERROR)
-    torch.manual_seed(int(os.environ.get("LYCHEE_TEST_SEED", random.SystemRandom().randrange(2**31))))
-    print(f"seed={torch.initial_seed()}")
+    fresh_seed()
     return token_select
 
 

@@ -8,7 +8,6 @@ of the kernel: a boolean mask over the cache, then SDPA.
 from __future__ import annotations
 
 import os
-import random
 
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
@@ -17,6 +16,7 @@ import torch  # noqa: E402
 
 from lychee_bench.methods.common import masked_decode_attention  # noqa: E402
 from lychee_bench.methods.efficient import top_index, window_index  # noqa: E402
+from tests.conftest import fresh_seed  # noqa: E402
 
 try:
     from lychee_bench.kernels import sparse_decode
@@ -31,8 +31,7 @@ TOLERANCE = {torch.float32: 2e-4, torch.bfloat16: 2e-2}
 def kernel():
     if sparse_decode is None:
         pytest.fail(IMPORT_ERROR)
-    torch.manual_seed(int(os.environ.get("LYCHEE_TEST_SEED", random.SystemRandom().randrange(2**31))))
-    print(f"seed={torch.initial_seed()}")
+    fresh_seed()
     return sparse_decode
 
 
