@@ -210,8 +210,8 @@ class Engine:
         per_token = prefill_bytes_per_token(self.model.config, self.dtype)
         raise MemoryPlanError(
             f"one sequence of {capacity} tokens needs {need.describe()} but {self.device} has {have / GIB:.1f} GiB "
-            f"free besides the model. Use a smaller --ctx, a smaller model or a larger GPU"
-            + (f" (prefill activations take {per_token / 2**20:.2f} MiB per token of a chunk)" if need.prefill else "")
+            f"free besides the model (prefill activations take {per_token / 2**20:.2f} MiB per token of a chunk). "
+            "Use a smaller --ctx, a smaller model or a larger GPU"
         )
 
     # ---- generation ---------------------------------------------------------------------------------------
