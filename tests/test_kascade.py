@@ -20,11 +20,12 @@ from lychee_bench.calibration.artifacts import (
     tidal_to_json,
     write_json,
 )
-from lychee_bench.calibration.collect import prompt_statistics, recording
+from lychee_bench.calibration.collect import prompt_statistics, record_prompt
 from lychee_bench.calibration.kascade import choose_anchors, default_anchor_count, head_mapping, layer_values
 from lychee_bench.calibration.tidal import choose_reselect_layer
 from lychee_bench.cli import app
 from lychee_bench.harness.attention import DecodeState
+from lychee_bench.harness.forward import LayerStack
 from lychee_bench.methods.base import RunShape
 from lychee_bench.methods.kascade import PUBLISHED_ANCHORS, Kascade, KascadeConfig
 from lychee_bench.methods.tidal import TidalConfig, TidalDecode
@@ -166,22 +167,34 @@ def test_prompt_statistics_recall_is_mass_captured():
     assert recall_q[0, 1] == pytest.approx(0.3 / 0.7) and recall[1, 0].abs().sum() == 0
 
 
-def test_recorded_probabilities_equal_eager_attention_weights():
+@pytest.mark.parametrize("chunk", [None, 7])  # one chunk; five chunks, the recorded queries across two
+def test_recorded_probabilities_and_importance_equal_eager_attention(chunk):
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(tiny_config("qwen3"), attn_implementation="eager").eval()
     ids = torch.randint(0, 256, (1, 30))
+    inputs, outputs = {}, {}  # per layer: the residual stream entering it, its attention's projected output
+
+    def keep_input(module, args, kwargs):
+        inputs[module.self_attn.layer_idx] = args[0] if args else kwargs["hidden_states"]
+
+    def keep_output(module, args, output):
+        outputs[module.layer_idx] = output[0]
+
+    handles = [layer.register_forward_pre_hook(keep_input, with_kwargs=True) for layer in model.model.layers]
+    handles += [layer.self_attn.register_forward_hook(keep_output) for layer in model.model.layers]
     with torch.no_grad():
         eager = model(ids, output_attentions=True)
-        record: dict = {}
-        with recording(model) as importance:
-            logits = model(ids, calibration_record=record, calibration_queries=5).logits
-    assert model.config._attn_implementation == "eager"  # restored
-    torch.testing.assert_close(logits, eager.logits, atol=1e-5, rtol=1e-5)
+    for handle in handles:
+        handle.remove()
+    record = record_prompt(LayerStack(model), ids[0].tolist(), queries=5, chunk=chunk)
     for layer, weights in enumerate(eager.attentions):
-        torch.testing.assert_close(record[layer], weights[0, :, -5:], atol=1e-5, rtol=1e-5)
-    assert all(0.0 < float(x) < 2.0 for x in importance)
+        torch.testing.assert_close(record.probabilities[layer], weights[0, :, -5:], atol=1e-5, rtol=1e-5)
+        x = inputs[layer].float()
+        expected = 1 - torch.nn.functional.cosine_similarity(x, x + outputs[layer].float(), dim=-1).mean()
+        assert float(record.importance[layer]) == pytest.approx(float(expected), rel=1e-4, abs=1e-6)
+    assert all(0.0 < float(x) < 2.0 for x in record.importance)
 
 
 # --- the method ---

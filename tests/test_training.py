@@ -7,10 +7,11 @@ import math
 
 import pytest
 import torch
-from transformers import AttentionInterface
+from transformers import AttentionInterface, DynamicCache
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
+from lychee_bench.harness.attention import cache_keyword
 from lychee_bench.methods.roles import resolve_roles
 from lychee_bench.training import density_target, hybrid, train_heads
 from lychee_bench.training.data import PasskeyConfig, PasskeyData
@@ -310,6 +311,20 @@ def _context_and_segment(vocab: int, seed: int = 0, ctx: int = 120, seg: int = 2
         torch.randint(0, vocab, (1, ctx), generator=generator),
         torch.randint(0, vocab, (1, seg), generator=generator),
     )
+
+
+def test_prefill_is_the_engines_and_equals_transformers_cache(arch):
+    """The context is prefilled by the engine's chunked, mask-free prefill; its cache is transformers' own."""
+    model = tiny_model(arch)
+    context, _ = _context_and_segment(256, ctx=300)
+    cache = prefill(model, context, chunk=64)  # five chunks, the last one short
+    reference = DynamicCache(config=model.config)
+    with torch.no_grad():
+        decoder(model)(input_ids=context, use_cache=True, **{cache_keyword(decoder(model)): reference})
+    assert cache.get_seq_length() == reference.get_seq_length() == context.shape[1]
+    for ours, theirs in zip(cache.layers, reference.layers, strict=True):
+        torch.testing.assert_close(ours.keys, theirs.keys, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(ours.values, theirs.values, atol=1e-5, rtol=1e-5)
 
 
 def test_hybrid_limits_equal_full_and_sparse_paths(arch):

@@ -14,79 +14,64 @@ the sets agree). Kept per prompt:
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
-from transformers import AttentionInterface
-from transformers.integrations.sdpa_attention import sdpa_attention_forward
-from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-from lychee_bench.harness.attention import attention_implementation
-
-ATTENTION_NAME = "lychee_bench_calibration"
+from lychee_bench.harness.forward import LayerStack
+from lychee_bench.harness.kv_cache import StaticKVCache
+from lychee_bench.harness.prefill import prefill_row
 
 
-def recording_attention(
-    module: torch.nn.Module,
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    scaling: float | None = None,
-    dropout: float = 0.0,
-    calibration_record: dict[int, torch.Tensor] | None = None,
-    calibration_queries: int = 1,
-    **kwargs: Any,
-) -> tuple[torch.Tensor, None]:
-    """Dense SDPA, plus the probabilities [Hq, n, S] of the last n queries (batch 1, no padding) per layer."""
-    if scaling is None:
-        scaling = query.shape[-1] ** -0.5
-    if calibration_record is not None:
-        num_heads, length = query.shape[1], key.shape[2]
-        n = min(calibration_queries, query.shape[2])
-        last = query[0, :, -n:].float()  # [Hq, n, D]
-        keys = key[0].float().repeat_interleave(num_heads // key.shape[1], dim=0)  # [Hq, S, D]
-        logits = torch.einsum("hnd,hsd->hns", last, keys) * scaling
-        position = torch.arange(length, device=key.device)
-        visible = position[None, :] <= (length - n + torch.arange(n, device=key.device))[:, None]  # causal
-        logits = logits.masked_fill(~visible[None], float("-inf"))
-        calibration_record[module.layer_idx] = torch.softmax(logits, dim=-1)
-    return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout)
+@dataclass
+class PromptRecord:
+    """What one prompt's dense pass leaves: per layer the probabilities [Hq, n, S] of the last n queries over
+    all S keys (causal: a query's later keys hold 0), and the importance 1 - cos(x, x + attention(x))."""
+
+    probabilities: list[torch.Tensor]
+    importance: torch.Tensor  # [L]
 
 
-AttentionInterface.register(ATTENTION_NAME, recording_attention)
-AttentionMaskInterface.register(ATTENTION_NAME, sdpa_mask)
+@torch.no_grad()
+def record_prompt(stack: LayerStack, ids: list[int], queries: int, chunk: int | None = None) -> PromptRecord:
+    """One dense pass of a prompt through the engine's chunked prefill (harness/prefill.py), observed per layer.
 
+    The attention's probabilities are recomputed in float32 for the last `queries` positions only (whichever
+    chunks they fall in); importance is averaged over every position of the prompt.
+    """
+    weights = stack.layers
+    device = weights[0].qkv.device
+    length = len(ids)
+    n = min(queries, length)
+    cache = StaticKVCache.for_config(stack.config, 1, length, weights[0].qkv.dtype, device)
+    probabilities = [torch.zeros(stack.num_heads, n, length) for _ in weights]
+    importance = torch.zeros(len(weights), dtype=torch.float64)
 
-@contextmanager
-def recording(model: torch.nn.Module) -> Iterator[list[torch.Tensor]]:
-    """Route attention through `recording_attention` and collect each layer's importance; always restores."""
-    importance: list[torch.Tensor] = [torch.zeros(()) for _ in model.model.layers]
-    inputs: dict[int, torch.Tensor] = {}
-    handles = []
-    for index, layer in enumerate(model.model.layers):
+    def observe(layer, begin, layer_input, query, keys, attended):
+        tokens = query.shape[2]
+        w = weights[layer]
+        projected = attended.transpose(1, 2).reshape(1, tokens, -1) @ w.out.T
+        if w.out_bias is not None:
+            projected = projected + w.out_bias
+        x = layer_input.float()
+        cosine = F.cosine_similarity(x, x + projected.float(), dim=-1)
+        importance[layer] += float((1 - cosine).sum())
+        first = max(begin, length - n)  # the first recorded query position in this chunk
+        if first >= begin + tokens:
+            return
+        mine = query[0, :, first - begin :].float()  # [Hq, m, D]
+        group = stack.num_heads // keys.shape[1]
+        logits = torch.einsum("hmd,hsd->hms", mine, keys[0].float().repeat_interleave(group, 0)) * stack.scaling
+        position = torch.arange(keys.shape[2], device=device)
+        seen = position[None, :] <= torch.arange(first, begin + tokens, device=device)[:, None]
+        logits = logits.masked_fill(~seen[None], float("-inf"))
+        rows = slice(first - (length - n), begin + tokens - (length - n))
+        probabilities[layer][:, rows, : keys.shape[2]] = torch.softmax(logits, dim=-1).cpu()
 
-        def keep_input(module, args, kwargs, index=index):
-            inputs[index] = args[0] if args else kwargs["hidden_states"]
-
-        def score(module, args, output, index=index):
-            x = inputs.pop(index).float()
-            attended = output[0] if isinstance(output, tuple) else output
-            importance[index] = 1 - F.cosine_similarity(x, x + attended.float(), dim=-1).mean()
-
-        handles.append(layer.register_forward_pre_hook(keep_input, with_kwargs=True))
-        handles.append(layer.self_attn.register_forward_hook(score))
-    try:
-        with attention_implementation(model, ATTENTION_NAME):
-            yield importance
-    finally:
-        for handle in handles:
-            handle.remove()
+    prefill_row(stack, cache, 0, torch.tensor(ids, device=device), 0, chunk, observe)
+    return PromptRecord(probabilities, (importance / length).float())
 
 
 def topk_mask(probabilities: torch.Tensor, k: int) -> torch.Tensor:
@@ -123,30 +108,26 @@ def prompt_statistics(probabilities: list[torch.Tensor], num_kv_heads: int, k: i
     return recall, recall_q
 
 
-@torch.no_grad()
 def collect_statistics(
-    model: torch.nn.Module, prompts: list[list[int]], queries: int, k: int, progress: bool = True
+    model: torch.nn.Module,
+    prompts: list[list[int]],
+    queries: int,
+    k: int,
+    progress: bool = True,
+    prefill_chunk: int | None = None,
 ) -> SetStatistics:
-    """Run each prompt densely (batch 1) and average the per-prompt statistics."""
+    """Run each prompt densely (batch 1, the engine's prefill) and average the per-prompt statistics."""
     config = model.config
     num_layers, num_kv_heads = config.num_hidden_layers, config.num_key_value_heads
-    device = next(model.parameters()).device
+    stack = LayerStack(model)
     recall = torch.zeros(num_layers, num_layers, num_kv_heads, num_kv_heads)
     recall_q = torch.zeros(num_layers, num_layers)
     importance = torch.zeros(num_layers)
     for ids in tqdm(prompts, desc="calibrate", unit="prompt", disable=not progress):
-        record: dict[int, torch.Tensor] = {}
-        with recording(model) as layer_importance:
-            model.model(  # the decoder stack only: the LM head's logits are not needed
-                torch.tensor([ids], device=device),
-                use_cache=False,
-                calibration_record=record,
-                calibration_queries=queries,
-            )
-        probabilities = [record[layer].cpu() for layer in range(num_layers)]
-        prompt_recall, prompt_recall_q = prompt_statistics(probabilities, num_kv_heads, k)
+        record = record_prompt(stack, ids, queries, prefill_chunk)
+        prompt_recall, prompt_recall_q = prompt_statistics(record.probabilities, num_kv_heads, k)
         recall += prompt_recall
         recall_q += prompt_recall_q
-        importance += torch.stack([value.cpu() for value in layer_importance])
+        importance += record.importance
     count = len(prompts)
     return SetStatistics(recall / count, recall_q / count, importance / count, k, count)

@@ -6,9 +6,10 @@ One batch, start to end:
    (harness/memory.py). A batch that does not fit is split into smaller ones; a single row that does not fit is
    refused with the numbers, before anything runs.
 2. Prefill. Each row is prefilled on its own, in chunks, into a preallocated static cache (kv_cache.py), left
-   padded so every row's prompt ends at slot W. A chunk attends to its own row's cached keys through SDPA's
-   causal kernels (the lower-right causal variant for later chunks): no mask is ever built, so memory is linear
-   in the context. Only the last position reaches the LM head. Prefill is dense in every method.
+   padded so every row's prompt ends at slot W (prefill.py, which training and calibration use too). A chunk
+   attends to its own row's cached keys through SDPA's causal kernels (the lower-right causal variant for later
+   chunks): no mask is ever built, so memory is linear in the context. Only the last position reaches the LM
+   head. Prefill is dense in every method.
 3. Decode, method by method. Every method compared on the batch decodes from the same prefilled prefix: it writes
    only the decode tail (slots W, W+1, ...), which the next method overwrites, so nothing is copied. A step is
    device work only: choose the next tokens from the last logits (greedy, or sampling with per-row seeds,
@@ -30,10 +31,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from torch.backends.cuda import SDPAParams, can_use_flash_attention
-from torch.nn.attention import SDPBackend, sdpa_kernel
-from torch.nn.attention.bias import causal_lower_right
 
 from lychee_bench.harness.forward import LayerStack
 from lychee_bench.harness.inputs import FormattedInput
@@ -46,14 +43,12 @@ from lychee_bench.harness.memory import (
     largest_fitting_batch,
     prefill_bytes_per_token,
 )
+from lychee_bench.harness.prefill import causal_attention, prefill_chunk, prefill_row
 from lychee_bench.harness.sampling import choose_tokens, row_seed
 from lychee_bench.methods.base import Method
 from lychee_bench.methods.state import DecodeState, StepGeometry
 
-CPU_PREFILL_CHUNK = 2048
-MAX_PREFILL_CHUNK = 131072  # a row up to 128K in one chunk: SDPA's square causal kernels (the fastest)
 MIN_GRAPH_STEPS = 4  # fewer steps than this left after the warm-up: not worth a capture
-FAST_SDPA_BACKENDS = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]
 
 
 @dataclass
@@ -80,36 +75,6 @@ class Generation:
     forward_batch: int = 1  # rows decoded together (after any memory split)
     prefill_seconds: float = 0.0  # the batch's dense prefill (shared by every method and row)
     peak_memory_bytes: int | None = None
-
-
-def _flash_takes(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> bool:
-    """Whether SDPA's flash kernel runs these shapes as they are (GQA included), with no mask."""
-    if not query.is_cuda:
-        return False
-    params = SDPAParams(query, key, value, None, 0.0, False, query.shape[1] != key.shape[1])
-    return bool(can_use_flash_attention(params))
-
-
-def causal_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float) -> torch.Tensor:
-    """query [1, Hq, T, D] over the row's keys [1, Hkv, S, D] whose last T are the queries' own tokens: SDPA's
-    causal kernels (lower-right aligned when S > T), no mask. On a GPU the keys' heads are repeated for the
-    query heads when the flash kernel does not take GQA as it is, and SDPA's math backend (which would build
-    [Hq, T, S] scores) is never used."""
-    tokens, keys = query.shape[2], key.shape[2]
-    gqa = query.shape[1] != key.shape[1]
-    if not query.is_cuda:
-        if tokens == keys:
-            return F.scaled_dot_product_attention(query, key, value, is_causal=True, scale=scale, enable_gqa=gqa)
-        bias = causal_lower_right(tokens, keys)
-        return F.scaled_dot_product_attention(query, key, value, attn_mask=bias, scale=scale, enable_gqa=gqa)
-    if gqa and not _flash_takes(query, key, value):
-        group = query.shape[1] // key.shape[1]
-        key, value, gqa = key.repeat_interleave(group, 1), value.repeat_interleave(group, 1), False
-    with sdpa_kernel(FAST_SDPA_BACKENDS):
-        if tokens == keys:
-            return F.scaled_dot_product_attention(query, key, value, is_causal=True, scale=scale, enable_gqa=gqa)
-        bias = causal_lower_right(tokens, keys)
-        return F.scaled_dot_product_attention(query, key, value, attn_mask=bias, scale=scale, enable_gqa=gqa)
 
 
 def decode_forward(
@@ -187,11 +152,7 @@ class Engine:
     # ---- memory -------------------------------------------------------------------------------------------
     def chunk_for(self, tokens: int) -> int:
         """Prefill chunk (tokens per forward of one row)."""
-        if self.prefill_chunk:
-            return min(tokens, self.prefill_chunk)
-        if self.device.type != "cuda":
-            return min(tokens, CPU_PREFILL_CHUNK)
-        return min(tokens, MAX_PREFILL_CHUNK)
+        return prefill_chunk(self.device, tokens, self.prefill_chunk)
 
     def rows_that_fit(self, capacity: int, prefill_tokens: int, wanted: int) -> int:
         """The most rows (<= wanted) of `capacity` cache slots whose batch fits on the device now."""
@@ -307,26 +268,11 @@ class Engine:
     def prefill(self, cache: StaticKVCache, prompts: list[list[int]], width: int) -> torch.Tensor:
         """Dense prefill of each row into `cache` (row b at slots W - len_b .. W - 1); float32 logits [B, V] of
         each row's last position."""
-        stack = self.stack
         logits = torch.empty(len(prompts), self.model.config.vocab_size, dtype=torch.float32, device=self.device)
         for row, ids in enumerate(prompts):
-            first = width - len(ids)
-            tokens = torch.tensor(ids, dtype=torch.long, device=self.device)[None]
-            chunk = self.chunk_for(len(ids))
-            for begin in range(0, len(ids), chunk):
-                end = min(len(ids), begin + chunk)
-                hidden = stack.embed(tokens[:, begin:end])
-                cos, sin = stack.rotary_tables(hidden, torch.arange(begin, end, device=self.device)[None])
-
-                def attend(layer, q, k, v, row=row, first=first, begin=begin, end=end):
-                    cache.write_row(layer, row, first + begin, k, v)
-                    keys = cache.keys[layer][row : row + 1, :, first : first + end]
-                    values = cache.values[layer][row : row + 1, :, first : first + end]
-                    return causal_attention(q, keys, values, stack.scaling)
-
-                for layer in range(stack.num_layers):
-                    hidden = stack.layer(layer, hidden, cos, sin, attend)
-            logits[row] = stack.logits(hidden[0, -1:])[0]
+            tokens = torch.tensor(ids, dtype=torch.long, device=self.device)
+            last = prefill_row(self.stack, cache, row, tokens, width - len(ids), self.chunk_for(len(ids)))
+            logits[row] = self.stack.logits(last)[0]
         return logits
 
 

@@ -34,6 +34,9 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from lychee_bench.harness.attention import attention_implementation, cache_keyword
+from lychee_bench.harness.forward import LayerStack
+from lychee_bench.harness.kv_cache import StaticKVCache
+from lychee_bench.harness.prefill import prefill_row
 
 TRAIN_ATTENTION_NAME = "lychee_bench_train"
 MODES = ("hybrid", "sparse", "full")
@@ -242,13 +245,15 @@ def decoder(model: torch.nn.Module) -> torch.nn.Module:
 
 @torch.no_grad()
 def prefill(model: torch.nn.Module, context_ids: torch.Tensor, chunk: int | None = None) -> DynamicCache:
-    """Dense prefill of the context [1, ctx] (optionally in chunks to bound activation memory)."""
-    base = decoder(model)
-    keyword = cache_keyword(base)
+    """Dense prefill of the context [1, ctx] by the engine's mask-free chunked prefill (harness/prefill.py; the
+    chunk bounds activation memory), handed to transformers' forward as the cache of the segment passes."""
+    parameter = next(model.parameters())
+    length = context_ids.shape[1]
+    static = StaticKVCache.for_config(model.config, 1, length, parameter.dtype, parameter.device)
+    prefill_row(LayerStack(model), static, 0, context_ids[0], 0, chunk)
     cache = DynamicCache(config=model.config)
-    step = chunk or context_ids.shape[1]
-    for start in range(0, context_ids.shape[1], step):
-        base(input_ids=context_ids[:, start : start + step], use_cache=True, **{keyword: cache})
+    for layer, (keys, values) in enumerate(zip(static.keys, static.values, strict=True)):
+        cache.update(keys, values, layer)
     return cache
 
 

@@ -1,7 +1,8 @@
 """Learn LycheeDecode's head roles (arXiv 2602.04541 §3): gates on KV heads, distillation, a density constraint.
 
-One step: draw a passkey sample; prefill its context densely (no grad); run the answer segment through the
-frozen model with full attention (teacher) and through the hybrid forward with one gate sample z (student);
+One step: draw a passkey sample; prefill its context densely (no grad, the engine's chunked prefill); run the
+answer segment through the frozen model with full attention (teacher) and through the hybrid forward with one gate
+sample z (student);
 loss = distill + λ·c with c = relu(density - target). Only the gate parameters train (AdamW, batch 1).
 
 Choices recorded in every roles file (`training` block):
