@@ -175,10 +175,18 @@ def test_compiled_layer_pieces_keep_the_logits(tiny, tmp_path):
     cache = _cache(tiny, 2, ctx)
     cache.fill_random(ctx - 1, seed=2)
     eager = _step(tiny, cache, FullAttention()).step().clone()
+    pairs = list(zip(cache.keys, cache.values, strict=True))
+    written = [(keys[:, :, ctx - 1].clone(), values[:, :, ctx - 1].clone()) for keys, values in pairs]
+    for keys, values in pairs:  # the compiled piece must write them again
+        keys[:, :, ctx - 1] = 0
+        values[:, :, ctx - 1] = 0
     compiled = FixedContextStep(Engine(tiny, None, compiled=True), cache, FullAttention()).step()
     torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-4)
+    for (key, value), (keys, values) in zip(written, pairs, strict=True):
+        torch.testing.assert_close(keys[:, :, ctx - 1], key, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(values[:, :, ctx - 1], value, rtol=1e-5, atol=1e-5)
     records = run_bench(["full"], [192], [1], model=TINY, out=tmp_path, reps=1, smoke=True, compile=True)
-    assert records and all(r["compiled"] == ["attention_inputs", "finish_layer", "logits"] for r in records)
+    assert records and all(r["compiled"] == ["norm", "project_qkv", "finish_and_norm", "logits"] for r in records)
 
 
 def _no_read_methods(tmp_path) -> dict[str, Method]:

@@ -93,13 +93,12 @@ def decode_forward(
     hidden = stack.embed(tokens)
     cos, sin = stack.rotary_tables(hidden, positions)
 
-    def attend(layer, q, k, v):
-        cache.write(layer, slot, k, v)
+    def attend(layer, q):
         return method.decode_attention(layer, q, cache.keys[layer], cache.values[layer], valid, stack.scaling, state)
 
-    for layer in range(stack.num_layers):
-        hidden = stack.layer(layer, hidden, cos, sin, attend, compiled=stack.compiled)
-    return stack.logits(hidden[:, -1], compiled=stack.compiled)
+    stores = [(keys, values, slot) for keys, values in zip(cache.keys, cache.values, strict=True)]
+    normed = stack.decode_layers(hidden, cos, sin, attend, stores)
+    return stack.logits_of_normed(normed[:, -1])
 
 
 def _stop_token_ids(model: torch.nn.Module, tokenizer: Any) -> set[int]:

@@ -7,11 +7,12 @@ each ONE matrix product (their weights concatenated once, the model's own parame
 fused tensors, so no memory is added and the transformers model keeps working), keys and values go straight
 into the engine's static cache at the slots it names, attention is a call the engine passes in (the method, or
 dense SDPA), and only the positions asked for reach the LM head. Norms, rotary embedding and the MLP's
-activation are plain torch, fused by torch.compile where the engine compiles the per-layer pieces
-(``compiled=True``): ``attention_inputs`` (norm, fused QKV, head norms, rotary) and ``finish_layer`` (output
-projection, residual, norm, fused gate/up, activation, down projection, residual) are the two compiled graphs
-of a layer, so attention is the one break between them. tests/test_forward.py checks the logits against the
-transformers model's own forward.
+activation are plain torch, fused by torch.compile where the engine compiles the decode step's pieces
+(``compiled=True``). A decode step (``decode_layers``) is two compiled graphs per layer with attention the one
+break between them: ``project_qkv`` (fused QKV, head norms, rotary, and the cache write) and ``finish_and_norm``
+(output projection, residual, norm, fused gate/up, activation, down projection, residual, and the next layer's
+input norm, so that residual and norm are one kernel). Prefill chunks and cache correction run the eager
+``layer``. tests/test_forward.py checks the logits against the transformers model's own forward.
 """
 
 from __future__ import annotations
@@ -87,6 +88,40 @@ def _fused_weights(
     return weight, bias
 
 
+def project_qkv(
+    x: torch.Tensor,
+    qkv_weight: torch.Tensor,
+    qkv_bias: torch.Tensor | None,
+    q_norm: torch.Tensor | None,
+    k_norm: torch.Tensor | None,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    num_heads: int,
+    num_kv_heads: int,
+    eps: float,
+    store: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Normed input x [B, T, hidden] -> query [B, Hq, T, D], key and value [B, Hkv, T, D] (rotary applied).
+
+    `store` = (key cache, value cache, slots [T]): the keys and values are also written there, inside this
+    piece (compiled, the write is fused with the rotary instead of being two more launches per layer). Tensors,
+    not a LayerWeights, are the arguments: one compiled graph then serves every layer."""
+    batch, tokens, _ = x.shape
+    qkv = torch.nn.functional.linear(x, qkv_weight, qkv_bias)
+    head_dim = qkv.shape[-1] // (num_heads + 2 * num_kv_heads)
+    q, k, v = qkv.view(batch, tokens, -1, head_dim).split([num_heads, num_kv_heads, num_kv_heads], dim=2)
+    if q_norm is not None:
+        q = rms_norm(q, q_norm, eps)
+        k = rms_norm(k, k_norm, eps)
+    q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+    q, k, v = rotate(q, cos, sin), rotate(k, cos, sin), v.contiguous()
+    if store is not None:
+        key_cache, value_cache, slots = store
+        key_cache.index_copy_(2, slots, k)
+        value_cache.index_copy_(2, slots, v)
+    return q, k, v
+
+
 def attention_inputs(
     hidden: torch.Tensor,
     norm: torch.Tensor,
@@ -100,18 +135,10 @@ def attention_inputs(
     num_kv_heads: int,
     eps: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """hidden [B, T, hidden] -> query [B, Hq, T, D], key and value [B, Hkv, T, D] (rotary applied). Tensors,
-    not a LayerWeights, are the arguments: one compiled graph then serves every layer."""
-    batch, tokens, _ = hidden.shape
+    """hidden [B, T, hidden] -> query [B, Hq, T, D], key and value [B, Hkv, T, D]: the input norm, then
+    `project_qkv`."""
     x = rms_norm(hidden, norm, eps)
-    qkv = torch.nn.functional.linear(x, qkv_weight, qkv_bias)
-    head_dim = qkv.shape[-1] // (num_heads + 2 * num_kv_heads)
-    q, k, v = qkv.view(batch, tokens, -1, head_dim).split([num_heads, num_kv_heads, num_kv_heads], dim=2)
-    if q_norm is not None:
-        q = rms_norm(q, q_norm, eps)
-        k = rms_norm(k, k_norm, eps)
-    q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-    return rotate(q, cos, sin), rotate(k, cos, sin), v.contiguous()
+    return project_qkv(x, qkv_weight, qkv_bias, q_norm, k_norm, cos, sin, num_heads, num_kv_heads, eps)
 
 
 def finish_layer(
@@ -134,6 +161,27 @@ def finish_layer(
     x = rms_norm(hidden, norm, eps)
     gate, up = torch.nn.functional.linear(x, gate_up_weight, gate_up_bias).chunk(2, dim=-1)
     return hidden + torch.nn.functional.linear(activation(gate) * up, down_weight, down_bias)
+
+
+def finish_and_norm(
+    hidden: torch.Tensor,
+    attended: torch.Tensor,
+    out_weight: torch.Tensor,
+    out_bias: torch.Tensor | None,
+    norm: torch.Tensor,
+    gate_up_weight: torch.Tensor,
+    gate_up_bias: torch.Tensor | None,
+    down_weight: torch.Tensor,
+    down_bias: torch.Tensor | None,
+    eps: float,
+    activation: Callable[[torch.Tensor], torch.Tensor],
+    next_norm: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`finish_layer`, then the next layer's input norm (the final norm after the last layer): (output, normed
+    output). Compiled, the last residual add and the norm are one kernel."""
+    args = (hidden, attended, out_weight, out_bias, norm, gate_up_weight, gate_up_bias, down_weight, down_bias)
+    hidden = finish_layer(*args, eps, activation)
+    return hidden, rms_norm(hidden, next_norm, eps)
 
 
 def unsupported_reasons(config: object) -> list[str]:
@@ -202,13 +250,14 @@ class LayerStack:
                 )
         self.scaling = inner.layers[0].self_attn.scaling
         self.compiled = compiled
-        self._attention_inputs = attention_inputs
-        self._finish_layer = finish_layer
-        self._head = self._logits
+        # The decode step's pieces (decode_layers): compiled on request, one graph per piece for every layer.
+        self._norm, self._project_qkv, self._finish_and_norm = rms_norm, project_qkv, finish_and_norm
+        self._head = self._head_of_normed
         if compiled:
-            self._attention_inputs = torch.compile(attention_inputs, fullgraph=True)
-            self._finish_layer = torch.compile(finish_layer, fullgraph=True)
-            self._head = torch.compile(self._logits, fullgraph=True)
+            self._norm = torch.compile(rms_norm, fullgraph=True)
+            self._project_qkv = torch.compile(project_qkv, fullgraph=True)
+            self._finish_and_norm = torch.compile(finish_and_norm, fullgraph=True)
+            self._head = torch.compile(self._head_of_normed, fullgraph=True)
 
     def embed(self, token_ids: torch.Tensor) -> torch.Tensor:
         return self.embedding(token_ids)
@@ -224,44 +273,60 @@ class LayerStack:
         cos: torch.Tensor,
         sin: torch.Tensor,
         attend: Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
-        compiled: bool = False,
     ) -> torch.Tensor:
-        """One decoder layer; `attend(layer, q, k, v)` stores k/v in the cache and returns the attention output
-        [B, Hq, T, D]."""
-        inputs = self._attention_inputs if compiled else attention_inputs
-        finish = self._finish_layer if compiled else finish_layer
+        """One decoder layer, eager (prefill chunks, cache correction); `attend(layer, q, k, v)` stores k/v in the
+        cache and returns the attention output [B, Hq, T, D]."""
         w = self.layers[index]
-        q, k, v = inputs(
-            hidden,
-            w.input_norm,
-            w.qkv,
-            w.qkv_bias,
-            w.q_norm,
-            w.k_norm,
-            cos,
-            sin,
-            self.num_heads,
-            self.num_kv_heads,
-            self.eps,
+        q, k, v = attention_inputs(
+            hidden, w.input_norm, w.qkv, w.qkv_bias, w.q_norm, w.k_norm, cos, sin, *self._heads, self.eps
         )
         attended = attend(index, q, k, v)
-        return finish(
-            hidden,
-            attended,
-            w.out,
-            w.out_bias,
-            w.post_norm,
-            w.gate_up,
-            w.gate_up_bias,
-            w.down,
-            w.down_bias,
-            self.eps,
-            self.activation,
-        )
+        return finish_layer(hidden, attended, *self._finish_weights(w), self.eps, self.activation)
 
-    def logits(self, hidden: torch.Tensor, compiled: bool = False) -> torch.Tensor:
-        """hidden [B, hidden] (the positions that need logits) -> float32 logits [B, vocab]."""
-        return (self._head if compiled else self._logits)(hidden)
+    def decode_layers(
+        self,
+        hidden: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        attend: Callable[[int, torch.Tensor], torch.Tensor],
+        stores: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+    ) -> torch.Tensor:
+        """Every layer of a decode step, then the final norm: hidden [B, T, hidden] -> normed [B, T, hidden].
+
+        Layer l's keys and values are written into `stores[l]` (key cache, value cache, slots) by its QKV piece;
+        `attend(layer, q)` returns the attention output [B, Hq, T, D] over the written cache. Each layer ends
+        with the next layer's input norm, so per layer there are two dense pieces and attention between them."""
+        weights = self.layers
+        normed = self._norm(hidden, weights[0].input_norm, self.eps)
+        for index, w in enumerate(weights):
+            q, _, _ = self._project_qkv(
+                normed, w.qkv, w.qkv_bias, w.q_norm, w.k_norm, cos, sin, *self._heads, self.eps, stores[index]
+            )
+            attended = attend(index, q)
+            following = weights[index + 1].input_norm if index + 1 < len(weights) else self.final_norm.weight
+            hidden, normed = self._finish_and_norm(
+                hidden, attended, *self._finish_weights(w), self.eps, self.activation, following
+            )
+        return normed
+
+    @property
+    def _heads(self) -> tuple[int, int]:
+        return self.num_heads, self.num_kv_heads
+
+    @staticmethod
+    def _finish_weights(w: LayerWeights) -> tuple[torch.Tensor | None, ...]:
+        return (w.out, w.out_bias, w.post_norm, w.gate_up, w.gate_up_bias, w.down, w.down_bias)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden [B, hidden] (the positions that need logits, before the final norm) -> float32 logits [B, V]."""
+        return self._logits(hidden)
+
+    def logits_of_normed(self, normed: torch.Tensor) -> torch.Tensor:
+        """normed [B, hidden] (after the final norm, as decode_layers returns) -> float32 logits [B, vocab]."""
+        return self._head(normed)
 
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm_head(self.final_norm(hidden)).float()
+
+    def _head_of_normed(self, normed: torch.Tensor) -> torch.Tensor:
+        return self.lm_head(normed).float()

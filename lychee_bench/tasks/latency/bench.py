@@ -226,7 +226,7 @@ class Bench:
             method.prepare(model)
         compile_blocks = (not plan.smoke) if plan.compile is None else plan.compile
         engine = Engine(model, None, graphs=False, compiled=compile_blocks, prefill_chunk=plan.prefill_chunk or None)
-        compiled = ["attention_inputs", "finish_layer", "logits"] if compile_blocks else []
+        compiled = ["norm", "project_qkv", "finish_and_norm", "logits"] if compile_blocks else []
         return self._run_points(plan, config, model_info, engine, methods, started, compiled)
 
     def _run_points(self, plan, config, model_info, engine, methods, started, compiled) -> list[dict[str, Any]]:
