@@ -8,7 +8,9 @@ batch with decode-exercise tokens of different lengths), that
 
 1. every method's CUDA-graph-captured generation gives exactly the tokens of the same engine stepping eagerly
    (same compiled kernels), greedy and sampled, and that a graph-safe method was indeed captured;
-2. the engine's prefill logits match transformers' own forward on the same tokens (bf16 rounding apart).
+2. the engine's prefill logits match transformers' own forward on the same tokens (bf16 rounding apart);
+3. one compiled decode step (`full`: the dense pieces with the cache write inside, the Triton kernel) gives the
+   logits of transformers' own forward for the next token.
 
 Prints a table and writes `engine_check.csv`; exits 1 when a check fails.
 """
@@ -23,10 +25,12 @@ from types import SimpleNamespace
 import pandas as pd
 import torch
 
-from lychee_bench.harness.engine import Engine, GenerationSettings
+from lychee_bench.harness.engine import Engine, GenerationSettings, decode_forward
 from lychee_bench.harness.inputs import FormattedInput
 from lychee_bench.harness.kv_cache import StaticKVCache
 from lychee_bench.harness.synthetic_models import build_synthetic, synthetic_config
+from lychee_bench.methods.full import FullAttention
+from lychee_bench.methods.state import DecodeState, StepGeometry
 
 MODEL = "llama3-8b-synthetic"
 ENTRIES = (
@@ -87,6 +91,43 @@ def check_prefill(model, inputs) -> dict:
     return {"check": "prefill logits vs transformers", "method": "-", "rel_error": worst, "ok": worst < LOGIT_TOLERANCE}
 
 
+@torch.inference_mode()
+def check_decode_step(model, inputs) -> dict:
+    """The compiled decode step's logits for each row's last token (prefilled up to it) against transformers."""
+    engine = Engine(model, None, graphs=False)
+    method = FullAttention()
+    method.prepare(model)
+    worst = 0.0
+    for item in inputs[:2]:
+        ids = item.input_ids
+        length = len(ids)
+        cache = StaticKVCache.for_config(model.config, 1, length, engine.dtype, engine.device)
+        engine.prefill(cache, [ids[:-1]], length - 1)
+        device = engine.device
+        lengths = torch.tensor([length], dtype=torch.int32, device=device)
+        geometry = StepGeometry(lengths, torch.zeros_like(lengths), [length], [length])
+        state = DecodeState(method=method, counting=False, geometry=geometry)
+        state.begin_step("decode", [length])
+        ours = decode_forward(
+            engine.stack,
+            cache,
+            method,
+            state,
+            torch.tensor([[ids[-1]]], device=device),
+            torch.tensor([[length - 1]], device=device),
+            torch.tensor([length - 1], device=device),
+            torch.ones(1, length, dtype=torch.bool, device=device),
+        )[0]
+        theirs = model(input_ids=torch.tensor([ids], device=device), logits_to_keep=1).logits[0, -1].float()
+        worst = max(worst, float((ours - theirs).abs().max() / theirs.abs().max()))
+    return {
+        "check": "decode step logits vs transformers",
+        "method": "full",
+        "rel_error": worst,
+        "ok": worst < LOGIT_TOLERANCE,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--methods", default=ENTRIES)
@@ -116,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     sampled = GenerationSettings(args.new_tokens, temperature=0.8, top_p=0.9, seed=args.seed)
     rows += check_generation(model, methods, inputs, sampled, "sampled")
     rows.append(check_prefill(model, inputs))
+    rows.append(check_decode_step(model, inputs))
     table = pd.DataFrame(rows)
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
