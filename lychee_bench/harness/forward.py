@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -163,25 +164,11 @@ def finish_layer(
     return hidden + torch.nn.functional.linear(activation(gate) * up, down_weight, down_bias)
 
 
-def finish_and_norm(
-    hidden: torch.Tensor,
-    attended: torch.Tensor,
-    out_weight: torch.Tensor,
-    out_bias: torch.Tensor | None,
-    norm: torch.Tensor,
-    gate_up_weight: torch.Tensor,
-    gate_up_bias: torch.Tensor | None,
-    down_weight: torch.Tensor,
-    down_bias: torch.Tensor | None,
-    eps: float,
-    activation: Callable[[torch.Tensor], torch.Tensor],
-    next_norm: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """`finish_layer`, then the next layer's input norm (the final norm after the last layer): (output, normed
-    output). Compiled, the last residual add and the norm are one kernel."""
-    args = (hidden, attended, out_weight, out_bias, norm, gate_up_weight, gate_up_bias, down_weight, down_bias)
-    hidden = finish_layer(*args, eps, activation)
-    return hidden, rms_norm(hidden, next_norm, eps)
+def finish_and_norm(next_norm: torch.Tensor, *finish_args: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """`finish_layer(*finish_args)`, then the next layer's input norm `next_norm` (the final norm after the last
+    layer): (output, normed output). Compiled, the last residual add and the norm are one kernel."""
+    hidden = finish_layer(*finish_args)
+    return hidden, rms_norm(hidden, next_norm, finish_args[-2])
 
 
 def unsupported_reasons(config: object) -> list[str]:
@@ -305,7 +292,7 @@ class LayerStack:
             attended = attend(index, q)
             following = weights[index + 1].input_norm if index + 1 < len(weights) else self.final_norm.weight
             hidden, normed = self._finish_and_norm(
-                hidden, attended, *self._finish_weights(w), self.eps, self.activation, following
+                following, hidden, attended, *self._finish_weights(w), self.eps, self.activation
             )
         return normed
 
