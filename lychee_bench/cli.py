@@ -373,8 +373,8 @@ def report(
     else:
         typer.echo(score_table(rows + average_rows(rows)))
     if html is not None:
+        from lychee_bench.regress.sources import ResultsError
         from lychee_bench.report.html import write_html
-        from lychee_bench.report.sources import ResultsError
 
         try:
             written, plots, _ = write_html([path], html)
@@ -405,7 +405,7 @@ def compare(
     changes_only: Annotated[bool, typer.Option("--changes-only", help="table: hide rows that did not move")] = False,
 ) -> None:
     """Compare two result sets row by row; exit 1 if a score drops or a latency rises beyond its tolerance."""
-    from lychee_bench.harness.compare import compare_command
+    from lychee_bench.regress.compare import compare_command
 
     code = compare_command(
         base,
@@ -439,7 +439,7 @@ def suite(
     z: Annotated[float, typer.Option(min=0.0, help="as in `compare`; 0 = scores must reproduce exactly")] = 2.0,
 ) -> None:
     """Run a fixed suite (smoke: CPU, about 3 minutes); with --compare, fail on a regression from the baseline."""
-    from lychee_bench.harness.suite import suite_command
+    from lychee_bench.regress.suite import suite_command
 
     code = suite_command(
         name,

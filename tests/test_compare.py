@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from lychee_bench.harness.compare import (
+from lychee_bench.harness.records import RecordWriter
+from lychee_bench.regress.compare import (
     EXIT_BAD_INPUT,
     EXIT_OK,
     EXIT_REGRESSION,
@@ -20,7 +21,6 @@ from lychee_bench.harness.compare import (
     metric_kind,
     parse_tolerances,
 )
-from lychee_bench.harness.records import RecordWriter
 
 
 def row(value, metric="string_match_all", stderr=float("nan"), samples=2, **key):

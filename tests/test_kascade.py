@@ -10,7 +10,13 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from lychee_bench.calibration.artifacts import (
+from lychee_bench.calibration.collect import prompt_statistics, record_prompt
+from lychee_bench.calibration.kascade import choose_anchors, default_anchor_count, head_mapping, layer_values
+from lychee_bench.calibration.tidal import choose_reselect_layer
+from lychee_bench.cli import app
+from lychee_bench.harness.attention import DecodeState
+from lychee_bench.harness.forward import LayerStack
+from lychee_bench.methods.artifacts import (
     ArtifactError,
     kascade_to_json,
     load_kascade_file,
@@ -20,12 +26,6 @@ from lychee_bench.calibration.artifacts import (
     tidal_to_json,
     write_json,
 )
-from lychee_bench.calibration.collect import prompt_statistics, record_prompt
-from lychee_bench.calibration.kascade import choose_anchors, default_anchor_count, head_mapping, layer_values
-from lychee_bench.calibration.tidal import choose_reselect_layer
-from lychee_bench.cli import app
-from lychee_bench.harness.attention import DecodeState
-from lychee_bench.harness.forward import LayerStack
 from lychee_bench.methods.base import RunShape
 from lychee_bench.methods.kascade import PUBLISHED_ANCHORS, Kascade, KascadeConfig
 from lychee_bench.methods.tidal import TidalConfig, TidalDecode

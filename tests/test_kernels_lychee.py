@@ -430,7 +430,7 @@ def test_top_blocks_exact_on_long_rows(kernels, seed, monkeypatch, kind, ways):
 def test_fused_kernel_compiles_for_hopper_without_a_gpu(kernels):
     """The GPU build of the fused kernel (sm_90, bf16) compiles here and stays within a CTA's limits (the
     compiler needs the real JIT, so it runs in a process without TRITON_INTERPRET)."""
-    command = [sys.executable, "-m", "lychee_bench.kernels.resource_usage", "--finish", "2", "--step", "1"]
+    command = [sys.executable, "-m", "lychee_bench.tools.resource_usage", "--finish", "2", "--step", "1"]
     command += ["--warps", "4", "--stages", "2", "--json"]
     env = {**os.environ, "TRITON_INTERPRET": "0"}
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)

@@ -290,7 +290,7 @@ def test_kernels_compile_for_hopper_without_a_gpu(ts):
     import subprocess
     import sys
 
-    command = [sys.executable, "-m", "lychee_bench.kernels.bench_select", "--compile-only", "--json"]
+    command = [sys.executable, "-m", "lychee_bench.tools.bench_select", "--compile-only", "--json"]
     done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "TRITON_INTERPRET": "0"})
     assert done.returncode == 0, done.stderr[-2000:]
     usages = [json.loads(line) for line in done.stdout.strip().splitlines()]

@@ -175,7 +175,7 @@ def test_sparse_kernel_compiles_for_hopper_without_a_gpu(kernel):
     import subprocess
     import sys
 
-    command = [sys.executable, "-m", "lychee_bench.kernels.resource_usage", "--kernel", "sparse", "--json"]
+    command = [sys.executable, "-m", "lychee_bench.tools.resource_usage", "--kernel", "sparse", "--json"]
     done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "TRITON_INTERPRET": "0"})
     assert done.returncode == 0, done.stderr[-2000:]
     usages = [json.loads(line) for line in done.stdout.strip().splitlines()]

@@ -191,8 +191,8 @@ def test_compiled_layer_pieces_keep_the_logits(tiny, tmp_path):
 
 def _no_read_methods(tmp_path) -> dict[str, Method]:
     """Every built-in method, configured for the tiny synthetic model (4 layers, 2 KV heads)."""
-    from lychee_bench.calibration.artifacts import kascade_to_json, write_json
     from lychee_bench.harness.catalog import METHODS
+    from lychee_bench.methods.artifacts import kascade_to_json, write_json
 
     anchors = tmp_path / "anchors.json"
     write_json(anchors, kascade_to_json([0, 2], [[0, 1], [1, 0], [0, 1], [1, 1]], {"name": "tiny"}, {}))

@@ -14,11 +14,11 @@ import dataclasses
 import pytest
 import torch
 
-from lychee_bench.calibration.artifacts import kascade_to_json, write_json
 from lychee_bench.harness.attention import DecodeState
 from lychee_bench.harness.catalog import METHODS
 from lychee_bench.harness.engine import Engine, GenerationSettings
 from lychee_bench.harness.inputs import InputFormatter
+from lychee_bench.methods.artifacts import kascade_to_json, write_json
 from lychee_bench.methods.base import Method, RunShape
 from lychee_bench.methods.duo import DuoAttention
 from lychee_bench.methods.full import FullAttention

@@ -1,4 +1,4 @@
-"""The GPU path check (`python -m lychee_bench.methods.path_check`), run here in the interpreter at a tiny shape:
+"""The GPU path check (`python -m lychee_bench.tools.path_check`), run here in the interpreter at a tiny shape:
 it passes when the paths agree and fails when the efficient path is off."""
 
 from __future__ import annotations
@@ -6,8 +6,8 @@ from __future__ import annotations
 import torch
 
 from lychee_bench.harness.synthetic_models import synthetic_config
-from lychee_bench.methods.path_check import _ConfigHolder, check_method, method_pairs
 from lychee_bench.tasks.latency.bench import synthetic_defaults
+from lychee_bench.tools.path_check import _ConfigHolder, check_method, method_pairs
 
 ENTRIES = ["lychee[granularity=token;sink=8;recent=16]", "quest"]
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from lychee_bench.tasks.base import Sample
+from lychee_bench.harness.task import Sample
 from lychee_bench.tasks.ruler import RulerTask
 from lychee_bench.tasks.ruler.scoring import (
     postprocess_prediction,

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from lychee_bench.harness import suite as suite_module
-from lychee_bench.harness.compare import EXIT_OK, EXIT_REGRESSION, compare_paths
 from lychee_bench.harness.runner import parse_tasks
-from lychee_bench.harness.suite import (
+from lychee_bench.regress import suite as suite_module
+from lychee_bench.regress.compare import EXIT_OK, EXIT_REGRESSION, compare_paths
+from lychee_bench.regress.sources import load_results
+from lychee_bench.regress.suite import (
     KERNEL_TASK,
     SMOKE,
     SuiteError,
@@ -19,7 +20,6 @@ from lychee_bench.harness.suite import (
     get_suite,
     suite_command,
 )
-from lychee_bench.report.sources import load_results
 
 BASELINE = Path(__file__).resolve().parents[1] / "results" / "smoke"
 
@@ -91,7 +91,7 @@ def test_committed_baseline_matches_the_suite():
 
 def test_changed_predictions_pairs_samples(tmp_path):
     from lychee_bench.harness.records import RecordWriter
-    from lychee_bench.harness.suite import changed_predictions
+    from lychee_bench.regress.suite import changed_predictions
 
     for name, answers in (("base", ["a", "b", "c"]), ("new", ["a", "x", "c"])):
         writer = RecordWriter(tmp_path / name)

@@ -7,11 +7,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lychee_bench.calibration.artifacts import kascade_to_json, tidal_to_json, write_json
 from lychee_bench.calibration.collect import collect_statistics
 from lychee_bench.calibration.data import CalibrationSet, calibration_prompts
 from lychee_bench.calibration.kascade import calibrate_kascade
 from lychee_bench.calibration.tidal import choose_reselect_layer
+from lychee_bench.methods.artifacts import kascade_to_json, tidal_to_json, write_json
 from lychee_bench.methods.kascade import KascadeConfig
 
 METHODS = ("kascade", "tidal")

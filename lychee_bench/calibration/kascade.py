@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import torch
 
-from lychee_bench.calibration.artifacts import governing_anchor
 from lychee_bench.calibration.collect import SetStatistics
+from lychee_bench.methods.artifacts import governing_anchor
 
 ANCHOR_COUNT_RULE = "max(2, round(5 * num_layers / 32)): Kascade uses 5 anchors (layer 0 included) for 32 layers"
 

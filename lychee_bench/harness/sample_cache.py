@@ -16,7 +16,7 @@ from typing import Any
 from lychee_bench.harness.inputs import InputFormatter
 from lychee_bench.harness.models import cache_dir
 from lychee_bench.harness.records import config_hash
-from lychee_bench.tasks.base import Sample, Task
+from lychee_bench.harness.task import Sample, Task
 
 CACHE_FORMAT = 1
 

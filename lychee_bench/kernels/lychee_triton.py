@@ -528,7 +528,7 @@ def _merge_tile(group: int) -> int:
 
 def layer_constants(plan: DecodePlan, group: int, head_dim: int, finish: int, dot_in_fp32: bool) -> dict[str, Any]:
     """The compile-time arguments of the fused layer kernel for a plan and the module's knobs (also what
-    :mod:`lychee_bench.kernels.resource_usage` compiles)."""
+    :mod:`lychee_bench.tools.resource_usage` compiles)."""
     return dict(
         HKV=plan.num_kv_heads,
         G=group,

@@ -63,7 +63,7 @@ DENSE_MERGE_ELEMENTS = 4096  # partial values (chunks x query heads x head dims)
 
 @dataclass(frozen=True)
 class DenseLaunch:
-    """Launch knobs of the all-dense kernel (kernels/bench_dense.py sweeps them on a GPU).
+    """Launch knobs of the all-dense kernel (tools/bench_dense.py sweeps them on a GPU).
 
     ``tile`` tokens per loop step, ``warps`` and ``stages`` (software-pipeline depth) of the partials kernel,
     ``programs_per_sm`` the grid's target size on a GPU as a multiple of its SM count (the chunks of a row are

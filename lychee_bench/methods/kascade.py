@@ -6,7 +6,7 @@ attends densely but still selects). A reuse layer attends to the set of the most
 head map: its KV head h reads the set of the anchor's KV head `head_map[layer][h]`, the anchor head found most
 similar on calibration data. k = max(128, 10% of the sequence's real tokens), capped at those tokens; the
 `budget` option sets k in tokens instead. Anchors and head map come from a per-model artifact
-(calibration/artifacts.py) written by `lychee-bench calibrate --method kascade`. Sets are rebuilt every step.
+(methods/artifacts.py) written by `lychee-bench calibrate --method kascade`. Sets are rebuilt every step.
 
 Against the public code (SPEC §4 followed where they differ): Kascade's PyTorch path computes k from the padded
 cache length of the batch; here each sequence gets its own k from its real tokens (left padding excluded).
@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from lychee_bench.calibration.artifacts import ArtifactError, KascadeAnchors, resolve_kascade
+from lychee_bench.methods.artifacts import ArtifactError, KascadeAnchors, resolve_kascade
 from lychee_bench.methods.base import Method, RunShape
 from lychee_bench.methods.common import masked_decode_attention
 from lychee_bench.methods.efficient import KernelPath, attend, check_path, rows_read, step_geometry, top_index

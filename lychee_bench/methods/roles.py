@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from lychee_bench.calibration.artifacts import checksum, shipped_path
+from lychee_bench.methods.artifacts import checksum, shipped_path
 
 FORMAT = "lychee-bench/head-roles"
 VERSION = 1

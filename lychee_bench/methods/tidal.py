@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from lychee_bench.calibration.artifacts import ArtifactError, shipped_tidal
+from lychee_bench.methods.artifacts import ArtifactError, shipped_tidal
 from lychee_bench.methods.base import Method, RunShape
 from lychee_bench.methods.common import masked_decode_attention, valid_rank
 from lychee_bench.methods.efficient import KernelPath, attend, check_path, distinct_rows, step_geometry, top_index

@@ -15,8 +15,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from lychee_bench.regress.sources import KERNEL_BENCH_TASK, ResultSet, load_results
 from lychee_bench.report.plots import build_plots
-from lychee_bench.report.sources import KERNEL_BENCH_TASK, ResultSet, load_results
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; padding: 0 1em; }

@@ -18,8 +18,8 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
-from lychee_bench.harness.compare import metric_kind
-from lychee_bench.report.sources import ResultSet
+from lychee_bench.regress.compare import metric_kind
+from lychee_bench.regress.sources import ResultSet
 
 
 @dataclass

@@ -17,7 +17,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from lychee_bench.tasks.base import Sample, TokenCounter
+from lychee_bench.harness.task import Sample, TokenCounter
 from lychee_bench.tasks.ruler.common_words import CommonWordsFamily
 from lychee_bench.tasks.ruler.constants import FAMILIES, SUBTASKS, metric_for
 from lychee_bench.tasks.ruler.family import Family, Instance, TextCounter

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from lychee_bench.tasks.base import Sample, TokenCounter
+from lychee_bench.harness.task import Sample, TokenCounter
 from lychee_bench.tasks.ruler import assets
 from lychee_bench.tasks.ruler.constants import FAMILIES, GENERATOR_VERSION, RULER_REFERENCE, SUBTASKS
 from lychee_bench.tasks.ruler.generate import build_samples, check_subtask

@@ -2,7 +2,7 @@
 
 Usage (GPU only; CI runs the CPU tests in tests/test_kernels_lychee.py instead)::
 
-    python -m lychee_bench.kernels.bench_lychee --out results/kernels/h200
+    python -m lychee_bench.tools.bench_lychee --out results/kernels/h200
 
 Llama-3-8B attention shape (32 query heads, 8 KV heads, head dim 128, bf16), one query token per sequence,
 every sequence at the full context. For each context × batch × number of retrieval KV heads it reports the
@@ -325,7 +325,7 @@ def time_variant(
     _, _, _, layer = layer_setup(inputs, lengths, 1, variant["pps"])
     timing = time_in_graph(layer, reps)
     nbytes = sum(layer_bytes(batch, context, 1))
-    # No `kind`: the report names a sweep row by its knobs (report/sources.py).
+    # No `kind`: the report names a sweep row by its knobs (regress/sources.py).
     record = dict(context=context, batch=batch, retrieval_heads=1, **variant, **dataclasses.asdict(timing))
     record.update(bytes=nbytes, bw_fraction=nbytes / (timing.median_ms * 1e-3) / copy_bw)
     print(f"sweep {record}", file=sys.stderr)

@@ -4,8 +4,8 @@ Triton compiles ahead of time with its bundled ptxas, so this needs no GPU: it s
 the kernel's resources (registers per thread bound how many programs an SM holds; a stack means spills), and
 that the GPU build compiles at all::
 
-    python -m lychee_bench.kernels.resource_usage --arch 90 --step 1 2 --warps 4 8 --finish 0 2
-    python -m lychee_bench.kernels.resource_usage --kernel sparse   # the baselines' shared kernel
+    python -m lychee_bench.tools.resource_usage --arch 90 --step 1 2 --warps 4 8 --finish 0 2
+    python -m lychee_bench.tools.resource_usage --kernel sparse   # the baselines' shared kernel
 """
 
 from __future__ import annotations

@@ -131,7 +131,7 @@ def run_suite(suite: Suite, out: Path, log: Any = print) -> Path:
 def kernel_check_subprocess(suite: Suite) -> list[dict[str, Any]]:
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     code = (
-        "import json; from lychee_bench.harness.suite import check_kernels, get_suite; "
+        "import json; from lychee_bench.regress.suite import check_kernels, get_suite; "
         f"print(json.dumps(check_kernels(get_suite({suite.name!r}))))"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
@@ -238,7 +238,7 @@ def update_baseline(suite: Suite, baseline: Path, log: Any = print) -> Path:
     (baseline / "README.md").write_text(
         f"# The `{suite.name}` suite's baseline\n\n{suite.description}.\n\n"
         f"CI runs `lychee-bench suite {suite.name} --compare {baseline}` and fails on a regression (see "
-        f"`lychee_bench/harness/compare.py` for the rules). After an intended change of results, rewrite this "
+        f"`lychee_bench/regress/compare.py` for the rules). After an intended change of results, rewrite this "
         f"folder with\n\n    lychee-bench suite {suite.name} --update-baseline\n\nand commit it with the change "
         f"that explains it. Do not edit these files by hand.\n"
     )
@@ -257,7 +257,7 @@ def suite_command(
     echo_err: Any = print,
 ) -> int:
     """What `lychee-bench suite NAME` does; returns the exit code (0 pass, 1 regression, 2 bad input)."""
-    from lychee_bench.harness.compare import EXIT_BAD_INPUT, compare_command
+    from lychee_bench.regress.compare import EXIT_BAD_INPUT, compare_command
 
     try:
         suite = get_suite(name)
@@ -283,7 +283,7 @@ def suite_command(
     echo_err(f"suite {name}: {time.perf_counter() - began:.0f} s; results in {folder}")
     if compare_with is None:
         from lychee_bench.harness.tables import score_table
-        from lychee_bench.report.sources import all_rows, load_results
+        from lychee_bench.regress.sources import all_rows, load_results
 
         echo(score_table(all_rows(load_results(folder))))
         return 0

@@ -1,6 +1,6 @@
 """Where the time of one `train-heads` step goes.
 
-    python -m lychee_bench.training.bench_step [--model NAME] [--steps N] [--ctx-min A] [--ctx-max B]
+    python -m lychee_bench.tools.training_step [--model NAME] [--steps N] [--ctx-min A] [--ctx-max B]
                                                [--device auto|cpu|cuda] [--profile N]
 
 Loads the model as `train-heads` does and runs the real `train_heads` in a throwaway folder, each time for 2

@@ -2,8 +2,8 @@
 
 Usage (GPU only; CI runs the CPU tests in tests/test_kernels_select.py instead)::
 
-    python -m lychee_bench.kernels.bench_select --out results/kernels/h200
-    python -m lychee_bench.kernels.bench_select --compile-only   # any machine: the sm_90 build and its registers
+    python -m lychee_bench.tools.bench_select --out results/kernels/h200
+    python -m lychee_bench.tools.bench_select --compile-only   # any machine: the sm_90 build and its registers
 
 LycheeDecode's token granularity (SPEC §2): budget 4096 = 128 sink + 256 recent + k = 3712 top-scoring tokens,
 float32 scores of the retrieval heads over S cache slots. For S in (32768, 131072) and 1, 3, 8 or 32 selection

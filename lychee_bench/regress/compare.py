@@ -221,7 +221,7 @@ def _blank(status: str) -> dict[str, Any]:
 
 def compare_paths(base: Path, new: Path, rules: Rules | None = None) -> Comparison:
     """Load both sides (files or folders; see report.sources) and compare. Raises ResultsError on bad input."""
-    from lychee_bench.report.sources import all_rows, load_results
+    from lychee_bench.regress.sources import all_rows, load_results
 
     problems: list[str] = []
     base_sets = load_results(base, problems)
@@ -243,7 +243,7 @@ def compare_command(
     echo_err: Any = print,
 ) -> int:
     """What `lychee-bench compare` does; returns the exit code (0 pass, 1 regression, 2 bad input)."""
-    from lychee_bench.report.sources import ResultsError
+    from lychee_bench.regress.sources import ResultsError
 
     if format not in ("table", "json"):
         echo_err(f"error: unknown --format {format!r}; use table or json")

@@ -1,6 +1,6 @@
 """The engine on this machine's GPU: captured decoding against eager decoding, and prefill against transformers.
 
-    python -m lychee_bench.harness.engine_check --out runs/engine_check
+    python -m lychee_bench.tools.engine_check --out runs/engine_check
 
 The CPU tests run the engine eagerly (no CUDA graphs, no torch.compile, Triton in the interpreter). Before timing
 anything on a GPU this checks, on a synthetic Llama-3-8B shape with fresh random weights and tokens (a left-padded

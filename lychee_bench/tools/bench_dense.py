@@ -2,7 +2,7 @@
 
 Usage (GPU only; CPU tests: tests/test_kernels_sparse.py)::
 
-    python -m lychee_bench.kernels.bench_dense --out results/kernels/h200-dense
+    python -m lychee_bench.tools.bench_dense --out results/kernels/h200-dense
 
 SPEC §4 wants ``full`` attention on the best dense kernel available; SPEC §6 says how to time it. For each
 shape (Llama-3-8B: 32 query heads, 8 KV heads, d 128; SmolLM2-135M: 9, 3, d 64), context and batch, bf16,

@@ -1,6 +1,6 @@
 """Every method's efficient path against its own reference path, on this machine's device, at a real shape.
 
-    python -m lychee_bench.methods.path_check --model llama3-8b-synthetic --ctx 8191 --batch 3 --budget 1024
+    python -m lychee_bench.tools.path_check --model llama3-8b-synthetic --ctx 8191 --batch 3 --budget 1024
 
 The CPU tests run the Triton paths in the interpreter at small shapes; this runs the compiled kernels (a GPU) at
 the shapes a user benchmarks, before timing them. For each method, each layer gets fresh random queries, keys
