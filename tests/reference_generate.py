@@ -9,9 +9,10 @@ from __future__ import annotations
 import torch
 from transformers import DynamicCache
 
-from lychee_bench.harness.attention import DecodeState, cache_keyword, method_attention
+from lychee_bench.harness.attention import cache_keyword, method_attention
 from lychee_bench.harness.inputs import FormattedInput
 from lychee_bench.methods.base import Method
+from lychee_bench.methods.state import DecodeState
 
 
 def _forward(model, input_ids, mask, positions, cache, state):

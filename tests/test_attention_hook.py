@@ -6,8 +6,9 @@ import pytest
 import torch
 from transformers import DynamicCache
 
-from lychee_bench.harness.attention import DecodeState, cache_keyword, method_attention
+from lychee_bench.harness.attention import cache_keyword, method_attention
 from lychee_bench.methods.full import FullAttention
+from lychee_bench.methods.state import DecodeState
 from lychee_bench.methods.streaming import StreamingAttention, StreamingConfig
 from tests.conftest import tiny_model
 
@@ -97,8 +98,8 @@ def test_missing_state_is_an_error():
 
 def test_statistics_cost_nothing_when_not_counting():
     """A timed step (the bench's state) keeps no statistics: the functions that would compute them never run."""
-    from lychee_bench.harness.attention import DecodeState
     from lychee_bench.methods.full import FullAttention
+    from lychee_bench.methods.state import DecodeState
 
     def must_not_run():
         raise AssertionError("a statistic was computed while not counting")

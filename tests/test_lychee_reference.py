@@ -7,7 +7,6 @@ import json
 import pytest
 import torch
 
-from lychee_bench.harness.attention import DecodeState
 from lychee_bench.harness.engine import Engine, GenerationSettings
 from lychee_bench.harness.inputs import InputFormatter
 from lychee_bench.methods.common import masked_decode_attention
@@ -15,6 +14,7 @@ from lychee_bench.methods.full import FullAttention
 from lychee_bench.methods.lychee import LycheeConfig, LycheeDecode
 from lychee_bench.methods.roles import RolesError, resolve_roles, roles_to_json, uniform_roles
 from lychee_bench.methods.selection import select_blocks, select_tokens
+from lychee_bench.methods.state import DecodeState
 from tests.conftest import tiny_model
 
 
