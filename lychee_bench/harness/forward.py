@@ -124,22 +124,11 @@ def project_qkv(
 
 
 def attention_inputs(
-    hidden: torch.Tensor,
-    norm: torch.Tensor,
-    qkv_weight: torch.Tensor,
-    qkv_bias: torch.Tensor | None,
-    q_norm: torch.Tensor | None,
-    k_norm: torch.Tensor | None,
-    cos: torch.Tensor,
-    sin: torch.Tensor,
-    num_heads: int,
-    num_kv_heads: int,
-    eps: float,
+    hidden: torch.Tensor, norm: torch.Tensor, eps: float, *project_args: Any
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """hidden [B, T, hidden] -> query [B, Hq, T, D], key and value [B, Hkv, T, D]: the input norm, then
-    `project_qkv`."""
-    x = rms_norm(hidden, norm, eps)
-    return project_qkv(x, qkv_weight, qkv_bias, q_norm, k_norm, cos, sin, num_heads, num_kv_heads, eps)
+    `project_qkv(normed, *project_args)`."""
+    return project_qkv(rms_norm(hidden, norm, eps), *project_args)
 
 
 def finish_layer(
@@ -265,7 +254,7 @@ class LayerStack:
         cache and returns the attention output [B, Hq, T, D]."""
         w = self.layers[index]
         q, k, v = attention_inputs(
-            hidden, w.input_norm, w.qkv, w.qkv_bias, w.q_norm, w.k_norm, cos, sin, *self._heads, self.eps
+            hidden, w.input_norm, self.eps, w.qkv, w.qkv_bias, w.q_norm, w.k_norm, cos, sin, *self._heads, self.eps
         )
         attended = attend(index, q, k, v)
         return finish_layer(hidden, attended, *self._finish_weights(w), self.eps, self.activation)
