@@ -12,6 +12,7 @@ import torch
 
 from lychee_bench.harness.engine import Engine, decode_forward
 from lychee_bench.harness.kv_cache import StaticKVCache
+from lychee_bench.kernels.timing import capture_graph
 from lychee_bench.methods.base import Method
 from lychee_bench.methods.state import DecodeState, StepGeometry
 
@@ -53,15 +54,7 @@ class FixedContextStep:
 
     def capture(self, warmup: int = 3) -> None:
         """Warm up (compiles kernels, builds plans) on a side stream, then capture one step."""
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            for _ in range(warmup):
-                self.step()
-        torch.cuda.current_stream().wait_stream(stream)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.step()
+        self.graph = capture_graph(self.step, warmup)
 
     def replay(self) -> torch.Tensor:
         """One decode step: the captured graph where there is one, else eager."""
