@@ -44,7 +44,7 @@ chromium:
 
 # CPU smoke suite against the committed baseline in results/smoke; exit 1 on a regression (~2-4 min).
 smoke: setup
-	$(BIN)/lychee-bench suite smoke --out runs/suite-smoke --compare results/smoke
+	$(BIN)/lychee-bench suite smoke --compare results/smoke
 
 # The one command that rewrites the smoke baseline (commit results/smoke afterwards).
 smoke-baseline: setup

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -87,20 +86,64 @@ class SuiteError(ValueError):
     """A suite that cannot run (unknown name, a kernel check that crashed)."""
 
 
+class SuiteFolderError(SuiteError):
+    """An --out folder the suite will not write into (it already holds a run, or is a file)."""
+
+
 def get_suite(name: str) -> Suite:
     if name not in SUITES:
         raise SuiteError(f"unknown suite {name!r}; use one of {', '.join(sorted(SUITES))}")
     return SUITES[name]
 
 
+RUN_FILES = (records.RECORDS_FILE, records.MANIFEST_FILE)
+
+
+def default_out(name: str) -> Path:
+    """A fresh folder per suite run (runs/suite-NAME/YYYYmmdd-HHMMSS): a rerun never meets an old one."""
+    return Path("runs") / f"suite-{name}" / datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+
+
+def _check_fresh(out: Path) -> None:
+    """A suite writes a fresh run: refuse a folder that already holds one (nothing is deleted, ever)."""
+    if out.exists() and not out.is_dir():
+        raise SuiteFolderError(f"--out {out} is a file; pass a folder that does not exist yet")
+    held = [name for name in RUN_FILES if (out / name).exists()]
+    if held:
+        raise SuiteFolderError(
+            f"--out {out} already holds a run ({', '.join(held)}); the suite writes a fresh one and deletes "
+            "nothing: pass another --out, or leave --out out (each run then gets its own runs/suite-NAME/<time>)"
+        )
+
+
+def _clear_baseline(suite: Suite, baseline: Path, log: Any) -> None:
+    """Remove the run files of the suite's own previous baseline (and only those), before it is rewritten; a
+    folder whose manifest is not this suite's is refused."""
+    manifest = baseline / records.MANIFEST_FILE
+    if not manifest.exists():
+        return
+    try:
+        info = json.loads(manifest.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise SuiteFolderError(f"{manifest} is not readable JSON ({error}); not rewriting {baseline}") from None
+    if not isinstance(info, dict) or info.get("kind") != "lychee-bench-suite" or info.get("suite") != suite.name:
+        raise SuiteFolderError(
+            f"{baseline} does not hold a `{suite.name}` suite baseline (its manifest says otherwise); "
+            "pass the baseline folder, e.g. results/smoke"
+        )
+    for name in RUN_FILES:
+        if (baseline / name).exists():
+            (baseline / name).unlink()
+    log(f"replacing the baseline's {', '.join(RUN_FILES)} in {baseline} (`git diff {baseline}` shows the change)")
+
+
 def run_suite(suite: Suite, out: Path, log: Any = print) -> Path:
-    """Run a suite into a fresh run folder `out` (an existing folder is replaced). Returns `out`."""
+    """Run a suite into a fresh run folder `out` (one that holds no run yet). Returns `out`."""
     from dataclasses import replace
 
     from lychee_bench.harness.runner import run as run_plan
 
-    if out.exists():
-        shutil.rmtree(out)
+    _check_fresh(out)
     began = time.perf_counter()
     run_plan(replace(suite.plan, out=out), log)
     model_s = time.perf_counter() - began
@@ -232,8 +275,10 @@ def append_kernel_records(out: Path, suite: Suite, results: list[dict[str, Any]]
 def update_baseline(suite: Suite, baseline: Path, log: Any = print) -> Path:
     """Rerun the suite straight into the baseline folder (so its records name their real path).
 
-    A run that fails half-way leaves a partial folder; `git checkout -- <baseline>` restores the committed one.
+    Only the suite's own run files of the previous baseline are replaced. A run that fails half-way leaves a
+    partial folder; `git checkout -- <baseline>` restores the committed one.
     """
+    _clear_baseline(suite, baseline, log)
     run_suite(suite, baseline, log)
     (baseline / "README.md").write_text(
         f"# The `{suite.name}` suite's baseline\n\n{suite.description}.\n\n"
@@ -261,7 +306,7 @@ def suite_command(
 
     try:
         suite = get_suite(name)
-    except SuiteError as error:
+    except SuiteFolderError as error:
         echo_err(f"error: {error}")
         return EXIT_BAD_INPUT
     if update and compare_with is not None:
@@ -274,12 +319,17 @@ def suite_command(
         )
         return EXIT_BAD_INPUT
     began = time.perf_counter()
-    if update:
-        update_baseline(suite, out or Path("results") / suite.name, log=echo_err)
-        echo_err(f"suite {name}: {time.perf_counter() - began:.0f} s")
-        return 0
-    folder = out or Path("runs") / f"suite-{name}"
-    run_suite(suite, folder, log=echo_err)
+    try:
+        if update:
+            update_baseline(suite, out or Path("results") / suite.name, log=echo_err)
+            echo_err(f"suite {name}: {time.perf_counter() - began:.0f} s")
+            return 0
+        folder = out or default_out(name)
+        _check_fresh(folder)
+        run_suite(suite, folder, log=echo_err)
+    except SuiteFolderError as error:
+        echo_err(f"error: {error}")
+        return EXIT_BAD_INPUT
     echo_err(f"suite {name}: {time.perf_counter() - began:.0f} s; results in {folder}")
     if compare_with is None:
         from lychee_bench.harness.tables import score_table
