@@ -306,7 +306,7 @@ def suite_command(
 
     try:
         suite = get_suite(name)
-    except SuiteFolderError as error:
+    except SuiteError as error:
         echo_err(f"error: {error}")
         return EXIT_BAD_INPUT
     if update and compare_with is not None:
