@@ -221,7 +221,7 @@ def calibrate(
     out: Annotated[Path | None, typer.Option(help="artifact (default runs/calibrate/<method>/<model>.json)")] = None,
 ) -> None:
     """Calibrate Kascade's anchor layers or TidalDecode's re-selection layer for a model; writes the artifact."""
-    from lychee_bench.calibration.command import run_calibrate
+    from lychee_bench.calibration.command import calibration_summary, run_calibrate
     from lychee_bench.calibration.data import CalibrationSet
     from lychee_bench.harness.models import ModelError
     from lychee_bench.harness.runner import resolve_device
@@ -232,10 +232,8 @@ def calibrate(
         path, data = run_calibrate(method, model, spec, out, chosen_device, "float32", anchors, importance=importance)
     except (ModelError, ValueError) as error:
         _fail(str(error))
-    chosen = f"anchors {data['anchors']}" if method == "kascade" else f"reselect_layer {data['reselect_layer']}"
-    typer.echo(f"{method}: {chosen} ({data['calibration']['seconds']} s); artifact: {path}")
-    use = f"-o anchors={path}" if method == "kascade" else f"-o reselect_layer={data.get('reselect_layer')}"
-    typer.echo(f"use it with {use}, or ship it as lychee_bench/artifacts/{method}/<model>.json")
+    for line in calibration_summary(method, path, data):
+        typer.echo(line)
 
 
 @app.command()
@@ -403,6 +401,9 @@ def compare(
     ] = False,
     format: Annotated[str, typer.Option("--format", help="table, markdown or json")] = "table",
     changes_only: Annotated[bool, typer.Option("--changes-only", help="table: hide rows that did not move")] = False,
+    allow_empty: Annotated[
+        bool, typer.Option("--allow-empty", help="pass when no row of NEW matches BASE (default: that fails)")
+    ] = False,
 ) -> None:
     """Compare two result sets row by row; exit 1 if a score drops or a latency rises beyond its tolerance."""
     from lychee_bench.regress.compare import compare_command
@@ -415,6 +416,7 @@ def compare(
         fail_on_missing,
         format,
         changes_only,
+        allow_empty,
         echo=typer.echo,
         echo_err=lambda text: typer.echo(text, err=True),
     )

@@ -19,8 +19,16 @@ on the metric's kind, read from its name:
 z defaults to 2. `--tol NAME=VALUE` overrides the tolerance of one metric (NAME a metric) or of one kind
 (NAME one of the kinds above); a metric override wins over a kind override.
 
+Paired samples. When both sides hold the per-sample records of a quality row (run folders do), its samples are
+matched on (index, input length): the same prompts. The row is then judged on those pairs: a regression when the
+mean paired difference drops by more than tol points (default 0). Decoding is reproducible per sample (greedy, or
+sampling seeded per sample), so the same prompt going from right to wrong is a change in what the method computes,
+not noise: at 2 samples a drop from 100 to 50 fails, which the unpaired rule above lets through. `down` / `up`
+count the samples that got worse / better.
+
 Rows only in NEW are listed as `new` (never a failure); rows only in BASE as `missing` (a warning, or a
-failure with `fail_on_missing`).
+failure with `fail_on_missing`). A comparison in which no row of NEW matches a row of BASE fails (nothing was
+checked) unless `allow_empty` is set.
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lychee_bench.harness import records
 from lychee_bench.harness.records import GROUP_FIELDS
 
 KINDS = ("correctness", "error", "latency", "rate", "quality")
@@ -78,6 +87,7 @@ class Rules:
     tolerances: dict[str, float] = field(default_factory=dict)
     z: float = DEFAULT_Z
     fail_on_missing: bool = False
+    allow_empty: bool = False
 
     def tolerance(self, metric: str) -> float:
         if metric in self.tolerances:
@@ -132,6 +142,25 @@ def judge(old: dict[str, Any], new: dict[str, Any], rules: Rules) -> dict[str, A
     }
 
 
+def judge_paired(old: dict[str, Any], new: dict[str, Any], pairs: list[tuple[float, float]], rules: Rules) -> dict:
+    """A quality row judged on its paired samples (old score, new score of the same prompt)."""
+    tol = rules.tolerance(old["metric"])
+    diff = sum(b - a for a, b in pairs) / len(pairs)
+    regression = -diff > tol
+    return {
+        "kind": "quality",
+        "old": float(old["value"]),
+        "new": float(new["value"]),
+        "diff": diff,
+        "allowed": tol,
+        "within": not regression,
+        "status": "REGRESSION" if regression else "ok",
+        "pairs": len(pairs),
+        "down": sum(1 for a, b in pairs if b < a),
+        "up": sum(1 for a, b in pairs if b > a),
+    }
+
+
 @dataclass
 class Comparison:
     rows: list[dict[str, Any]]
@@ -142,9 +171,15 @@ class Comparison:
         return sum(1 for row in self.rows if row["status"] == status)
 
     @property
+    def compared(self) -> int:
+        """Rows present on both sides and judged."""
+        return self.count("ok") + self.count("REGRESSION")
+
+    @property
     def exit_code(self) -> int:
         failing = self.count("REGRESSION") + (self.count("missing") if self.rules.fail_on_missing else 0)
-        return EXIT_REGRESSION if failing else EXIT_OK
+        empty = self.compared == 0 and not self.rules.allow_empty
+        return EXIT_REGRESSION if failing or empty else EXIT_OK
 
     def summary(self) -> str:
         parts = [
@@ -154,6 +189,9 @@ class Comparison:
             f"{self.count('new')} only in NEW",
         ]
         verdict = "FAIL" if self.exit_code else "PASS"
+        if self.compared == 0:
+            why = "accepted (--allow-empty)" if self.rules.allow_empty else "pass --allow-empty to accept that"
+            parts.insert(0, f"nothing compared: no row of NEW matches a row of BASE, {why}")
         return f"{verdict}: " + ", ".join(parts)
 
     def table(self, only_changes: bool = False) -> str:
@@ -163,7 +201,7 @@ class Comparison:
         if not rows:
             return "(no rows to show)"
         frame = pd.DataFrame(rows)
-        columns = [*GROUP_FIELDS, "old", "new", "diff", "allowed", "within", "status"]
+        columns = [*GROUP_FIELDS, "old", "new", "diff", "allowed", "pairs", "down", "up", "within", "status"]
         frame = frame[[c for c in columns if c in frame.columns]]
         return frame.to_string(index=False, float_format=lambda v: f"{v:.6g}", na_rep="-")
 
@@ -192,8 +230,27 @@ def _index(rows: list[dict[str, Any]], side: str, notes: list[str]) -> dict[tupl
     return index
 
 
-def compare_rows(base: list[dict[str, Any]], new: list[dict[str, Any]], rules: Rules | None = None) -> Comparison:
+def sample_scores(sample_records: list[dict[str, Any]]) -> dict[tuple, dict[tuple, float]]:
+    """Row key (GROUP_FIELDS) -> {(index, input tokens): score} from sample records (the latest of a sample)."""
+    latest = {records.sample_key(r): r for r in records.iter_sample_records(sample_records)}
+    scores: dict[tuple, dict[tuple, float]] = {}
+    for record in latest.values():
+        key = tuple(records.label_of(record) if f == "method" else record.get(f) for f in GROUP_FIELDS)
+        scores.setdefault(key, {})[(record.get("index"), record.get("input_tokens"))] = float(record["value"])
+    return scores
+
+
+def compare_rows(
+    base: list[dict[str, Any]],
+    new: list[dict[str, Any]],
+    rules: Rules | None = None,
+    base_samples: dict[tuple, dict[tuple, float]] | None = None,
+    new_samples: dict[tuple, dict[tuple, float]] | None = None,
+) -> Comparison:
+    """Match rows on GROUP_FIELDS and judge each pair; quality rows with per-sample scores on both sides (the
+    `sample_scores` of each side) are judged on their paired samples."""
     rules = rules or Rules()
+    base_samples, new_samples = base_samples or {}, new_samples or {}
     notes: list[str] = []
     old_index, new_index = _index(base, "BASE", notes), _index(new, "NEW", notes)
     out = []
@@ -211,7 +268,12 @@ def compare_rows(base: list[dict[str, Any]], new: list[dict[str, Any]], rules: R
             )
             notes.append(f"missing from NEW: {' / '.join(str(v) for v in key)}")
         else:
-            out.append({**ident, **judge(old, fresh, rules)})
+            before, after = base_samples.get(key, {}), new_samples.get(key, {})
+            pairs = [(before[sample], after[sample]) for sample in sorted(before.keys() & after.keys(), key=str)]
+            if pairs and metric_kind(ident["metric"]) == "quality":
+                out.append({**ident, **judge_paired(old, fresh, pairs, rules)})
+            else:
+                out.append({**ident, **judge(old, fresh, rules)})
     return Comparison(out, notes, rules)
 
 
@@ -226,7 +288,9 @@ def compare_paths(base: Path, new: Path, rules: Rules | None = None) -> Comparis
     problems: list[str] = []
     base_sets = load_results(base, problems)
     new_sets = load_results(new, problems, first_label=len(base_sets) + 1)
-    comparison = compare_rows(all_rows(base_sets), all_rows(new_sets), rules)
+    base_samples = sample_scores([r for result_set in base_sets for r in result_set.samples])
+    new_samples = sample_scores([r for result_set in new_sets for r in result_set.samples])
+    comparison = compare_rows(all_rows(base_sets), all_rows(new_sets), rules, base_samples, new_samples)
     comparison.warnings = [f"unreadable: {p}" for p in problems] + comparison.warnings
     return comparison
 
@@ -239,6 +303,7 @@ def compare_command(
     fail_on_missing: bool = False,
     format: str = "table",
     changes_only: bool = False,
+    allow_empty: bool = False,
     echo: Any = print,
     echo_err: Any = print,
 ) -> int:
@@ -249,7 +314,7 @@ def compare_command(
         echo_err(f"error: unknown --format {format!r}; use table or json")
         return EXIT_BAD_INPUT
     try:
-        rules = Rules(parse_tolerances(tol), z, fail_on_missing)
+        rules = Rules(parse_tolerances(tol), z, fail_on_missing, allow_empty)
         comparison = compare_paths(base, new, rules)
     except (ResultsError, ValueError) as error:
         echo_err(f"error: {error}")
