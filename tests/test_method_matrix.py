@@ -1,10 +1,12 @@
-"""One parametrised matrix over every method: the registered ones (catalog) plus the baselines in this
-package, so a method registered later is covered automatically.
+"""One parametrised matrix over every registered method (the catalog and the `lychee_bench.methods` entry points),
+so a method registered later is covered automatically, with no test code of its own.
 
 For each method: (1) with a budget that holds the whole context it gives exactly full attention's greedy
-tokens; (2) its reference decode equals a deliberately naive attention (Python loops, float64) over the set
-the method is meant to select, rebuilt here from the method's own semantics; (3) describe() names it and
-its path; (4) check() answers an unsupported architecture with reasons, not an exception.
+tokens; (2) its decode step equals a deliberately naive attention (Python loops, float64) over the set its
+class's naive model says it selects (`Method.naive_selection`); (3) describe() names it and its path; (4)
+check() answers an unsupported architecture with reasons, not an exception; (5) its efficient path matches its
+reference path. Each check is a plain function of the method's name, so tests/test_third_party_method.py runs
+the same checks on a method registered through an entry point.
 """
 
 from __future__ import annotations
@@ -20,17 +22,14 @@ from lychee_bench.harness.engine import Engine, GenerationSettings
 from lychee_bench.harness.inputs import InputFormatter
 from lychee_bench.methods.artifacts import kascade_to_json, write_json
 from lychee_bench.methods.base import Method, RunShape
-from lychee_bench.methods.duo import DuoAttention
 from lychee_bench.methods.full import FullAttention
-from lychee_bench.methods.kascade import Kascade
-from lychee_bench.methods.quest import QuestAttention
-from lychee_bench.methods.tidal import TidalDecode
+from lychee_bench.methods.naive import real_positions
 from tests.conftest import tiny_config
 
-BASELINES = {"tidal": TidalDecode, "quest": QuestAttention, "duo": DuoAttention, "kascade": Kascade}
-ALL_METHODS = sorted(set(METHODS.names()) | set(BASELINES))
+ALL_METHODS = METHODS.names()
 NUM_LAYERS = 6  # dense 0-1, tidal selects at 2, reuses at 3, re-selects at 4, reuses at 5
-# Options that make each method valid (and its selection visible) on a tiny model; `budget` is set per test.
+# Options that make each built-in method valid (and its selection visible) on a tiny model; `budget` is set per test.
+# A method not named here is built from its defaults (plus `budget`, and `roles=all` where it has roles).
 TINY_OPTIONS = {
     "lychee": {"roles": "uniform:4", "granularity": "token", "sink": 4, "recent": 8},
     "duo": {"roles": "uniform:4", "sink": 4},
@@ -55,7 +54,7 @@ def kascade_artifact(tmp_path_factory):
 
 
 def method_class(name: str) -> type[Method]:
-    return BASELINES.get(name) or METHODS.get(name)
+    return METHODS.get(name)
 
 
 def build(name: str, budget: int) -> Method:
@@ -88,6 +87,10 @@ def tiny_model(arch: str, vocab_size: int) -> torch.nn.Module:
 
 @pytest.mark.parametrize("name", ALL_METHODS)
 def test_unlimited_budget_gives_full_tokens(name, arch, smol_tokenizer):
+    check_unlimited_budget_gives_full_tokens(name, arch, smol_tokenizer)
+
+
+def check_unlimited_budget_gives_full_tokens(name: str, arch: str, smol_tokenizer) -> None:
     model = tiny_model(arch, len(smol_tokenizer))
     formatter = InputFormatter(smol_tokenizer, exercise_chars=60)
     text = "The quick brown fox jumps over the lazy dog. " * 30 + "What does the fox jump over?"
@@ -98,106 +101,14 @@ def test_unlimited_budget_gives_full_tokens(name, arch, smol_tokenizer):
     shape = RunShape.from_config(model.config, "float32", "cpu", 2, context, "tiny")
     assert method.check(shape) == []
     method.prepare(model)
-    methods = [FullAttention()] + ([method] if name != "full" else [])
+    full = FullAttention()
+    methods = [full] + ([method] if method.label != full.label else [])
     outputs = Engine(model, smol_tokenizer).generate(inputs, GenerationSettings(8), methods)
-    assert [g.text for g in outputs[name]] == [g.text for g in outputs["full"]]
+    assert [g.text for g in outputs[method.label]] == [g.text for g in outputs[full.label]]
 
 
-# --- (2) the naive reference: which positions each method should attend to, in plain Python ---
-
-
-def _real(valid_row: torch.Tensor) -> list[int]:
-    return torch.nonzero(valid_row).flatten().tolist()
-
-
-def _top(positions: list[int], scores: torch.Tensor, k: int) -> set[int]:
-    return set(sorted(positions, key=lambda p: -float(scores[p]))[:k])
-
-
-def _sink_recent(positions: list[int], sink: int, recent: int) -> set[int]:
-    return set(positions[:sink]) | set(positions[len(positions) - recent :])
-
-
-def naive_sets(name, method, layer, query, key, valid, memory) -> list[list[set[int]]] | None:
-    """Per batch row and query head, the positions the method should attend to; None: no naive model here."""
-    cfg = method.config
-    batch, num_heads = query.shape[:2]
-    group = num_heads // key.shape[1]
-    out = []
-    for b in range(batch):
-        real = _real(valid[b])
-        q = query[b, :, 0].double()
-        logits = torch.einsum("hd,hsd->hs", q, key[b].double().repeat_interleave(group, 0))
-        mean_logits = torch.einsum("hd,hsd->hs", q.view(-1, group, q.shape[-1]).mean(1), key[b].double())
-        if name == "full":
-            row = [set(real)] * num_heads
-        elif name == "streaming":
-            row = [_sink_recent(real, cfg.sink, cfg.recent)] * num_heads
-        elif name == "duo":
-            retrieval = method.roles.retrieval[layer]
-            row = [
-                set(real) if retrieval[h // group] else _sink_recent(real, cfg.sink, cfg.recent)
-                for h in range(num_heads)
-            ]
-        elif name == "tidal":
-            if layer in (cfg.selection_layer, method.reselect_layer):
-                if cfg.per_kv_head:
-                    memory[b] = [_top(real, mean_logits[h // group], cfg.budget) for h in range(num_heads)]
-                else:
-                    memory[b] = [_top(real, logits[h], cfg.budget) for h in range(num_heads)]
-            row = (
-                [set(real)] * num_heads if layer <= cfg.selection_layer or layer == method.reselect_layer else memory[b]
-            )
-        elif name == "kascade":
-            if cfg.budget is not None:
-                k = cfg.budget
-            else:
-                k = max(cfg.min_budget, int(cfg.budget_ratio * len(real)))
-            if layer in method.anchors.anchors:
-                probs = torch.softmax(logits[:, real] * SCALING, dim=-1)  # post-softmax over the real keys
-                pooled = torch.full((key.shape[1], valid.shape[1]), float("-inf"), dtype=torch.float64)
-                pooled[:, real] = probs.view(-1, group, len(real)).sum(1)  # summed over the group
-                memory[(b, "kascade")] = [_top(real, pooled[kv], k) for kv in range(key.shape[1])]
-                sets = memory[(b, "kascade")]
-                row = [set(real) if layer == 0 else sets[h // group] for h in range(num_heads)]
-            else:
-                sets = memory[(b, "kascade")]
-                row = [sets[method.anchors.head_map[layer][h // group]] for h in range(num_heads)]
-        elif name == "quest":
-            if layer < cfg.dense_layers or len(real) <= cfg.budget:
-                row = [set(real)] * num_heads
-            else:
-                pages = [real[i : i + cfg.page_size] for i in range(0, len(real), cfg.page_size)]
-                row = []
-                for h in range(num_heads):
-                    kv = key[b, h // group].double()
-                    bound = [
-                        float(sum(max(q[h, d] * kv[p, d].min(), q[h, d] * kv[p, d].max()) for d in range(q.shape[-1])))
-                        for p in pages
-                    ]
-                    others = sorted(range(len(pages) - 1), key=lambda i: -bound[i])[: cfg.budget // cfg.page_size - 1]
-                    row.append({pos for i in [*others, len(pages) - 1] for pos in pages[i]})
-        elif name == "lychee" and cfg.granularity == "token" and cfg.budget is not None:
-            retrieval = method.roles.retrieval[layer]
-            row = []
-            for h in range(num_heads):
-                kv_head = h // group
-                if retrieval[kv_head]:
-                    if h % group == 0:
-                        if len(real) <= cfg.budget:
-                            chosen = set(real)
-                        else:
-                            forced = _sink_recent(real, cfg.sink, cfg.recent)
-                            rest = [p for p in real if p not in forced]
-                            chosen = forced | _top(rest, mean_logits[kv_head], cfg.budget - len(forced))
-                        memory[(b, kv_head)] = chosen
-                    row.append(set(real))
-                else:
-                    row.append(memory[(b, kv_head)])
-        else:
-            return None
-        out.append(row)
-    return out
+# --- (2) the naive reference: each method's own naive model of which positions it attends to
+# (Method.naive_selection, plain Python sets in float64), against its decode step ---
 
 
 def naive_attention(query, key, value, sets, scaling) -> torch.Tensor:
@@ -215,6 +126,12 @@ def naive_attention(query, key, value, sets, scaling) -> torch.Tensor:
 
 @pytest.mark.parametrize("name", ALL_METHODS)
 def test_reference_decode_equals_naive_masked_attention(name):
+    check_decode_equals_naive_masked_attention(name)
+
+
+def check_decode_equals_naive_masked_attention(name: str) -> None:
+    """The method's decode step (its reference path) against naive float64 attention over the positions its class's
+    naive model (`naive_selection`) says it attends to; the mask it records, where it records one, is that set."""
     batch, num_heads, num_kv, dim, length = 2, 6, 2, 16, 70
     method = build(name, budget=20)
     shape = RunShape("llama", NUM_LAYERS, num_heads, num_kv, dim, "float32", "cpu", batch, length, "tiny")
@@ -229,9 +146,12 @@ def test_reference_decode_equals_naive_masked_attention(name):
     for layer in range(NUM_LAYERS):
         query = torch.randn(batch, num_heads, 1, dim)
         key, value = torch.randn(batch, num_kv, length, dim), torch.randn(batch, num_kv, length, dim)
-        sets = naive_sets(name, method, layer, query, key, valid, memory)
+        sets = method.naive_selection(layer, query, key, valid, SCALING, memory)
         if sets is None:
-            pytest.fail(f"no naive model of {name!r} in this test yet; add one to naive_sets")
+            pytest.fail(
+                f"{type(method).__name__} ({name!r}) has no naive model of what it selects: give its class a "
+                "`naive_selection` (see Method.naive_selection in lychee_bench/methods/base.py)"
+            )
         bites |= any(len(sets[b][h]) < int(valid[b].sum()) for b in range(batch) for h in range(num_heads))
         out = method.decode_attention(layer, query, key, value, valid, SCALING, state)
         expected = naive_attention(query, key, value, sets, SCALING)
@@ -239,12 +159,17 @@ def test_reference_decode_equals_naive_masked_attention(name):
         recorded = state.layer_data.get(("keep", layer))
         if recorded is not None:  # the mask the method says it used is the naive set
             recorded = recorded.repeat_interleave(num_heads // recorded.shape[1], dim=1)
-            assert [[set(_real(recorded[b, h])) for h in range(num_heads)] for b in range(batch)] == sets
-    assert bites or name == "full", "the budget must drop positions somewhere, or the check proves little"
+            assert [[set(real_positions(recorded[b, h])) for h in range(num_heads)] for b in range(batch)] == sets
+    dense = method_class(name).is_dense_baseline
+    assert bites or dense, "the budget must drop positions somewhere, or the check proves little"
 
 
 @pytest.mark.parametrize("name", ALL_METHODS)
 def test_describe_names_method_and_path(name):
+    check_describe_names_method_and_path(name)
+
+
+def check_describe_names_method_and_path(name: str) -> None:
     described = build(name, budget=64).describe()
     assert described["name"] == name
     assert isinstance(described["path"], str) and described["path"]
@@ -252,15 +177,15 @@ def test_describe_names_method_and_path(name):
 
 @pytest.mark.parametrize("name", ALL_METHODS)
 def test_unsupported_architecture_gives_reasons(name):
+    check_unsupported_architecture_gives_reasons(name)
+
+
+def check_unsupported_architecture_gives_reasons(name: str) -> None:
     shape = RunShape("gpt2", 12, 12, 12, 64, "float32", "cpu", 1, 1024, "gpt2")
     for method in (build(name, budget=64), method_class(name)()):
         reasons = method.check(shape)
         assert isinstance(reasons, list) and all(isinstance(r, str) for r in reasons)
         assert any("gpt2" in r for r in reasons)
-
-
-# Methods whose only path is the dense reference itself (nothing to compare an efficient path against).
-SINGLE_PATH = {"full"}
 
 
 # Variants whose efficient paths differ (lychee: its fused block kernel, or the shared kernel for tokens).
@@ -281,11 +206,16 @@ EFFICIENT_VARIANTS = {
     ids=lambda value: value if isinstance(value, str) else ";".join(f"{k}={v}" for k, v in value.items()),
 )
 def test_efficient_path_matches_the_reference(name, variant):
+    check_efficient_path_matches_the_reference(name, variant)
+
+
+def check_efficient_path_matches_the_reference(name: str, variant: dict | None = None) -> None:
     """The Triton path (interpreter) against the same method's reference path: odd sizes, batch 3 with left
     padding, fresh random inputs, a budget that drops positions."""
+    variant = variant or {}
     cls = method_class(name)
     if "path" not in {f.name for f in dataclasses.fields(cls.Config)}:
-        if name in SINGLE_PATH:
+        if cls.is_dense_baseline:  # its only path may be the dense reference itself: nothing to compare
             return
         pytest.fail(f"{name} has no `path` option, so no efficient path to test; give it one (methods/efficient.py)")
     batch, num_heads, num_kv, dim, length = 3, 8, 2, 64, 157

@@ -9,14 +9,38 @@ from typing import Any
 
 from lychee_bench.calibration.collect import collect_statistics
 from lychee_bench.calibration.data import CalibrationSet, calibration_prompts
-from lychee_bench.calibration.kascade import calibrate_kascade
-from lychee_bench.calibration.tidal import choose_reselect_layer
-from lychee_bench.methods.artifacts import kascade_to_json, tidal_to_json, write_json
+from lychee_bench.methods.artifacts import write_json
+from lychee_bench.methods.base import Calibration, CalibrationRequest, Method
 from lychee_bench.methods.kascade import KascadeConfig
 
-METHODS = ("kascade", "tidal")
-KASCADE_SETS = "(per KV head, probabilities summed over the group, min over queries, mean over prompts)"
-TIDAL_SETS = "(per query head against the same head, mean over queries, heads and prompts)"
+
+def calibrated_methods() -> list[str]:
+    """The registered methods that declare a calibration (`Method.calibration`)."""
+    from lychee_bench.harness.catalog import METHODS
+
+    return [name for name in METHODS.names() if METHODS.get(name).calibration is not None]
+
+
+def calibration_of(method: str) -> tuple[type[Method], Calibration]:
+    """The method's class and its calibration; ValueError naming the methods that have one."""
+    from lychee_bench.harness.catalog import METHODS
+
+    cls = METHODS.get(method) if method in METHODS else None
+    if cls is None or cls.calibration is None:
+        raise ValueError(f"calibrate supports --method {' or '.join(calibrated_methods())}, not {method!r}")
+    return cls, cls.calibration
+
+
+def calibration_summary(method: str, path: Path, data: dict[str, Any]) -> list[str]:
+    """What `lychee-bench calibrate` prints: the choice, and how to use the artifact."""
+    cls, spec = calibration_of(method)
+    method = cls.name
+    chosen = f"{spec.shown} {data.get(spec.shown)}"
+    use = spec.use.format(path=path, **{k: v for k, v in data.items() if k != "path"})
+    return [
+        f"{method}: {chosen} ({data['calibration']['seconds']} s); artifact: {path}",
+        f"use it with {use}, or ship it as lychee_bench/artifacts/{method}/<model>.json",
+    ]
 
 
 def default_out(method: str, model_name: str) -> Path:
@@ -35,27 +59,34 @@ def run_calibrate(
     importance: bool = False,
     progress: bool = True,
 ) -> tuple[Path, dict[str, Any]]:
-    """Calibrate `method` for a model; returns the artifact's path and its JSON content."""
+    """Calibrate `method` for a model; returns the artifact's path and its JSON content. The method's class says
+    how (`Method.calibration`, `calibration_refusals`, `calibration_artifact`)."""
     from lychee_bench.harness import models
 
-    if method not in METHODS:
-        raise ValueError(f"calibrate supports --method {' or '.join(METHODS)}, not {method!r}")
+    cls, calibration_spec = calibration_of(method)
+    method = cls.name  # an alias is followed
     source = models.resolve_model(model_name)
     config = models.load_config(source)
+    request = CalibrationRequest(
+        num_layers=config.num_hidden_layers,
+        num_kv_heads=config.num_key_value_heads,
+        num_anchors=num_anchors,
+        selection_layer=selection_layer,
+        importance=importance,
+    )
     reasons = models.check_architecture(config) + models.check_context(config, spec.ctx, source.name)
     if num_anchors is not None and not 1 <= num_anchors <= config.num_hidden_layers:
         reasons.append(f"--anchors {num_anchors} must lie in 1..{config.num_hidden_layers} (the model's layers)")
-    if importance and method != "kascade":
-        reasons.append("--importance weights Kascade's anchor choice; it does not apply to --method tidal")
-    if method == "tidal" and selection_layer + 1 >= config.num_hidden_layers:
-        reasons.append(f"TidalDecode's selection layer {selection_layer} leaves no later layer to re-select at")
+    if importance and "importance" not in calibration_spec.options:
+        reasons.append(f"--importance weights Kascade's anchor choice; it does not apply to --method {method}")
+    reasons += cls.calibration_refusals(request)
     if reasons:
         raise models.ModelError("; ".join(reasons))
     tokenizer = models.load_tokenizer(source)
     prompts = calibration_prompts(tokenizer, spec)
     model = models.load_model(source, config, device, dtype)
     started = time.perf_counter()
-    k = KascadeConfig().tokens_for(spec.ctx)  # Kascade's default k, used for both methods' sets
+    k = KascadeConfig().tokens_for(spec.ctx)  # Kascade's default k, used for every method's sets
     stats = collect_statistics(model, prompts, spec.queries, k, progress=progress)
     calibration = {
         "command": f"lychee-bench calibrate --method {method} --model {source.name} --ctx {spec.ctx} "
@@ -64,19 +95,12 @@ def run_calibrate(
         "topk": k,
         "topk_rule": KascadeConfig().budget_rule(),
         "similarity": "attention-mass recall of a top-k set, relative to the layer's own top-k "
-        + (KASCADE_SETS if method == "kascade" else TIDAL_SETS),
+        + calibration_spec.sets,
         "device": device,
         "dtype": dtype,
     }
     model_block = {"name": source.name, "fingerprint": source.fingerprint}
-    num_layers, num_kv_heads = config.num_hidden_layers, config.num_key_value_heads
-    if method == "kascade":
-        anchors, head_map, info = calibrate_kascade(stats, num_anchors, importance)
-        calibration.update(info, seconds=round(time.perf_counter() - started, 1))
-        data = kascade_to_json(anchors, head_map, model_block, calibration)
-    else:
-        reselect, info = choose_reselect_layer(stats.recall_query_heads, selection_layer)
-        calibration.update(info, seconds=round(time.perf_counter() - started, 1))
-        data = tidal_to_json(selection_layer, reselect, num_layers, num_kv_heads, model_block, calibration)
+    data = cls.calibration_artifact(stats, request, model_block, calibration)
+    calibration["seconds"] = round(time.perf_counter() - started, 1)  # the artifact holds this dict
     path = write_json(out or default_out(method, source.name), data)
     return path, data

@@ -29,10 +29,27 @@ class UnknownNameError(KeyError):
 
 @dataclass
 class Entry:
+    """A registered name. Its `description` is the one given at registration, else the loaded object's own
+    `description` attribute (read on first use, so listing imports the entries but running one does not import
+    the others)."""
+
     name: str
     target: str | Any  # "module:attr" or the object itself
-    description: str
+    given_description: str | None = None
     aliases: tuple[str, ...] = ()
+    origin: str | None = None  # where a plugin came from ("plugin from module:attr")
+
+    @property
+    def description(self) -> str:
+        if self.given_description is not None:
+            return self.given_description
+        try:
+            text = getattr(self.load(), "description", None)
+        except Exception as error:  # a broken plugin must not hide the rest of a listing
+            text = f"(cannot load {self.target}: {type(error).__name__}: {error})"
+        if not isinstance(text, str) or not text:
+            text = "(no description)"
+        return f"{text} [{self.origin}]" if self.origin else text
 
     def load(self) -> Any:
         if not isinstance(self.target, str):
@@ -54,7 +71,11 @@ class Registry:
         self._aliases: dict[str, str] = {}
         self._plugins_loaded = entry_point_group is None
 
-    def register(self, name: str, target: str | Any, description: str, aliases: tuple[str, ...] = ()) -> None:
+    def register(
+        self, name: str, target: str | Any, description: str | None = None, aliases: tuple[str, ...] = ()
+    ) -> None:
+        """Register `target` ("module:attr", imported on first use) as `name`. `description` None: the target's
+        own `description` attribute (a method's class holds its one line; the registry does not repeat it)."""
         for key in (name, *aliases):
             if key in self._entries or key in self._aliases:
                 owner = self._aliases.get(key, key)
@@ -76,8 +97,7 @@ class Registry:
                     f"plugin {ep.value!r} (entry point group {self.entry_point_group!r}) registers "
                     f"{self.kind} {ep.name!r}, which is already taken; rename the entry point."
                 )
-            description = f"plugin from {ep.value}"
-            self._entries[ep.name] = Entry(ep.name, ep.value, description)
+            self._entries[ep.name] = Entry(ep.name, ep.value, origin=f"plugin from {ep.value}")
 
     def names(self) -> list[str]:
         self._load_plugins()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -68,8 +69,55 @@ class RunShape:
         return self.num_heads // self.num_kv_heads
 
 
+@dataclass(frozen=True)
+class CalibrationRequest:
+    """What `lychee-bench calibrate` asks of a method's calibration: the model's shape and the command's options."""
+
+    num_layers: int
+    num_kv_heads: int
+    num_anchors: int | None = None
+    selection_layer: int = 2
+    importance: bool = False
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """How `lychee-bench calibrate --method NAME` calibrates a method (`Method.calibration`; None: it cannot).
+
+    `chooser` names the function that picks the method's layers from the dense pass's statistics, as
+    "module:function"; it is imported only when calibrating (it may live above `methods` in the package, e.g. in
+    `lychee_bench.calibration`). The class's `calibration_artifact` calls it and builds the artifact. `sets`
+    says how the similarity sets are built (recorded in the artifact); `options` are the calibrate options that
+    apply besides the model and data (e.g. "importance"); `shown` is the artifact field the command prints;
+    `use` is how to use the artifact, formatted with `path` and the artifact's fields."""
+
+    chooser: str
+    sets: str
+    shown: str
+    use: str
+    options: tuple[str, ...] = ()
+
+    def load_chooser(self) -> Any:
+        module_name, _, attr = self.chooser.partition(":")
+        return getattr(importlib.import_module(module_name), attr)
+
+
 class Method(ABC):
-    """A decode-attention method. Subclasses set `name`, `description`, `Config`, `capabilities`."""
+    """A decode-attention method. Subclasses set `name`, `description`, `Config`, `capabilities`.
+
+    Everything the harness, the bench and the shared tests need to know about a method is declared on its class,
+    so a method is one file (plus a `lychee_bench.methods` entry point for a third-party one):
+
+    - `description`: the one line `lychee-bench list` prints (the registry reads it from here).
+    - `naive_selection(...)`: its selection rule as a naive float64 model (tests/test_method_matrix.py checks
+      `decode_attention` against attention over exactly those positions, for every registered method).
+    - `bytes_read_per_step(shape, ctx, batch)`: the K/V bytes its efficient path reads per decode step (the
+      bench's byte floor; None: unknown, no floor reported).
+    - `synthetic_options(config, model_name)`: bench defaults for a synthetic model with no shipped artifacts.
+    - `is_dense_baseline`: the bench takes its fastest such row as the reference for speedups.
+    - `graph_safe` / `graph_refusal()`, `check()` / `check_config()`: CUDA-graph safety and refusals.
+    - `calibration`: how `lychee-bench calibrate` calibrates it (None: it needs no calibration).
+    """
 
     name: ClassVar[str]
     description: ClassVar[str]
@@ -81,6 +129,10 @@ class Method(ABC):
     # nothing back from the device, and it uses the step's host lengths only as the bounds the engine gives
     # (StepGeometry). tests/test_latency.py and tests/test_method_matrix.py check every method that says so.
     graph_safe: ClassVar[bool] = False
+    # The dense reference of the bench's speedups (full attention); a sparse method leaves it False.
+    is_dense_baseline: ClassVar[bool] = False
+    # How `lychee-bench calibrate` calibrates this method; None: it has nothing to calibrate.
+    calibration: ClassVar[Calibration | None] = None
 
     def __init__(self, config: Any = None):
         self.config = config if config is not None else self.Config()
@@ -165,6 +217,51 @@ class Method(ABC):
     @property
     def path(self) -> str:
         return "reference"
+
+    def bytes_read_per_step(self, shape: RunShape, ctx: int, batch: int) -> int | None:
+        """K/V bytes one decode step reads at context `ctx` for `batch` sequences, as the efficient path reads
+        them (every K or V row counted once per reader; a fused kernel that scores and attends in one pass reads
+        K once). The bench's byte floor adds the weights. None: unknown (or not yet known, e.g. before `check`
+        has loaded the method's artifacts), and no floor is reported. Helpers: methods/traffic.py."""
+        return None
+
+    @classmethod
+    def synthetic_options(cls, config: Any, model_name: str) -> dict[str, Any]:
+        """Options the bench gives this method on a synthetic model (`config`, a transformers config), where no
+        artifact ships for it, unless the user gives them. They are shared options: every method of the bench
+        that has the option receives them. Empty by default."""
+        return {}
+
+    def naive_selection(
+        self,
+        layer_idx: int,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        valid: torch.Tensor,
+        scaling: float,
+        memory: dict[Any, Any],
+    ) -> list[list[set[int]]] | None:
+        """The contract tests/test_method_matrix.py checks: a deliberately naive model (Python sets, float64) of
+        the positions this method's decode step attends to. Called for layers 0, 1, ... of one decode step with
+        the same arguments as `decode_attention` (query [B, Hq, 1, D], key [B, Hkv, S, D], valid [B, S]);
+        `memory` is a dict kept across the step's layers for sets that one layer chooses and later layers reuse.
+        Returns, per batch row and query head, the set of cache positions attended to; `decode_attention` must
+        equal plain softmax attention over exactly those positions. None: no naive model (the matrix fails a
+        registered method that has none). Helpers: methods/naive.py."""
+        return None
+
+    @classmethod
+    def calibration_refusals(cls, request: CalibrationRequest) -> list[str]:
+        """Reasons `lychee-bench calibrate` refuses this method for a model and options (none by default)."""
+        return []
+
+    @classmethod
+    def calibration_artifact(
+        cls, stats: Any, request: CalibrationRequest, model: dict[str, Any], calibration: dict[str, Any]
+    ) -> dict[str, Any]:
+        """The calibration artifact (JSON content) from the dense pass's statistics: call `calibration.chooser`,
+        add what it reports to `calibration` and build the artifact around `model` and `calibration`."""
+        raise NotImplementedError(f"{cls.name} declares no calibration")
 
     @abstractmethod
     def decode_attention(

@@ -15,10 +15,18 @@ from typing import Any, ClassVar
 import torch
 
 from lychee_bench.methods.base import Method, RunShape
-from lychee_bench.methods.common import masked_decode_attention, sink_and_recent, streaming_window
+from lychee_bench.methods.common import sink_and_recent, streaming_window
 from lychee_bench.methods.efficient import KernelPath, attend, check_path, step_geometry, step_window
-from lychee_bench.methods.roles import HeadRoles, RolesError, resolve_roles, shipped_roles_path
+from lychee_bench.methods.naive import naive_rows, sink_recent_positions
+from lychee_bench.methods.roles import (
+    HeadRoles,
+    RolesError,
+    resolve_roles,
+    shipped_roles_path,
+    synthetic_roles_spec,
+)
 from lychee_bench.methods.state import DecodeState
+from lychee_bench.methods.traffic import head_tokens_bytes
 
 CONTINUOUS_SUFFIX = "-continuous"  # shipped roles trained with `train-heads --gate continuous`
 
@@ -96,7 +104,60 @@ class DuoAttention(KernelPath, Method):
             described["roles_used"] = self.roles.describe()
         return described
 
-    def decode_attention(
+    @classmethod
+    def synthetic_options(cls, config: Any, model_name: str) -> dict[str, Any]:
+        """Uniform roles with 12.5% retrieval heads (no continuous-gate roles ship for a synthetic model)."""
+        return {"roles": synthetic_roles_spec(config)}
+
+    def bytes_read_per_step(self, shape: RunShape, ctx: int, batch: int) -> int | None:
+        """Retrieval heads all tokens, streaming heads sink + recent (None before the roles are loaded)."""
+        if self.roles is None:
+            return None
+        retrieval = int(self.roles.retrieval.sum())
+        streaming = shape.num_layers * shape.num_kv_heads - retrieval
+        window = min(ctx, self.config.sink + self.config.recent)
+        return head_tokens_bytes(shape, retrieval * ctx + streaming * window, batch)
+
+    def naive_selection(
+        self,
+        layer_idx: int,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        valid: torch.Tensor,
+        scaling: float,
+        memory: dict[Any, Any],
+    ) -> list[list[set[int]]]:
+        """A retrieval head's query heads: every real token; a streaming head's: the sink and recent window."""
+        assert self.roles is not None, "check() or prepare() loads the roles first"
+        cfg = self.config
+        retrieval = self.roles.retrieval[layer_idx]
+        return [
+            [
+                set(row.real) if retrieval[h // row.group] else sink_recent_positions(row.real, cfg.sink, cfg.recent)
+                for h in range(row.num_heads)
+            ]
+            for row in naive_rows(query, key, valid)
+        ]
+
+    def reference_keep(
+        self,
+        layer_idx: int,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        valid: torch.Tensor,
+        scaling: float,
+        state: DecodeState,
+    ) -> torch.Tensor:
+        """Retrieval heads every real token, streaming heads the window: keep [B, Hkv, S]."""
+        assert self.roles is not None, "prepare() loads the roles before decoding"
+        device = str(key.device)
+        if device not in self._device_roles:  # a copy per layer would wait for the device's queued work
+            self._device_roles[device] = self.roles.retrieval.to(key.device)
+        retrieval = self._device_roles[device][layer_idx]  # [Hkv]
+        window = sink_and_recent(valid, self.config.sink, self.config.recent)
+        return torch.where(retrieval[None, :, None], valid[:, None, :], window[:, None, :])
+
+    def decode_efficient(
         self,
         layer_idx: int,
         query: torch.Tensor,
@@ -107,29 +168,6 @@ class DuoAttention(KernelPath, Method):
         state: DecodeState,
     ) -> torch.Tensor:
         assert self.roles is not None, "prepare() loads the roles before decoding"
-        if self.path == "triton":
-            return self._decode_triton(layer_idx, query, key, value, valid, scaling, state)
-        device = str(key.device)
-        if device not in self._device_roles:  # a copy per layer would wait for the device's queued work
-            self._device_roles[device] = self.roles.retrieval.to(key.device)
-        retrieval = self._device_roles[device][layer_idx]  # [Hkv]
-        window = sink_and_recent(valid, self.config.sink, self.config.recent)
-        keep = torch.where(retrieval[None, :, None], valid[:, None, :], window[:, None, :])  # [B, Hkv, S]
-        state.layer_data[("keep", layer_idx)] = keep
-        state.count("kv_tokens_read", keep.sum)
-        return masked_decode_attention(query, key, value, keep, scaling)
-
-    def _decode_triton(
-        self,
-        layer_idx: int,
-        query: torch.Tensor,
-        key: torch.Tensor,
-        value: torch.Tensor,
-        valid: torch.Tensor,
-        scaling: float,
-        state: DecodeState,
-    ) -> torch.Tensor:
-        assert self.roles is not None
         geometry = step_geometry(valid, state)
         window = step_window(state, geometry, self.config.sink, self.config.recent)  # every streaming head's
         pattern = self._patterns.get(layer_idx)

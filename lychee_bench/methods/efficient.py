@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
 from lychee_bench.kernels.lychee_plan import SUPPORTED_HEAD_DIMS  # plain torch: importing it needs no Triton
 from lychee_bench.methods.base import head_dim_of
+from lychee_bench.methods.common import masked_decode_attention
 from lychee_bench.methods.state import DecodeState, StepGeometry
 
 PATHS = ("auto", "reference", "triton")
@@ -137,11 +138,84 @@ def distinct_rows(index: torch.Tensor, num_kv_heads: int, cache_len: int) -> tor
     return seen[..., :cache_len].sum()
 
 
+def union_rows(keep: torch.Tensor, num_kv_heads: int) -> torch.Tensor:
+    """K/V token rows a keep mask [B, Hkv or Hq, S] reads: per KV head, the union of its query heads' sets."""
+    return keep.view(keep.shape[0], num_kv_heads, -1, keep.shape[-1]).any(dim=2).sum()
+
+
+def attend_kept(
+    layer_idx: int,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    keep: torch.Tensor,
+    scaling: float,
+    state: DecodeState,
+    rows: Callable[[], torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """A reference path's tail: record the kept positions (`state.layer_data[("keep", layer)]`, which the method
+    matrix checks against the method's naive model), count the K/V rows read (`rows`, default `union_rows`) and
+    attend over the kept positions (masked attention in plain torch). keep [B, Hkv or Hq, S] bool."""
+    state.layer_data[("keep", layer_idx)] = keep
+    state.count("kv_tokens_read", rows if rows is not None else lambda: union_rows(keep, key.shape[1]))
+    return masked_decode_attention(query, key, value, keep, scaling)
+
+
 class KernelPath:
     """Mixin for a method whose config has a `path` option (auto, reference, triton) and whose efficient path is
     a Triton kernel: call `resolve_path` from check_config and `resolve_path_for` from prepare."""
 
     _path: str | None = None
+
+    def decode_attention(
+        self,
+        layer_idx: int,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        valid: torch.Tensor,
+        scaling: float,
+        state: DecodeState,
+    ) -> torch.Tensor:
+        """The shape of a two-path position-selection method: `decode_efficient` where the Triton path runs,
+        else the reference: the positions `reference_keep` chooses, through `attend_kept` (recorded, counted by
+        `reference_rows`, masked attention). A method states only those hooks (or overrides this whole)."""
+        if self.path == "triton":
+            return self.decode_efficient(layer_idx, query, key, value, valid, scaling, state)
+        keep = self.reference_keep(layer_idx, query, key, valid, scaling, state)
+        rows = self.reference_rows(layer_idx, keep, key, valid)
+        return attend_kept(layer_idx, query, key, value, keep, scaling, state, rows)
+
+    def decode_efficient(
+        self,
+        layer_idx: int,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        valid: torch.Tensor,
+        scaling: float,
+        state: DecodeState,
+    ) -> torch.Tensor:
+        """The efficient path's decode step (same arguments and result as `Method.decode_attention`)."""
+        raise NotImplementedError(f"{type(self).__name__} has no efficient path")
+
+    def reference_keep(
+        self,
+        layer_idx: int,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        valid: torch.Tensor,
+        scaling: float,
+        state: DecodeState,
+    ) -> torch.Tensor:
+        """The reference path's kept positions, keep [B, Hkv or Hq, S] bool (at least one per row)."""
+        raise NotImplementedError(f"{type(self).__name__} states no reference selection")
+
+    def reference_rows(
+        self, layer_idx: int, keep: torch.Tensor, key: torch.Tensor, valid: torch.Tensor
+    ) -> Callable[[], torch.Tensor] | None:
+        """The K/V rows the reference path counts for this layer; None: the union of each KV head's sets."""
+        return None
 
     def kernel_refusals(self) -> list[str]:
         """Reasons this method's config keeps its kernels from running (none by default)."""

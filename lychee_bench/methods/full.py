@@ -12,14 +12,16 @@ default on CUDA; the latency bench times both and takes the faster as the refere
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 
 from lychee_bench.methods.base import Method, RunShape
 from lychee_bench.methods.efficient import KernelPath, attend, check_path, step_geometry
+from lychee_bench.methods.naive import naive_rows
 from lychee_bench.methods.state import DecodeState
+from lychee_bench.methods.traffic import full_kv_bytes
 
 
 @dataclass
@@ -41,6 +43,7 @@ class FullAttention(KernelPath, Method):
     Config: ClassVar[type] = FullConfig
     graph_safe: ClassVar[bool] = True
     decode_only: ClassVar[bool] = False
+    is_dense_baseline: ClassVar[bool] = True
 
     def check_config(self, shape: RunShape) -> list[str]:
         return self.resolve_path(shape.device, shape.head_dim)
@@ -55,6 +58,22 @@ class FullAttention(KernelPath, Method):
                 "captured than when stepped eagerly on the H200 (engine_check); it runs eagerly"
             )
         return None
+
+    def bytes_read_per_step(self, shape: RunShape, ctx: int, batch: int) -> int:
+        """Every token of every KV head in every layer."""
+        return full_kv_bytes(shape, ctx, batch)
+
+    def naive_selection(
+        self,
+        layer_idx: int,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        valid: torch.Tensor,
+        scaling: float,
+        memory: dict[Any, Any],
+    ) -> list[list[set[int]]]:
+        """Every real token, in every head."""
+        return [row.all_heads(set(row.real)) for row in naive_rows(query, key, valid)]
 
     def decode_attention(
         self,

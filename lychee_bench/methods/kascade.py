@@ -18,20 +18,25 @@ so an anchor layer reads K twice, where Kascade's own kernels fuse it).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 
-from lychee_bench.methods.artifacts import ArtifactError, KascadeAnchors, resolve_kascade
-from lychee_bench.methods.base import Method, RunShape
-from lychee_bench.methods.common import masked_decode_attention
+from lychee_bench.methods.artifacts import ArtifactError, KascadeAnchors, kascade_to_json, resolve_kascade
+from lychee_bench.methods.base import Calibration, CalibrationRequest, Method, RunShape
 from lychee_bench.methods.efficient import KernelPath, attend, check_path, rows_read, step_geometry, top_index
+from lychee_bench.methods.naive import naive_rows, top_positions
 from lychee_bench.methods.selection import select_tokens
 from lychee_bench.methods.state import DecodeState
+from lychee_bench.methods.traffic import kv_token_bytes
 
 SLOT = "kascade"
 PUBLISHED_ANCHORS = {"llama3.1-8b": [0, 2, 8, 13, 14], "qwen3-8b": [0, 2, 7, 14, 23]}  # the paper's choices
+# The bench's synthetic shapes: the published anchors of the model each copies (Llama-3-8B and 3.1-8B share one).
+KASCADE_PRESET_FOR_SHAPE = {"llama3-8b-synthetic": "llama3.1-8b", "qwen3-8b-synthetic": "qwen3-8b"}
+CALIBRATION_SETS = "(per KV head, probabilities summed over the group, min over queries, mean over prompts)"
 
 
 @dataclass
@@ -94,6 +99,13 @@ class Kascade(KernelPath, Method):
     description: ClassVar[str] = "Kascade: anchor layers pick top-k by post-softmax mass, others reuse via a head map"
     Config: ClassVar[type] = KascadeConfig
     graph_safe: ClassVar[bool] = True
+    calibration: ClassVar[Calibration] = Calibration(
+        chooser="lychee_bench.calibration.kascade:calibrate_kascade",
+        sets=CALIBRATION_SETS,
+        shown="anchors",
+        use="-o anchors={path}",
+        options=("importance",),
+    )
 
     def __init__(self, config: KascadeConfig | None = None):
         super().__init__(config)
@@ -126,6 +138,64 @@ class Kascade(KernelPath, Method):
 
     def resolved_artifacts(self) -> dict[str, str]:
         return {} if self.anchors is None else {"anchors": self.anchors.checksum}
+
+    @classmethod
+    def synthetic_options(cls, config: Any, model_name: str) -> dict[str, Any]:
+        """The published anchors of the model a synthetic shape copies (none for other shapes)."""
+        preset = KASCADE_PRESET_FOR_SHAPE.get(model_name)
+        return {} if preset is None else {"anchors": preset}
+
+    @classmethod
+    def calibration_artifact(
+        cls, stats: Any, request: CalibrationRequest, model: dict[str, Any], calibration: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Anchor layers (dynamic programming over the layers' set recall) and the head map."""
+        anchors, head_map, info = cls.calibration.load_chooser()(stats, request.num_anchors, request.importance)
+        calibration.update(info)
+        return kascade_to_json(anchors, head_map, model, calibration)
+
+    def bytes_read_per_step(self, shape: RunShape, ctx: int, batch: int) -> int | None:
+        """Layer 0 all tokens; other anchors score every key (all K) and attend to their top-k (V of those); reuse
+        layers each KV head's top-k. None before the anchors are loaded."""
+        if self.anchors is None:
+            return None
+        anchors = self.anchors.anchors
+        k = self.config.tokens_for(ctx)
+        half = kv_token_bytes(shape) // 2  # K or V of one token
+        layer0 = shape.num_kv_heads * ctx * 2 * half
+        other_anchors = (len(anchors) - (0 in anchors)) * shape.num_kv_heads * (ctx + k) * half
+        reuse = (shape.num_layers - len(anchors)) * shape.num_kv_heads * k * 2 * half
+        return (layer0 + other_anchors + reuse) * batch
+
+    def naive_selection(
+        self,
+        layer_idx: int,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        valid: torch.Tensor,
+        scaling: float,
+        memory: dict[Any, Any],
+    ) -> list[list[set[int]]]:
+        """An anchor keeps each KV head's top-k real tokens by post-softmax probability over the real keys, summed
+        over the group's query heads, and attends to them (layer 0: to everything); a reuse layer's KV head h
+        attends to the set of the anchor's KV head head_map[layer][h]."""
+        assert self.anchors is not None, "check() or prepare() loads the anchors first"
+        cfg = self.config
+        out = []
+        for row in naive_rows(query, key, valid):
+            real, group = row.real, row.group
+            k = cfg.budget if cfg.budget is not None else max(cfg.min_budget, int(cfg.budget_ratio * len(real)))
+            if layer_idx in self.anchors.anchors:
+                probs = torch.softmax(row.logits[:, real] * scaling, dim=-1)  # post-softmax over the real keys
+                pooled = torch.full((row.num_kv_heads, valid.shape[1]), float("-inf"), dtype=torch.float64)
+                pooled[:, real] = probs.view(-1, group, len(real)).sum(1)  # summed over the group
+                sets = memory[(SLOT, row.b)] = [top_positions(real, pooled[kv], k) for kv in range(row.num_kv_heads)]
+                out.append([set(real) if layer_idx == 0 else sets[h // group] for h in range(row.num_heads)])
+            else:
+                sets = memory[(SLOT, row.b)]
+                head_map = self.anchors.head_map[layer_idx]
+                out.append([sets[head_map[h // group]] for h in range(row.num_heads)])
+        return out
 
     def head_map(self, device: torch.device) -> torch.Tensor:
         """[num_layers, num_kv_heads] long on `device` (built once per device: no per-step copy)."""
@@ -167,36 +237,36 @@ class Kascade(KernelPath, Method):
         beyond = rank[None, None, :] >= self.token_budget(valid)[:, None, None]
         return index.masked_fill(beyond, -1)
 
-    def decode_attention(
+    def reference_keep(
         self,
         layer_idx: int,
         query: torch.Tensor,
         key: torch.Tensor,
-        value: torch.Tensor,
         valid: torch.Tensor,
         scaling: float,
         state: DecodeState,
     ) -> torch.Tensor:
+        """An anchor stores its top-k sets and attends to them (layer 0: to everything); a reuse layer attends to
+        the stored sets through the head map. keep [B, Hkv, S]."""
         assert self.anchors is not None, "prepare() loads the anchors before decoding"
-        if self.path == "triton":
-            return self._decode_triton(layer_idx, query, key, value, valid, scaling, state)
-        num_kv_heads = key.shape[1]
         if layer_idx in self.anchors.anchors:
             keep = self.select(query, key, valid, scaling, state.host_lengths(valid))
             state.slots[SLOT] = keep
-            if layer_idx == 0:
-                keep = valid[:, None, :].expand(-1, num_kv_heads, -1)
-            # An anchor scores every cached key, so it reads the whole cache.
-            state.count("kv_tokens_read", lambda: valid.sum() * num_kv_heads)
-        else:
-            if SLOT not in state.slots:
-                raise RuntimeError(f"kascade layer {layer_idx} reuses a set, but no anchor layer has run this step")
-            keep = state.slots[SLOT].index_select(1, self.head_map(key.device)[layer_idx])
-            state.count("kv_tokens_read", keep.sum)
-        state.layer_data[("keep", layer_idx)] = keep
-        return masked_decode_attention(query, key, value, keep, scaling)
+            return valid[:, None, :].expand(-1, key.shape[1], -1) if layer_idx == 0 else keep
+        if SLOT not in state.slots:
+            raise RuntimeError(f"kascade layer {layer_idx} reuses a set, but no anchor layer has run this step")
+        return state.slots[SLOT].index_select(1, self.head_map(key.device)[layer_idx])
 
-    def _decode_triton(
+    def reference_rows(
+        self, layer_idx: int, keep: torch.Tensor, key: torch.Tensor, valid: torch.Tensor
+    ) -> Callable[[], torch.Tensor] | None:
+        """An anchor scores every cached key, so it reads the whole cache; a reuse layer reads its sets."""
+        assert self.anchors is not None
+        if layer_idx in self.anchors.anchors:
+            return lambda: valid.sum() * key.shape[1]
+        return None
+
+    def decode_efficient(
         self,
         layer_idx: int,
         query: torch.Tensor,

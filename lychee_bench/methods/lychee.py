@@ -24,9 +24,11 @@ from lychee_bench.methods.efficient import (
     step_geometry,
     step_window,
 )
-from lychee_bench.methods.roles import HeadRoles, RolesError, resolve_roles
+from lychee_bench.methods.naive import naive_rows, sink_recent_positions, top_positions
+from lychee_bench.methods.roles import HeadRoles, RolesError, resolve_roles, synthetic_roles_spec
 from lychee_bench.methods.selection import select_blocks, select_tokens
 from lychee_bench.methods.state import DecodeState
+from lychee_bench.methods.traffic import head_tokens_bytes
 
 GRANULARITIES = ("token", "block")
 
@@ -127,6 +129,65 @@ class LycheeDecode(KernelPath, Method):
 
     def resolved_artifacts(self) -> dict[str, str]:
         return {} if self.roles is None else {"roles": self.roles.checksum}
+
+    @classmethod
+    def synthetic_options(cls, config: Any, model_name: str) -> dict[str, Any]:
+        """Uniform roles with 12.5% retrieval heads (no trained roles ship for a synthetic model)."""
+        return {"roles": synthetic_roles_spec(config)}
+
+    def sparse_tokens(self, ctx: int) -> int:
+        """Tokens a sparse head reads at context ``ctx``: its budget (block granularity: whole blocks)."""
+        cfg = self.config
+        if cfg.granularity == "block":
+            return min(ctx, cfg.host_budget_blocks(ctx) * cfg.block_size)
+        return min(ctx, cfg.host_budget(ctx))
+
+    def bytes_read_per_step(self, shape: RunShape, ctx: int, batch: int) -> int | None:
+        """Retrieval heads all ``ctx`` tokens, sparse heads their budget, summed over the role table (None
+        before the roles are loaded)."""
+        if self.roles is None:
+            return None
+        retrieval = int(self.roles.retrieval.sum())
+        sparse = shape.num_layers * shape.num_kv_heads - retrieval
+        return head_tokens_bytes(shape, retrieval * ctx + sparse * self.sparse_tokens(ctx), batch)
+
+    def naive_selection(
+        self,
+        layer_idx: int,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        valid: torch.Tensor,
+        scaling: float,
+        memory: dict[Any, Any],
+    ) -> list[list[set[int]]] | None:
+        """Token granularity with a fixed budget (None otherwise): a retrieval KV head's query heads attend to
+        every real token and choose, for slot h, the sink and recent window plus the top real tokens by the
+        group-mean query's logit (everything within budget); a sparse head's query heads attend to slot h."""
+        assert self.roles is not None, "check() or prepare() loads the roles first"
+        cfg = self.config
+        if cfg.granularity != "token" or cfg.budget is None:
+            return None
+        retrieval = self.roles.retrieval[layer_idx]
+        out = []
+        for row in naive_rows(query, key, valid):
+            real = row.real
+            heads = []
+            for h in range(row.num_heads):
+                kv_head = h // row.group
+                if retrieval[kv_head]:
+                    if h % row.group == 0:
+                        if len(real) <= cfg.budget:
+                            chosen = set(real)
+                        else:
+                            forced = sink_recent_positions(real, cfg.sink, cfg.recent)
+                            rest = [p for p in real if p not in forced]
+                            chosen = forced | top_positions(rest, row.mean_logits[kv_head], cfg.budget - len(forced))
+                        memory[(row.b, kv_head)] = chosen
+                    heads.append(set(real))
+                else:
+                    heads.append(memory[(row.b, kv_head)])
+            out.append(heads)
+        return out
 
     def budget_for(self, valid: torch.Tensor) -> torch.Tensor:
         """Token budget per sequence [B]."""

@@ -16,14 +16,16 @@ Triton kernel (16-token units, one row per query head).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 
 from lychee_bench.methods.base import Method, RunShape
-from lychee_bench.methods.common import masked_decode_attention, valid_rank
+from lychee_bench.methods.common import valid_rank
 from lychee_bench.methods.efficient import KernelPath, StepGeometry, attend, check_path, distinct_rows, step_geometry
+from lychee_bench.methods.naive import naive_rows
 from lychee_bench.methods.state import DecodeState
+from lychee_bench.methods.traffic import kv_token_bytes
 
 
 @dataclass
@@ -90,6 +92,51 @@ class QuestAttention(KernelPath, Method):
     def prepare(self, model: torch.nn.Module) -> None:
         self.resolve_path_for(model)
 
+    def bytes_read_per_step(self, shape: RunShape, ctx: int, batch: int) -> int:
+        """Dense layers all tokens; other layers the page bounds (min and max per page, float32) and each query
+        head's chosen pages."""
+        cfg = self.config
+        dense = min(cfg.dense_layers, shape.num_layers)
+        pages = -(-ctx // cfg.page_size)
+        chosen = ctx if ctx <= cfg.budget else min(ctx, cfg.budget // cfg.page_size * cfg.page_size)
+        bounds = shape.num_kv_heads * pages * 2 * shape.head_dim * 4  # float32 min and max per page
+        per_sparse_layer = bounds + shape.num_heads * chosen * kv_token_bytes(shape)
+        return (
+            dense * shape.num_kv_heads * ctx * kv_token_bytes(shape) + (shape.num_layers - dense) * per_sparse_layer
+        ) * batch
+
+    def naive_selection(
+        self,
+        layer_idx: int,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        valid: torch.Tensor,
+        scaling: float,
+        memory: dict[Any, Any],
+    ) -> list[list[set[int]]]:
+        """Dense layers, and rows within budget, attend to every real token; otherwise each query head takes the
+        real tokens' last page and the `budget // page_size - 1` other pages with the highest bound
+        sum_d max(q_d·min_d, q_d·max_d) over the page's keys."""
+        cfg = self.config
+        out = []
+        for row in naive_rows(query, key, valid):
+            real = row.real
+            if layer_idx < cfg.dense_layers or len(real) <= cfg.budget:
+                out.append(row.all_heads(set(real)))
+                continue
+            pages = [real[i : i + cfg.page_size] for i in range(0, len(real), cfg.page_size)]
+            heads = []
+            for h in range(row.num_heads):
+                q, kv = row.query[h], key[row.b, h // row.group].double()
+                bound = [
+                    float(sum(max(q[d] * kv[p, d].min(), q[d] * kv[p, d].max()) for d in range(q.shape[-1])))
+                    for p in pages
+                ]
+                others = sorted(range(len(pages) - 1), key=lambda i: -bound[i])[: cfg.budget // cfg.page_size - 1]
+                heads.append({pos for i in [*others, len(pages) - 1] for pos in pages[i]})
+            out.append(heads)
+        return out
+
     def select(
         self, query: torch.Tensor, key: torch.Tensor, valid: torch.Tensor, lengths: list[int] | None = None
     ) -> torch.Tensor:
@@ -117,29 +164,22 @@ class QuestAttention(KernelPath, Method):
         everything = (count[:, 0] <= cfg.budget)[:, None, None]
         return torch.where(everything, valid[:, None, :].expand_as(keep), keep)
 
-    def decode_attention(
+    def reference_keep(
         self,
         layer_idx: int,
         query: torch.Tensor,
         key: torch.Tensor,
-        value: torch.Tensor,
         valid: torch.Tensor,
         scaling: float,
         state: DecodeState,
     ) -> torch.Tensor:
-        if self.path == "triton":
-            return self._decode_triton(layer_idx, query, key, value, valid, scaling, state)
-        num_kv_heads = key.shape[1]
+        """Dense layers every real token; the others `select`'s pages (per query head). K/V rows read: the union
+        of the group's pages per KV head."""
         if layer_idx < self.config.dense_layers:
-            keep = valid[:, None, :].expand(-1, num_kv_heads, -1)
-        else:
-            keep = self.select(query, key, valid, state.host_lengths(valid))
-        state.layer_data[("keep", layer_idx)] = keep
-        per_kv = keep.view(keep.shape[0], num_kv_heads, -1, keep.shape[-1]).any(dim=2)
-        state.count("kv_tokens_read", per_kv.sum)
-        return masked_decode_attention(query, key, value, keep, scaling)
+            return valid[:, None, :].expand(-1, key.shape[1], -1)
+        return self.select(query, key, valid, state.host_lengths(valid))
 
-    def _decode_triton(
+    def decode_efficient(
         self,
         layer_idx: int,
         query: torch.Tensor,

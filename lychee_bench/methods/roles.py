@@ -21,6 +21,7 @@ from lychee_bench.methods.artifacts import checksum, shipped_path
 
 FORMAT = "lychee-bench/head-roles"
 VERSION = 1
+SYNTHETIC_RETRIEVAL_FRACTION = 0.125  # the paper's budget: 32 of 256 KV heads (Llama-3-8B)
 
 
 class RolesError(ValueError):
@@ -48,6 +49,13 @@ def roles_checksum(num_layers: int, num_kv_heads: int, retrieval: list[list[int]
 
 def _as_lists(table: torch.Tensor) -> list[list[int]]:
     return [torch.nonzero(row).flatten().tolist() for row in table]
+
+
+def synthetic_roles_spec(config: Any) -> str:
+    """The roles the bench gives a synthetic model (no trained roles ship for it): `uniform:N`, N being 12.5% of
+    its KV heads (at least layer 0's)."""
+    total = config.num_hidden_layers * config.num_key_value_heads
+    return f"uniform:{max(config.num_key_value_heads, round(SYNTHETIC_RETRIEVAL_FRACTION * total))}"
 
 
 def uniform_roles(total: int, num_layers: int, num_kv_heads: int) -> torch.Tensor:

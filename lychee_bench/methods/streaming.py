@@ -4,14 +4,16 @@ window of recent tokens. The simplest sparse method; it proves the interface car
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 
 from lychee_bench.methods.base import Method, RunShape
 from lychee_bench.methods.common import masked_decode_attention, sink_and_recent, streaming_window
 from lychee_bench.methods.efficient import KernelPath, attend, check_path, step_geometry, step_window
+from lychee_bench.methods.naive import naive_rows, sink_recent_positions
 from lychee_bench.methods.state import DecodeState
+from lychee_bench.methods.traffic import head_tokens_bytes
 
 
 @dataclass
@@ -43,6 +45,25 @@ class StreamingAttention(KernelPath, Method):
 
     def prepare(self, model: torch.nn.Module) -> None:
         self.resolve_path_for(model)
+
+    def bytes_read_per_step(self, shape: RunShape, ctx: int, batch: int) -> int:
+        """Sink + recent tokens in every head."""
+        tokens = min(ctx, self.config.sink + self.config.recent)
+        return head_tokens_bytes(shape, shape.num_layers * shape.num_kv_heads * tokens, batch)
+
+    def naive_selection(
+        self,
+        layer_idx: int,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        valid: torch.Tensor,
+        scaling: float,
+        memory: dict[Any, Any],
+    ) -> list[list[set[int]]]:
+        """The first `sink` and last `recent` real tokens, in every head."""
+        cfg = self.config
+        rows = naive_rows(query, key, valid)
+        return [row.all_heads(sink_recent_positions(row.real, cfg.sink, cfg.recent)) for row in rows]
 
     def decode_attention(
         self,

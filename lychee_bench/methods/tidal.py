@@ -19,15 +19,18 @@ from typing import Any, ClassVar
 
 import torch
 
-from lychee_bench.methods.artifacts import ArtifactError, shipped_tidal
-from lychee_bench.methods.base import Method, RunShape
-from lychee_bench.methods.common import masked_decode_attention, valid_rank
+from lychee_bench.methods.artifacts import ArtifactError, shipped_tidal, tidal_to_json
+from lychee_bench.methods.base import Calibration, CalibrationRequest, Method, RunShape
+from lychee_bench.methods.common import valid_rank
 from lychee_bench.methods.efficient import KernelPath, attend, check_path, distinct_rows, step_geometry, top_index
+from lychee_bench.methods.naive import naive_rows, top_positions
 from lychee_bench.methods.selection import select_tokens
 from lychee_bench.methods.state import DecodeState
+from lychee_bench.methods.traffic import head_tokens_bytes
 
 LLAMA3_RESELECT_LAYER = 13  # the published choice for 32-layer Llama-3 models (PyTorch code, 0-based)
 SLOT = "tidal"
+CALIBRATION_SETS = "(per query head against the same head, mean over queries, heads and prompts)"
 
 
 @dataclass
@@ -69,11 +72,35 @@ class TidalDecode(KernelPath, Method):
     description: ClassVar[str] = "TidalDecode: layer 2 and one re-selection layer pick top-k tokens, others reuse"
     Config: ClassVar[type] = TidalConfig
     graph_safe: ClassVar[bool] = True
+    calibration: ClassVar[Calibration] = Calibration(
+        chooser="lychee_bench.calibration.tidal:choose_reselect_layer",
+        sets=CALIBRATION_SETS,
+        shown="reselect_layer",
+        use="-o reselect_layer={reselect_layer}",
+        options=("selection_layer",),
+    )
 
     def __init__(self, config: TidalConfig | None = None):
         super().__init__(config)
         self.reselect_layer: int | None = self.config.reselect_layer
         self.reselect_source: str | None = "option" if self.config.reselect_layer is not None else None
+
+    @classmethod
+    def calibration_refusals(cls, request: CalibrationRequest) -> list[str]:
+        if request.selection_layer + 1 >= request.num_layers:
+            return [f"TidalDecode's selection layer {request.selection_layer} leaves no later layer to re-select at"]
+        return []
+
+    @classmethod
+    def calibration_artifact(
+        cls, stats: Any, request: CalibrationRequest, model: dict[str, Any], calibration: dict[str, Any]
+    ) -> dict[str, Any]:
+        """The re-selection layer whose set the later layers' own top-k sets recall best."""
+        reselect, info = cls.calibration.load_chooser()(stats.recall_query_heads, request.selection_layer)
+        calibration.update(info)
+        return tidal_to_json(
+            request.selection_layer, reselect, request.num_layers, request.num_kv_heads, model, calibration
+        )
 
     def _resolve_reselect(
         self, model_type: str, num_layers: int, num_kv_heads: int, model_name: str
@@ -142,6 +169,39 @@ class TidalDecode(KernelPath, Method):
             "reselect_layer_source": self.reselect_source,
         }
 
+    def bytes_read_per_step(self, shape: RunShape, ctx: int, batch: int) -> int:
+        """Dense and selection layers all tokens; reuse layers each *query head's* list (the per-query-head sets
+        of one group may overlap, but each is read for its own head)."""
+        cfg = self.config
+        full_layers = cfg.selection_layer + 1 + (self.reselect_layer is not None)
+        rows = shape.num_kv_heads if cfg.per_kv_head else shape.num_heads
+        full = full_layers * shape.num_kv_heads * ctx
+        reuse = (shape.num_layers - full_layers) * rows * min(ctx, cfg.budget)
+        return head_tokens_bytes(shape, full + reuse, batch)
+
+    def naive_selection(
+        self,
+        layer_idx: int,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        valid: torch.Tensor,
+        scaling: float,
+        memory: dict[Any, Any],
+    ) -> list[list[set[int]]]:
+        """Dense up to the selection layer; the selection and re-selection layers attend densely and keep each
+        query head's top-`budget` real tokens by raw logit (or its KV head's, by the group-mean query); the
+        other layers attend to the kept sets."""
+        cfg = self.config
+        out = []
+        for row in naive_rows(query, key, valid):
+            if layer_idx in (cfg.selection_layer, self.reselect_layer):
+                heads = range(row.num_heads)
+                scores = [row.mean_logits[h // row.group] if cfg.per_kv_head else row.logits[h] for h in heads]
+                memory[(SLOT, row.b)] = [top_positions(row.real, s, cfg.budget) for s in scores]
+            dense = layer_idx <= cfg.selection_layer or layer_idx == self.reselect_layer
+            out.append(row.all_heads(set(row.real)) if dense else memory[(SLOT, row.b)])
+        return out
+
     def layer_role(self, layer_idx: int) -> str:
         """ "dense", "select" (full attention + new set) or "reuse" (attend to the current set)."""
         if layer_idx < self.config.selection_layer:
@@ -167,35 +227,27 @@ class TidalDecode(KernelPath, Method):
         scores = self.scores(query, key)
         return select_tokens(scores, valid, budget, sink=0, recent=0, max_budget=self.config.budget)
 
-    def decode_attention(
+    def reference_keep(
         self,
         layer_idx: int,
         query: torch.Tensor,
         key: torch.Tensor,
-        value: torch.Tensor,
         valid: torch.Tensor,
         scaling: float,
         state: DecodeState,
     ) -> torch.Tensor:
-        if self.path == "triton":
-            return self._decode_triton(layer_idx, query, key, value, valid, scaling, state)
+        """Dense and selection layers every real token (a selection layer also stores its new set); reuse layers
+        the stored set. K/V rows read: the union of the group's sets per KV head."""
         role = self.layer_role(layer_idx)
-        num_kv_heads = key.shape[1]
         if role == "reuse":
             if SLOT not in state.slots:
                 raise RuntimeError(f"tidal layer {layer_idx} reuses a set, but selection layer has not run this step")
-            keep = state.slots[SLOT]
-        else:
-            if role == "select":
-                state.slots[SLOT] = self.select(query, key, valid)
-            keep = valid[:, None, :].expand(-1, num_kv_heads, -1)
-        state.layer_data[("keep", layer_idx)] = keep
-        # K/V rows read: the union of the group's sets per KV head.
-        per_kv = keep.view(keep.shape[0], num_kv_heads, -1, keep.shape[-1]).any(dim=2)
-        state.count("kv_tokens_read", per_kv.sum)
-        return masked_decode_attention(query, key, value, keep, scaling)
+            return state.slots[SLOT]
+        if role == "select":
+            state.slots[SLOT] = self.select(query, key, valid)
+        return valid[:, None, :].expand(-1, key.shape[1], -1)
 
-    def _decode_triton(
+    def decode_efficient(
         self,
         layer_idx: int,
         query: torch.Tensor,

@@ -34,6 +34,7 @@ from lychee_bench.harness.synthetic_models import (
 )
 from lychee_bench.kernels.timing import Timing, capture_graph, time_cuda, time_wall
 from lychee_bench.methods.base import Method, RunShape
+from lychee_bench.methods.kascade import KASCADE_PRESET_FOR_SHAPE  # noqa: F401  (tests and scripts read it here)
 from lychee_bench.methods.state import DecodeState
 from lychee_bench.tasks.latency.fixed_step import FixedContextStep
 from lychee_bench.tasks.latency.profile import profile_steps
@@ -46,28 +47,25 @@ MATMUL_SIZE = 8192
 SMOKE_MAX_CTX = 8192
 COPY_ELEMENTS_GPU = 1 << 30  # 2 GiB of bf16
 COPY_ELEMENTS_CPU = 1 << 22
-LYCHEE_RETRIEVAL_FRACTION = 0.125  # the paper's budget: 32 of 256 KV heads (Llama-3-8B)
-DENSE_NAMES = ("full", "dense")  # no budget to fill
-# Kascade's published anchors for the model each synthetic shape copies (Llama-3-8B and 3.1-8B share a shape).
-KASCADE_PRESET_FOR_SHAPE = {"llama3-8b-synthetic": "llama3.1-8b", "qwen3-8b-synthetic": "qwen3-8b"}
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def synthetic_defaults(model: str, config: Any, entries: list[str], options: dict[str, Any]) -> dict[str, Any]:
-    """The shared options with the bench's defaults for what a synthetic model has no artifact for: lychee and
-    duo get uniform roles with 12.5% retrieval heads, kascade the published anchors of the shape's model. A real
-    model keeps the options as given (its shipped roles and calibrations, as in `run`)."""
+    """The shared options with the bench's defaults for what a synthetic model has no artifact for: each method's
+    class says which (`Method.synthetic_options`; e.g. lychee and duo: uniform roles with 12.5% retrieval heads,
+    kascade: the published anchors of the shape's model); options the user gave win. A real model keeps the
+    options as given (its shipped roles and calibrations, as in `run`)."""
+    from lychee_bench.harness.catalog import METHODS
     from lychee_bench.harness.runner import parse_method_entry
 
     options = dict(options)
     if model not in SYNTHETIC_MODELS:  # a real model: its shipped artifacts, as `run` uses them
         return options
-    names = {parse_method_entry(entry)[0].lower() for entry in entries}
-    if names & {"lychee", "lycheedecode", "duo"} and "roles" not in options:
-        total = config.num_hidden_layers * config.num_key_value_heads
-        options["roles"] = f"uniform:{max(config.num_key_value_heads, round(LYCHEE_RETRIEVAL_FRACTION * total))}"
-    if "kascade" in names and "anchors" not in options and model in KASCADE_PRESET_FOR_SHAPE:
-        options["anchors"] = KASCADE_PRESET_FOR_SHAPE[model]
+    for entry in entries:
+        name = parse_method_entry(entry)[0].lower()
+        if name in METHODS:  # an unknown name is reported when the methods are built
+            for key, value in METHODS.get(name).synthetic_options(config, model).items():
+                options.setdefault(key, value)
     return options
 
 
@@ -186,6 +184,7 @@ class Bench:
     def _full_budget_entries(self) -> list[str]:
         """SPEC §4: beside `full`, each sparse method's own kernel at a budget that holds the whole (longest)
         context, e.g. `tidal[budget=131072]`: what its path costs when it selects everything."""
+        from lychee_bench.harness.catalog import METHODS
         from lychee_bench.harness.runner import method_label, parse_method_entry
 
         if not self.plan.full_budget:
@@ -193,7 +192,9 @@ class Bench:
         entries = []
         for entry in self.plan.methods:
             name, options = parse_method_entry(entry)
-            if name.lower() not in DENSE_NAMES:
+            if name not in METHODS:  # reported when the methods are built
+                continue
+            if "budget" in {f.name for f in dataclasses.fields(METHODS.get(name).Config)}:  # dense: no budget to fill
                 entries.append(method_label(name, {**options, "budget": str(max(self.plan.contexts))}))
         return entries
 
@@ -520,9 +521,17 @@ def _with_floor(row: dict[str, Any], kv: int | None, weights: dict[str, int], co
     return row
 
 
+def _is_dense_baseline(row: dict[str, Any]) -> bool:
+    """A row of a method whose class declares itself the dense baseline (`Method.is_dense_baseline`)."""
+    from lychee_bench.harness.catalog import METHODS
+
+    name = row.get("method_config", {}).get("name")
+    return name is not None and name in METHODS and METHODS.get(name).is_dense_baseline
+
+
 def _fastest_full(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The reference for speedups: the faster of the dense rows (`full` on each of its paths)."""
-    dense = [r for r in rows if r.get("method_config", {}).get("name") == "full" and r.get("decode_ms")]
+    """The reference for speedups: the fastest of the dense-baseline rows (`full` on each of its paths)."""
+    dense = [r for r in rows if r.get("decode_ms") and _is_dense_baseline(r)]
     return min(dense, key=lambda r: r["decode_ms"], default=None)
 
 
