@@ -67,3 +67,9 @@ def test_update_baseline_replaces_only_the_suites_own_files(tmp_path, monkeypatc
     update_baseline(SMOKE, folder, log=lambda text: None)
     assert ran == [folder] and (folder / "records.jsonl").read_text() == "new\n"
     assert (folder / "keep.md").read_text() == "mine" and (folder / "README.md").exists()
+
+
+def test_tol_without_compare_is_refused(tmp_path):
+    said, echo = _messages()
+    assert suite_command("smoke", tmp_path / "new", None, False, ["quality=2"], 2.0, echo=echo, echo_err=echo) == 2
+    assert "--tol quality=2 only applies with --compare" in said[-1] and not (tmp_path / "new").exists()

@@ -312,6 +312,9 @@ def suite_command(
     if update and compare_with is not None:
         echo_err("error: give --update-baseline or --compare, not both (update first, then compare)")
         return EXIT_BAD_INPUT
+    if tol and compare_with is None:
+        echo_err(f"error: --tol {' '.join(tol)} only applies with --compare BASELINE; add --compare or drop --tol")
+        return EXIT_BAD_INPUT
     if compare_with is not None and not compare_with.exists():
         echo_err(
             f"error: baseline {compare_with} does not exist; "
