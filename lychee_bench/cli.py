@@ -358,6 +358,18 @@ def report(
     for problem in problems:
         typer.echo(f"warning: {problem}", err=True)
     latency = [r for r in records if r.get("kind") == "latency"]
+    if not rows and not latency:  # perhaps kernel-bench files only (the HTML page shows those): ask sources
+        from lychee_bench.regress.sources import ResultsError, load_results
+
+        try:
+            load_results(path)
+        except ResultsError as error:
+            _fail(str(error))
+    if html is not None and (html.is_dir() or any(parent.is_file() for parent in html.parents)):
+        _fail(
+            f"--html {html} cannot be written (it is a folder, or a file stands where a folder is needed); "
+            "pass a new .html path"
+        )
     if format == "json":
         found = rows + average_rows(rows) + latency
         clean = [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()} for r in found]
