@@ -97,11 +97,90 @@ class RecordWriter:
         self._write_bytes((json.dumps(record, ensure_ascii=False, default=str) + "\n").encode())
 
 
+class RunFolderError(ValueError):
+    """A run folder that cannot take this run (another configuration's records, a busy or unreadable folder)."""
+
+
+def read_manifest(folder: Path) -> dict[str, Any] | None:
+    """The folder's manifest.json (None when there is none); an unreadable one is a RunFolderError."""
+    path = folder / MANIFEST_FILE
+    if not path.exists():
+        return None
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(manifest, dict) or not isinstance(manifest.get("runs", []), list):
+            raise ValueError("not a lychee-bench manifest (an object with a list of runs)")
+        return manifest
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise RunFolderError(
+            f"{path} is unreadable ({error}), so what its records were run with is unknown; pass another --out "
+            f"(nothing in {folder} was changed)"
+        ) from None
+
+
+def identity_differences(manifest: dict[str, Any] | None, identity: dict[str, Any]) -> list[str]:
+    """What differs between a run's identity (model, input format, sampling, task settings: what must agree for
+    records to share a folder) and that of the runs already in the folder; empty when they agree. Runs written
+    before identities were recorded are not compared."""
+    runs = (manifest or {}).get("runs", [])
+    recorded = [run["identity"] for run in runs if isinstance(run, dict) and "identity" in run]
+    if not recorded:
+        return []
+    before = recorded[-1]
+    differences = []
+    for part in sorted(identity.keys() | before.keys()):
+        old, new = before.get(part), identity.get(part)
+        if old == new:
+            continue
+        if isinstance(old, dict) and isinstance(new, dict):
+            for key in sorted(old.keys() | new.keys()):
+                if old.get(key) != new.get(key):
+                    differences.append(f"{part}.{key}: {old.get(key)!r} in the folder, {new.get(key)!r} now")
+        else:
+            differences.append(f"{part}: {old!r} in the folder, {new!r} now")
+    return differences
+
+
+class FolderLock:
+    """An exclusive lock on a run folder while a process writes it (`.lock`, flock): a second process is refused;
+    the operating system releases the lock of a process that dies, so a crashed run never leaves it stuck."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.handle: Any = None
+
+    def __enter__(self) -> FolderLock:
+        import fcntl
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        handle = open(self.folder / ".lock", "a+")  # noqa: SIM115 (held open for the lock's lifetime)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise RunFolderError(
+                f"{self.folder} is being written by {holder}; wait for it to finish or pass another --out"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}\n")
+        handle.flush()
+        self.handle = handle
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.handle is not None:
+            self.handle.close()  # closing releases the flock
+            self.handle = None
+
+
 def write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
     """Write manifest.json atomically; keep the history of plans that wrote into this folder."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / MANIFEST_FILE
-    previous = json.loads(path.read_text()) if path.exists() else {}
+    previous = read_manifest(folder) or {}
     history = previous.get("runs", [])
     data = {"schema": SCHEMA_VERSION, "kind": "lychee-bench-run", "runs": [*history, manifest]}
     staging = path.with_suffix(".json.tmp")
