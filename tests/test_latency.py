@@ -214,48 +214,59 @@ def _no_read_methods(tmp_path) -> dict[str, Method]:
     return {name: METHODS.get(name).from_options(options.get(name, {})) for name in METHODS.names()}
 
 
-def test_every_method_decode_step_has_no_host_reads(tiny, tmp_path):
-    """With the step's host lengths, no method reads a device value back inside a decode step (what a CUDA graph
-    capture needs; `.tolist()` on a CPU tensor escapes this check, item/bool/nonzero do not)."""
+def no_read_model(head_dim: int | None = None) -> torch.nn.Module:
+    """The tiny synthetic model, or (head_dim=64, the kernels' smallest; its own is 32) one for the Triton paths."""
+    if head_dim is None:
+        return build_synthetic(TINY, "cpu", torch.float32, seed=0)
+    from transformers import AutoModelForCausalLM
+
+    config = synthetic_config(TINY)
+    config.head_dim = head_dim
+    config._name_or_path = TINY
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(config).eval()
+
+
+def check_decode_step_has_no_host_reads(
+    method: Method,
+    model: torch.nn.Module | None = None,
+    head_dim: int | None = None,
+    seed: int = 5,
+    warm: bool = False,
+) -> None:
+    """A method's whole decode step (2 sequences, 160 tokens) reads no device value back, given the step's host
+    lengths: what a CUDA graph capture needs. `warm`: a first step runs unchecked (it builds what later steps keep,
+    e.g. Quest's page bounds). `.tolist()` on a CPU tensor escapes this check; item/bool/nonzero do not."""
+    model = model if model is not None else no_read_model(head_dim)
     ctx = 160
-    cache = _cache(tiny, 2, ctx)
-    cache.fill_random(ctx - 1, seed=5)
+    cache = _cache(model, 2, ctx)
+    cache.fill_random(ctx - 1, seed=seed)
+    method.prepare(model)
+    decoder = _step(model, cache, method)
+    if warm:
+        decoder.step()
+    with NoHostReads():
+        logits = decoder.step()
+    assert bool(torch.isfinite(logits).all()), method.label
+
+
+def test_every_method_decode_step_has_no_host_reads(tiny, tmp_path):
+    """With the step's host lengths, no registered method reads a device value back inside a decode step."""
     methods = _no_read_methods(tmp_path)
     assert {"full", "lychee", "tidal", "quest", "duo", "streaming", "kascade"} <= set(methods)
     assert all(method.graph_safe for method in methods.values())  # each declares itself capturable
-    for name, method in methods.items():
-        method.prepare(tiny)
-        decoder = _step(tiny, cache, method)
-        with NoHostReads():
-            logits = decoder.step()
-        assert bool(torch.isfinite(logits).all()), name
+    for method in methods.values():
+        check_decode_step_has_no_host_reads(method, tiny)
 
 
 def test_efficient_paths_decode_step_has_no_host_reads(tmp_path):
     """The same check for the methods' Triton paths (run by the interpreter here): selection, page bounds and
     the kernel calls read nothing back either, so the bench can capture them."""
-    from transformers import AutoModelForCausalLM
-
-    from lychee_bench.harness.synthetic_models import synthetic_config
-
-    config = synthetic_config(TINY)
-    config.head_dim = 64  # the kernels' smallest head dim; the tiny model's own is 32
-    config._name_or_path = TINY
-    torch.manual_seed(0)
-    tiny = AutoModelForCausalLM.from_config(config).eval()
-    ctx = 160
-    cache = _cache(tiny, 2, ctx)
-    cache.fill_random(ctx - 1, seed=6)
-    methods = _no_read_methods(tmp_path)
-    for name, method in methods.items():
+    model = no_read_model(head_dim=64)
+    for name, method in _no_read_methods(tmp_path).items():
         method.config.path = "triton"
-        method.prepare(tiny)
+        check_decode_step_has_no_host_reads(method, model, seed=6, warm=True)
         assert method.path == "triton", name
-        decoder = _step(tiny, cache, method)
-        decoder.step()  # the first step builds what later steps keep (Quest's page bounds)
-        with NoHostReads():
-            logits = decoder.step()
-        assert bool(torch.isfinite(logits).all()), name
 
 
 def test_every_method_has_a_floor():
