@@ -64,3 +64,23 @@ def test_every_builtin_method_loads_and_describes_itself():
         method = cls()
         described = method.describe()
         assert described["name"] == name and "path" in described
+
+
+def test_method_descriptions_come_from_the_classes():
+    """The catalog repeats no description: `list` prints the one line each class holds."""
+    for entry in METHODS.entries():
+        assert entry.given_description is None, entry.name
+        assert entry.description == METHODS.get(entry.name).description and entry.description
+
+
+def test_a_plugin_that_cannot_load_still_lists(monkeypatch):
+    class BrokenEntryPoint:
+        name = "broken"
+        value = "no_such_module_here:Method"
+
+    monkeypatch.setattr(registry_module, "entry_points", lambda group: [BrokenEntryPoint()])
+    reg = Registry("method", entry_point_group="lychee_bench.methods")
+    reg.register("builtin", "collections:OrderedDict", "x")
+    described = {entry.name: entry.description for entry in reg.entries()}
+    assert described["builtin"] == "x"
+    assert "cannot load no_such_module_here:Method" in described["broken"] and "plugin from" in described["broken"]
