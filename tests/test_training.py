@@ -13,7 +13,7 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from lychee_bench.harness.attention import cache_keyword
 from lychee_bench.methods.roles import resolve_roles
-from lychee_bench.training import density_target, hybrid, train_heads
+from lychee_bench.training import TrainConfig, density_target, hybrid, train_heads
 from lychee_bench.training.data import PasskeyConfig, PasskeyData
 from lychee_bench.training.gates import ContinuousGate, HardConcreteGate, HardKumaGate, make_gate
 from lychee_bench.training.hybrid import (
@@ -375,7 +375,7 @@ def test_decoder_output_is_after_the_final_norm():
 # ---------------------------------------------------------------- trainer
 
 
-def _train(model, tokenizer, out_dir, **overrides):
+def _train(model, tokenizer, out_dir, on_phase=None, **overrides):
     settings = dict(
         out_dir=out_dir,
         num_retrieval_heads=3,
@@ -390,7 +390,7 @@ def _train(model, tokenizer, out_dir, **overrides):
         progress=False,
     )
     settings.update(overrides)
-    return train_heads(model, tokenizer, **settings)
+    return train_heads(model, tokenizer, TrainConfig(**settings), on_phase=on_phase)
 
 
 def _records(path):
@@ -449,6 +449,37 @@ def test_ablation_gates_train(smol_tokenizer, tmp_path, gate):
     assert roles.num_retrieval == 4
     assert phases == ["sample", "prefill", "teacher", "student", "backward", "logging", "end"] * 2
     assert json.loads(result.roles_path.read_text())["threshold_rule"]["gate"] == gate
+
+
+@pytest.mark.parametrize(
+    ("settings", "match"),
+    [
+        (dict(), "give exactly one of num_retrieval_heads"),
+        (dict(num_retrieval_heads=3, target_density=0.1), "num_retrieval_heads=3 and target_density=0.1"),
+        (dict(target_density=1.5), r"target_density=1.5 must be in \[0, 1\]"),
+        (dict(num_retrieval_heads=3, steps=0), "steps=0: need at least 1; pass steps >= 1"),
+        (dict(num_retrieval_heads=3, gate="kuma"), "gate='kuma' is not a gate; use one of continuous, hardconcrete"),
+        (
+            dict(num_retrieval_heads=3, threshold_rule="round"),
+            "threshold_rule='round' is not defined for the hardkuma gate; use one of kuma_mean, p_one, expected_z, or "
+            "None for the gate's own",
+        ),
+        (dict(num_retrieval_heads=3, lambda_init=0.0), r"lambda_init=0.0 is outside \[1e-12, 20.0\]"),
+        (dict(num_retrieval_heads=3, min_lr_ratio=2.0), r"min_lr_ratio=2.0: .* use \[0, 1\]"),
+        (dict(num_retrieval_heads=3, stop_after=0), "stop_after=0: need at least 1; pass stop_after >= 1 or None"),
+        (dict(num_retrieval_heads=3, ctx_min=500, ctx_max=300), r"context range \[500, 300\]"),
+    ],
+)
+def test_train_config_refuses_bad_settings_naming_value_and_fix(tmp_path, settings, match):
+    with pytest.raises(ValueError, match=match):
+        TrainConfig(out_dir=tmp_path, **settings)
+
+
+def test_train_config_records_what_the_run_uses(tmp_path):
+    config = TrainConfig(out_dir=str(tmp_path), target_density=0.2, ctx_min=200, ctx_max=300, data=SMALL_DATA)
+    assert config.out_dir == tmp_path and config.rule == "kuma_mean" and config.sparse == SparseConfig()
+    assert (config.data.ctx_min, config.data.ctx_max, config.data.num_passkeys) == (200, 300, 3)
+    assert TrainConfig(out_dir=tmp_path, target_density=0.2, gate="continuous").rule == "round"
 
 
 def test_cli_entry_refuses_a_context_past_the_model_limit(tmp_path):

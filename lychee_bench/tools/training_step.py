@@ -18,6 +18,7 @@ import argparse
 import statistics
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ from torch.nn.attention import SDPBackend
 
 from lychee_bench.harness import models
 from lychee_bench.harness.runner import resolve_device, resolve_dtype
-from lychee_bench.training.trainer import TRAINING_SDPA_BACKENDS, train_heads
+from lychee_bench.training.trainer import TRAINING_SDPA_BACKENDS, TrainConfig, train_heads
 
 WARMUP = 2
 PHASES = ("sample", "prefill", "teacher", "student", "backward", "logging")
@@ -61,13 +62,14 @@ class PhaseClock:
         return (len(ends) - 1) / (ends[-1] - ends[0])
 
 
-def profile_steps(model: Any, tokenizer: Any, settings: dict[str, Any], folder: Path, top: int) -> str:
-    """torch.profiler over the measured steps of one more run: the `top` ops by device (else CPU) time."""
+def profile_steps(model: Any, tokenizer: Any, settings: TrainConfig, folder: Path, top: int) -> str:
+    """torch.profiler over the measured steps of one more run (`settings` in `folder`, a seed of its own): the
+    `top` ops by device (else CPU) time."""
     from torch.profiler import ProfilerActivity, profile, schedule
 
     device = next(model.parameters()).device
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    steps = settings["steps"] - WARMUP
+    steps = settings.steps - WARMUP
     key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
     tables: list[str] = []
 
@@ -81,7 +83,7 @@ def profile_steps(model: Any, tokenizer: Any, settings: dict[str, Any], folder: 
             if name == "end":
                 profiler.step()
 
-        train_heads(model, tokenizer, out_dir=folder, on_phase=on_phase, seed=len(PHASES), **settings)
+        train_heads(model, tokenizer, replace(settings, out_dir=folder, seed=len(PHASES)), on_phase=on_phase)
     return tables[0] if tables else "(no profile: too few steps)"
 
 
@@ -98,7 +100,8 @@ def bench(
     model = models.load_model(source, config, device_name, dtype)
     tokenizer = models.load_tokenizer(source)
     device = next(model.parameters()).device
-    settings: dict[str, Any] = dict(
+    settings = TrainConfig(
+        out_dir=Path(tempfile.gettempdir()),  # a placeholder: every run below is given a throwaway folder of its own
         target_density=0.1,
         steps=WARMUP + steps,
         ctx_min=ctx_min,
@@ -114,15 +117,8 @@ def bench(
     with tempfile.TemporaryDirectory(prefix="lychee-bench-step-") as folder:
         for seed, (name, (_, backends)) in enumerate(runs.items()):
             clock = clocks[name]
-            train_heads(
-                model,
-                tokenizer,
-                out_dir=Path(folder) / str(seed),
-                on_phase=clock,
-                seed=seed,
-                sdpa_backends=backends,
-                **settings,
-            )
+            run = replace(settings, out_dir=Path(folder) / str(seed), seed=seed, sdpa_backends=backends)
+            train_heads(model, tokenizer, run, on_phase=clock)
     medians = clocks["synchronised"].phase_medians()
     print(f"{source.name} on {device} ({dtype}), contexts {ctx_min}..{ctx_max}, {steps} steps after {WARMUP} warm-up")
     print(f"{'phase':<12}{'median ms':>10}")

@@ -32,11 +32,12 @@ def run_train_heads_cli(
 ) -> Path:
     """Train head roles for a model and return the path of the roles JSON (loadable with `roles=<path>`).
 
-    Refuses, before loading weights, an unsupported architecture or a ctx_max past the model's context
-    (the message names the --rope-scaling that fixes it). Rerunning with the same `out` resumes.
+    Refuses, before loading weights, bad settings (TrainConfig's checks), an unsupported architecture or a
+    ctx_max past the model's context (the message names the --rope-scaling that fixes it). Rerunning with the
+    same `out` resumes.
     """
     from lychee_bench.harness import models
-    from lychee_bench.training.trainer import train_heads
+    from lychee_bench.training.trainer import TrainConfig, train_heads
 
     if steps < 1 or (retrieval_heads is None) == (density is None):
         raise ValueError(f"need steps >= 1 (got {steps}) and exactly one of retrieval_heads and density")
@@ -52,14 +53,11 @@ def run_train_heads_cli(
     reasons = models.check_context(config, longest, source.name)
     if reasons:
         raise models.ModelError(f"context {ctx_max} plus the answer segment: " + "; ".join(reasons))
-    model = models.load_model(source, config, device, dtype)
     info = {"name": source.name, "fingerprint": source.fingerprint}
     if rope_scaling:
         info["rope_scaling"] = rope_scaling
-    result = train_heads(
-        model,
-        tokenizer,
-        out_dir=out,
+    settings = TrainConfig(
+        out_dir=Path(out),
         num_retrieval_heads=retrieval_heads,
         target_density=density,
         steps=steps,
@@ -77,5 +75,7 @@ def run_train_heads_cli(
         model_info=info,
         progress=progress,
     )
+    model = models.load_model(source, config, device, dtype)
+    result = train_heads(model, tokenizer, settings)
     assert result.roles_path is not None  # a full run (no stop_after) always writes the roles
     return result.roles_path

@@ -29,7 +29,8 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -41,7 +42,7 @@ from tqdm.auto import tqdm
 from lychee_bench.harness.provenance import collect
 from lychee_bench.methods.roles import roles_to_json
 from lychee_bench.training.data import PasskeyConfig, PasskeyData
-from lychee_bench.training.gates import make_gate
+from lychee_bench.training.gates import GATES, Gate, make_gate
 from lychee_bench.training.hybrid import HybridState, SparseConfig, distillation_loss, prefill, segment_hidden
 from lychee_bench.training.plot import plot_training
 
@@ -52,6 +53,14 @@ PLOT = "training.png"
 LAMBDA_MIN, LAMBDA_MAX = 1e-12, 20.0
 # SDPA's backends a step may use: all but cuDNN, which plans anew for every new shape (see the module text).
 TRAINING_SDPA_BACKENDS = (SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH)
+# What each threshold rule means, in the roles file.
+RULE_TEXT = {
+    "kuma_mean": "E[x] > 0.5 of the un-stretched Kumaraswamy (public LycheeDecode code)",
+    "p_one": "P(z = 1) > 0.5",
+    "expected_z": "E[z] > 0.5 of the rectified gate",
+    "test_gate": "Louizos test-time gate clamp(1.2 sigmoid(log_alpha) - 0.1, 0, 1) > 0.5",
+    "round": "sigmoid gate > 0.5 (rounded after training)",
+}
 
 
 @dataclass
@@ -63,6 +72,139 @@ class TrainResult:
     retrieval: torch.Tensor  # [L, H] bool
     final_density: float
     steps: int
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a `train_heads` run is told, checked once when built, so a bad value fails before any weights
+    load or any step runs.
+
+    Give `num_retrieval_heads` (N, layer 0's heads included; the roles file then has exactly N) or
+    `target_density` (over layers 1..; the roles are then whatever the threshold gives). `data` overrides the
+    passkey settings (its ctx_min/ctx_max are replaced by `ctx_min`/`ctx_max`); `sparse` the training-time sparse
+    heads. `stop_after` ends a call after that many steps (checkpointed), for preemptible jobs. `sdpa_backends`
+    are the SDPA backends the forwards may use. `device` None keeps the model where it is; `model_info` names the
+    model in the roles file (default: its config's name).
+    """
+
+    out_dir: Path
+    num_retrieval_heads: int | None = None
+    target_density: float | None = None
+    steps: int = 3000
+    ctx_min: int = 1024
+    ctx_max: int = 10240
+    gate: str = "hardkuma"
+    threshold_rule: str | None = None  # None: the gate's own rule
+    lr: float = 0.01
+    min_lr_ratio: float = 0.1
+    lambda_init: float = 2.0
+    lambda_lr: float = 0.001
+    seed: int = 0
+    log_every: int = 1
+    checkpoint_every: int = 50
+    device: str | torch.device | None = None
+    data: PasskeyConfig | None = None  # normalised to the PasskeyConfig used, ctx_min/ctx_max in it
+    sparse: SparseConfig | None = None  # normalised to the SparseConfig used
+    prefill_chunk: int | None = None
+    model_info: dict[str, Any] | None = None
+    stop_after: int | None = None
+    progress: bool = True
+    sdpa_backends: tuple[SDPBackend, ...] = TRAINING_SDPA_BACKENDS
+
+    def __post_init__(self) -> None:
+        if (self.num_retrieval_heads is None) == (self.target_density is None):
+            raise ValueError(
+                f"num_retrieval_heads={self.num_retrieval_heads} and target_density={self.target_density}: give "
+                "exactly one of num_retrieval_heads (N) and target_density (N: retrieval KV heads in total, layer "
+                "0's included; or the density over layers 1.., in [0, 1])"
+            )
+        if self.num_retrieval_heads is not None and self.num_retrieval_heads < 1:
+            raise ValueError(
+                f"num_retrieval_heads={self.num_retrieval_heads}: the count includes layer 0's KV heads, so give at "
+                "least the model's KV-head count"
+            )
+        if self.target_density is not None and not 0.0 <= self.target_density <= 1.0:
+            raise ValueError(
+                f"target_density={self.target_density} must be in [0, 1]: it is the fraction of the KV heads of "
+                "layers 1.. that stay retrieval heads, e.g. 0.1"
+            )
+        _at_least("steps", self.steps, 1)
+        _at_least("log_every", self.log_every, 1)
+        _at_least("checkpoint_every", self.checkpoint_every, 1)
+        if self.stop_after is not None:
+            _at_least("stop_after", self.stop_after, 1, "or None to run to the end")
+        if self.prefill_chunk is not None:
+            _at_least("prefill_chunk", self.prefill_chunk, 1, "or None for the engine's chunk")
+        if self.gate not in GATES:
+            raise ValueError(f"gate={self.gate!r} is not a gate; use one of {', '.join(sorted(GATES))}")
+        rules = GATES[self.gate].rules
+        if self.threshold_rule is not None and self.threshold_rule not in rules:
+            raise ValueError(
+                f"threshold_rule={self.threshold_rule!r} is not defined for the {self.gate} gate; use one of "
+                f"{', '.join(rules)}, or None for the gate's own ({GATES[self.gate].default_rule})"
+            )
+        if not self.lr > 0.0:
+            raise ValueError(f"lr={self.lr}: the peak learning rate must be > 0, e.g. 0.01")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ValueError(f"min_lr_ratio={self.min_lr_ratio}: the floor is a fraction of lr; use [0, 1], e.g. 0.1")
+        if not LAMBDA_MIN <= self.lambda_init <= LAMBDA_MAX:
+            raise ValueError(
+                f"lambda_init={self.lambda_init} is outside [{LAMBDA_MIN}, {LAMBDA_MAX}], the range λ is clipped "
+                "to; use e.g. 2.0"
+            )
+        if not self.lambda_lr >= 0.0:
+            raise ValueError(f"lambda_lr={self.lambda_lr}: λ's step size must be >= 0 (0 keeps λ fixed), e.g. 0.001")
+        if not self.sdpa_backends:
+            raise ValueError(
+                "sdpa_backends=(): the forwards need at least one SDPA backend; use TRAINING_SDPA_BACKENDS"
+            )
+        # The passkey settings with this run's context range (PasskeyConfig checks the range), and the sparse
+        # heads' defaults: stored as used, so the config says what the run does.
+        data = PasskeyConfig(
+            **{**asdict(self.data or PasskeyConfig()), "ctx_min": self.ctx_min, "ctx_max": self.ctx_max}
+        )
+        object.__setattr__(self, "data", data)
+        object.__setattr__(self, "sparse", self.sparse or SparseConfig())
+        object.__setattr__(self, "out_dir", Path(self.out_dir))
+        object.__setattr__(self, "sdpa_backends", tuple(self.sdpa_backends))
+
+    @property
+    def rule(self) -> str:
+        """The threshold rule the final roles use: the one asked for, or the gate's own."""
+        return self.threshold_rule or GATES[self.gate].default_rule
+
+
+def _at_least(name: str, value: int, least: int, alternative: str = "") -> None:
+    if value < least:
+        fix = f"pass {name} >= {least}" + (f" {alternative}" if alternative else "")
+        raise ValueError(f"{name}={value}: need at least {least}; {fix}")
+
+
+@dataclass
+class _RunState:
+    """What a run carries from one step to the next; all of it goes into the checkpoint, so a resumed run
+    continues exactly where the interrupted one stopped."""
+
+    gates: Gate
+    optimizer: torch.optim.Optimizer
+    generator: torch.Generator
+    lam: float
+    step: int = 0  # steps done
+    elapsed: float = 0.0  # seconds spent in steps, over every call of the run
+
+
+@dataclass
+class _StepOutcome:
+    """One step's tensors (still on the device: reading them back is the logging's job) and host facts."""
+
+    loss: torch.Tensor
+    distill: torch.Tensor
+    constraint: torch.Tensor
+    density: torch.Tensor
+    z: torch.Tensor
+    kept_fraction: float
+    context_tokens: int
+    segment_tokens: int
 
 
 def density_target(num_retrieval_heads: int, num_layers: int, num_kv_heads: int) -> float:
@@ -96,10 +238,261 @@ def final_roles(scores: torch.Tensor, num_retrieval_heads: int | None) -> tuple[
     return table, "top-n", counted
 
 
+def train_heads(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    config: TrainConfig,
+    *,
+    on_phase: Callable[[str], None] | None = None,
+) -> TrainResult:
+    """Train per-KV-head gates and write roles.json, train_log.jsonl, training.png and checkpoint.pt to
+    `config.out_dir`.
+
+    Rerunning with the same out_dir resumes from checkpoint.pt (the settings must match; only the threshold rule
+    may differ, which re-thresholds a finished run without new steps). `on_phase` is called with the name of
+    each phase of a step as it begins ("sample", "prefill", "teacher", "student", "backward", "logging") and with
+    "end" after it (tools/training_step.py times the phases with it).
+    """
+    num_layers, num_kv_heads = model.config.num_hidden_layers, model.config.num_key_value_heads
+    if config.num_retrieval_heads is not None:
+        target = density_target(config.num_retrieval_heads, num_layers, num_kv_heads)
+    else:
+        target = float(config.target_density)
+    device = _place(model, config.device)
+    out = config.out_dir
+    out.mkdir(parents=True, exist_ok=True)
+    info = dict(config.model_info or {"name": getattr(model.config, "name_or_path", None) or model.config.model_type})
+    run = _run_settings(config, target, {**info, "num_layers": num_layers, "num_kv_heads": num_kv_heads})
+    state = _fresh_state(config, num_layers, num_kv_heads, device)
+    checkpoint_path, log_path = out / CHECKPOINT, out / LOG
+    if checkpoint_path.exists():
+        _resume(state, run, checkpoint_path)
+    records = _read_log(log_path, state.step)
+    log_path.write_text("".join(json.dumps(r) + "\n" for r in records))  # drop steps past the checkpoint
+    end = config.steps if config.stop_after is None else min(config.steps, state.step + config.stop_after)
+    samples = PasskeyData(tokenizer, config.data)
+    with _frozen(model):
+        _train_steps(model, samples, config, state, run, target, end, records, on_phase or _no_phase, device)
+    return _finish(model, config, state, run, info, records, end, device)
+
+
+def _place(model: torch.nn.Module, device: str | torch.device | None) -> torch.device:
+    """Moves the model to `device` (None: where it is) in eval mode; returns the device it is on."""
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    if next(model.parameters()).device != device:
+        model.to(device)
+    model.eval()
+    return device
+
+
+def _run_settings(config: TrainConfig, target: float, model: dict[str, Any]) -> dict[str, Any]:
+    """The settings a checkpoint records and a resumed run must match (the threshold rule excepted)."""
+    return {
+        "gate": config.gate,
+        "threshold_rule": config.rule,
+        "steps": config.steps,
+        "retrieval_heads": config.num_retrieval_heads,
+        "target_density": target,
+        "lr": config.lr,
+        "min_lr_ratio": config.min_lr_ratio,
+        "lambda_init": config.lambda_init,
+        "lambda_lr": config.lambda_lr,
+        "seed": config.seed,
+        "data": config.data.describe(),
+        "sparse": config.sparse.describe(),
+        "model": model,
+    }
+
+
+def _fresh_state(config: TrainConfig, num_layers: int, num_kv_heads: int, device: torch.device) -> _RunState:
+    gates = make_gate(config.gate, num_layers, num_kv_heads).to(device)
+    optimizer = torch.optim.AdamW(gates.parameters(), lr=config.lr, weight_decay=0.0)
+    generator = torch.Generator().manual_seed(config.seed)
+    return _RunState(gates, optimizer, generator, config.lambda_init)
+
+
+def _resume(state: _RunState, run: dict[str, Any], path: Path) -> None:
+    """Loads the checkpoint at `path` into `state`, after checking it comes from a run with these settings."""
+    saved = torch.load(path, map_location="cpu", weights_only=False)
+    _check_settings(saved["run"], run, path)
+    state.gates.load_state_dict(saved["gates"])
+    state.optimizer.load_state_dict(saved["optimizer"])
+    state.generator.set_state(saved["generator"])
+    state.lam, state.step, state.elapsed = saved["lambda"], saved["step"], saved["elapsed"]
+
+
+def _check_settings(saved: dict[str, Any], run: dict[str, Any], path: Path) -> None:
+    """Refuses to continue a checkpoint written with other settings: the run would silently mix two."""
+    # The threshold rule only reads the gates: a finished run may be re-thresholded with another one.
+    changed = sorted(k for k in run if k != "threshold_rule" and saved.get(k) != run[k])
+    if changed:
+        raise ValueError(
+            f"{path} is from a run with other settings ({', '.join(changed)} differ); use another out_dir, or "
+            "delete the checkpoint to start over"
+        )
+
+
+def _save_checkpoint(state: _RunState, run: dict[str, Any], path: Path) -> None:
+    checkpoint = {
+        "run": run,
+        "step": state.step,
+        "gates": state.gates.state_dict(),
+        "optimizer": state.optimizer.state_dict(),
+        "generator": state.generator.get_state(),
+        "elapsed": state.elapsed,
+        "lambda": state.lam,
+    }
+    _atomic_save(checkpoint, path)
+
+
 def _atomic_save(obj: Any, path: Path) -> None:
     staging = path.with_suffix(path.suffix + ".tmp")
     torch.save(obj, staging)
     os.replace(staging, path)
+
+
+@contextmanager
+def _frozen(model: torch.nn.Module) -> Iterator[None]:
+    """The model's weights without gradients while the gates train; their own flags back afterwards."""
+    flags = {name: p.requires_grad for name, p in model.named_parameters()}
+    model.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for name, param in model.named_parameters():
+            param.requires_grad_(flags[name])
+
+
+def _train_steps(
+    model: torch.nn.Module,
+    samples: PasskeyData,
+    config: TrainConfig,
+    state: _RunState,
+    run: dict[str, Any],
+    target: float,
+    end: int,
+    records: list[dict[str, Any]],
+    phase: Callable[[str], None],
+    device: torch.device,
+) -> None:
+    """Steps state.step..end-1: each step trains, then logs (every log_every and the last) and checkpoints (every
+    checkpoint_every and the last)."""
+    out = config.out_dir
+    bar = tqdm(
+        range(state.step, end), initial=state.step, total=config.steps, disable=not config.progress, desc="train-heads"
+    )
+    try:
+        for step in bar:
+            began = time.perf_counter()
+            outcome = _train_step(model, samples, config, state, target, step, phase, device)
+            phase("logging")
+            done = step + 1
+            last = done == config.steps or done == end
+            logged = done % config.log_every == 0 or last
+            values = _read_back(outcome, state.gates, config.rule) if logged or config.progress else []
+            if values:
+                bar.set_postfix(distill=f"{values[1]:.4g}", density=f"{values[3]:.3f}", lam=f"{state.lam:.3g}")
+            seconds = time.perf_counter() - began  # after the read-back: the device's work included when logged
+            state.elapsed += seconds
+            state.step = done
+            if logged:
+                record = _log_record(done, values, outcome, state, target, seconds)
+                records.append(record)
+                with open(out / LOG, "a") as handle:
+                    handle.write(json.dumps(record) + "\n")
+            if done % config.checkpoint_every == 0 or last:
+                _save_checkpoint(state, run, out / CHECKPOINT)
+            phase("end")
+    finally:
+        bar.close()
+
+
+def _train_step(
+    model: torch.nn.Module,
+    samples: PasskeyData,
+    config: TrainConfig,
+    state: _RunState,
+    target: float,
+    step: int,
+    phase: Callable[[str], None],
+    device: torch.device,
+) -> _StepOutcome:
+    """One optimiser step of the gates: sample, dense prefill, teacher and student forwards, loss, backward."""
+    phase("sample")
+    sample = samples.sample(config.seed * 1_000_003 + step)
+    context = sample.context_ids[None].to(device)
+    segment = sample.segment_ids[None].to(device)
+    answers = sample.loss_mask.nonzero()[:, 0].to(device)
+    # Everything that reads the device back (λ needs c) or copies to it (z's uniforms) happens here, before the
+    # forwards are queued: the only other sync of a step is the logging read-back.
+    gates = state.gates
+    z = gates.sample(state.generator)
+    density = gates.prob_nonzero()[1:].mean()
+    constraint = torch.relu(density - target)
+    lam = state.lam * math.exp(config.lambda_lr * float(constraint.detach()))
+    state.lam = min(LAMBDA_MAX, max(LAMBDA_MIN, lam))
+    with sdpa_kernel(list(config.sdpa_backends)):
+        phase("prefill")
+        cache = prefill(model, context, config.prefill_chunk)
+        phase("teacher")
+        teacher = segment_hidden(model, cache, segment, None)
+        phase("student")
+        hybrid = HybridState(z, config.sparse)
+        student = segment_hidden(model, cache, segment, hybrid)
+        del cache
+        phase("backward")
+        distill = distillation_loss(student, teacher, answers)
+        loss = distill + state.lam * constraint
+        for group in state.optimizer.param_groups:
+            group["lr"] = config.lr * lr_factor(step, config.steps, config.min_lr_ratio)
+        state.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        state.optimizer.step()
+    return _StepOutcome(
+        loss, distill, constraint, density, z, hybrid.kept_fraction, sample.context_length, int(segment.shape[1])
+    )
+
+
+def _read_back(outcome: _StepOutcome, gates: Gate, rule: str) -> list[float]:
+    """One device read-back for every number logged or shown: the five scalars (loss, distill, constraint,
+    density, mean z of layers 1..), then the flat score table, then the flat P(z != 0) table."""
+    with torch.no_grad():
+        scalars = torch.stack(
+            [outcome.loss, outcome.distill, outcome.constraint, outcome.density, outcome.z[1:].mean()]
+        )
+        return torch.cat([scalars, gates.score(rule).flatten(), gates.prob_nonzero().flatten()]).tolist()
+
+
+def _log_record(
+    done: int,
+    values: list[float],
+    outcome: _StepOutcome,
+    state: _RunState,
+    target: float,
+    seconds: float,
+) -> dict[str, Any]:
+    """One train_log.jsonl line (plot.py and the roles file's distill_last_tenth read it)."""
+    loss, distill, constraint, density, z_mean = values[:5]
+    num_layers = state.gates.num_layers
+    tables = _table(values[5:], state.gates.num_kv_heads)  # the score rows, then the p_nonzero rows
+    return {
+        "step": done,
+        "loss": loss,
+        "distill": distill,
+        "constraint": constraint,
+        "density": density,
+        "target": target,
+        "lambda": state.lam,
+        "lr": state.optimizer.param_groups[0]["lr"],
+        "z_mean": z_mean,
+        "kept_fraction": outcome.kept_fraction,
+        "context_tokens": outcome.context_tokens,
+        "segment_tokens": outcome.segment_tokens,
+        "seconds": round(seconds, 4),
+        "elapsed": round(state.elapsed, 2),
+        "score": tables[:num_layers],
+        "p_nonzero": tables[num_layers:],
+    }
 
 
 def _table(values: list[float], width: int) -> list[list[float]]:
@@ -118,195 +511,22 @@ def _read_log(path: Path, upto_step: int) -> list[dict[str, Any]]:
     return [r for r in records if r["step"] <= upto_step]
 
 
-def train_heads(
+def _finish(
     model: torch.nn.Module,
-    tokenizer: Any,
-    *,
-    out_dir: str | Path,
-    num_retrieval_heads: int | None = None,
-    target_density: float | None = None,
-    steps: int = 3000,
-    ctx_min: int = 1024,
-    ctx_max: int = 10240,
-    gate: str = "hardkuma",
-    threshold_rule: str | None = None,
-    lr: float = 0.01,
-    min_lr_ratio: float = 0.1,
-    lambda_init: float = 2.0,
-    lambda_lr: float = 0.001,
-    seed: int = 0,
-    log_every: int = 1,
-    checkpoint_every: int = 50,
-    device: str | torch.device | None = None,
-    data: PasskeyConfig | None = None,
-    sparse: SparseConfig | None = None,
-    prefill_chunk: int | None = None,
-    model_info: dict[str, Any] | None = None,
-    stop_after: int | None = None,
-    progress: bool = True,
-    on_phase: Callable[[str], None] | None = None,
-    sdpa_backends: tuple[SDPBackend, ...] = TRAINING_SDPA_BACKENDS,
+    config: TrainConfig,
+    state: _RunState,
+    run: dict[str, Any],
+    info: dict[str, Any],
+    records: list[dict[str, Any]],
+    completed: int,
+    device: torch.device,
 ) -> TrainResult:
-    """Train per-KV-head gates and write roles.json, train_log.jsonl, training.png and checkpoint.pt to out_dir.
-
-    Give `num_retrieval_heads` (N, layer 0's heads included; the roles file then has exactly N) or
-    `target_density` (over layers 1..; the roles are then whatever the threshold gives). `data` overrides the
-    passkey settings (its ctx_min/ctx_max are replaced by the arguments); `sparse` the training-time sparse
-    heads. Rerun with the same out_dir resumes from checkpoint.pt (the settings must match). `stop_after`
-    ends this call after that many steps (checkpointed), for preemptible jobs. `on_phase` is called with the
-    name of each phase of a step as it begins ("sample", "prefill", "teacher", "student", "backward",
-    "logging") and with "end" after it (bench_step times the phases with it). `sdpa_backends` are the SDPA
-    backends the forwards may use.
-    """
-    config = model.config
-    num_layers, num_kv_heads = config.num_hidden_layers, config.num_key_value_heads
-    if (num_retrieval_heads is None) == (target_density is None):
-        raise ValueError("give exactly one of num_retrieval_heads (N) and target_density")
-    if num_retrieval_heads is not None:
-        target = density_target(num_retrieval_heads, num_layers, num_kv_heads)
-    else:
-        target = float(target_density)
-        if not 0.0 <= target <= 1.0:
-            raise ValueError(f"target_density {target} must be in [0, 1]")
-    if steps < 1:
-        raise ValueError(f"steps={steps}: need at least 1")
-    data = PasskeyConfig(**{**asdict(data or PasskeyConfig()), "ctx_min": ctx_min, "ctx_max": ctx_max})
-    sparse = sparse or SparseConfig()
-    device = torch.device(device) if device is not None else next(model.parameters()).device
-    if next(model.parameters()).device != device:
-        model.to(device)
-    model.eval()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-
-    gates = make_gate(gate, num_layers, num_kv_heads).to(device)
-    rule = gates.check_rule(threshold_rule)
-    optimizer = torch.optim.AdamW(gates.parameters(), lr=lr, weight_decay=0.0)
-    generator = torch.Generator().manual_seed(seed)
-    info = dict(model_info or {"name": getattr(config, "name_or_path", None) or config.model_type})
-    run = {
-        "gate": gate,
-        "threshold_rule": rule,
-        "steps": steps,
-        "retrieval_heads": num_retrieval_heads,
-        "target_density": target,
-        "lr": lr,
-        "min_lr_ratio": min_lr_ratio,
-        "lambda_init": lambda_init,
-        "lambda_lr": lambda_lr,
-        "seed": seed,
-        "data": data.describe(),
-        "sparse": sparse.describe(),
-        "model": {**info, "num_layers": num_layers, "num_kv_heads": num_kv_heads},
-    }
-    lam, start, elapsed = lambda_init, 0, 0.0
-    checkpoint_path, log_path = out / CHECKPOINT, out / LOG
-    if checkpoint_path.exists():
-        saved = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
-        # The threshold rule only reads the gates: a finished run may be re-thresholded with another one.
-        changed = sorted(k for k in run if k != "threshold_rule" and saved["run"].get(k) != run[k])
-        if changed:
-            raise ValueError(
-                f"{checkpoint_path} is from a run with other settings ({', '.join(changed)} differ); use another "
-                "out_dir, or delete the checkpoint to start over"
-            )
-        gates.load_state_dict(saved["gates"])
-        optimizer.load_state_dict(saved["optimizer"])
-        generator.set_state(saved["generator"])
-        lam, start, elapsed = saved["lambda"], saved["step"], saved["elapsed"]
-    records = _read_log(log_path, start)
-    log_path.write_text("".join(json.dumps(r) + "\n" for r in records))  # drop steps past the checkpoint
-
-    def save_checkpoint(step: int) -> None:
-        state = {"run": run, "step": step, "gates": gates.state_dict(), "optimizer": optimizer.state_dict()}
-        state.update(generator=generator.get_state(), elapsed=elapsed, **{"lambda": lam})
-        _atomic_save(state, checkpoint_path)
-
-    frozen = {name: p.requires_grad for name, p in model.named_parameters()}
-    model.requires_grad_(False)
-    samples = PasskeyData(tokenizer, data)
-    phase = on_phase or _no_phase
-    end = steps if stop_after is None else min(steps, start + stop_after)
-    bar = tqdm(range(start, end), initial=start, total=steps, disable=not progress, desc="train-heads")
-    try:
-        for step in bar:
-            began = time.perf_counter()
-            phase("sample")
-            sample = samples.sample(seed * 1_000_003 + step)
-            context = sample.context_ids[None].to(device)
-            segment = sample.segment_ids[None].to(device)
-            answers = sample.loss_mask.nonzero()[:, 0].to(device)
-            # Everything that reads the device back (λ needs c) or copies to it (z's uniforms) happens here,
-            # before the forwards are queued: the only other sync of a step is the logging read-back.
-            z = gates.sample(generator)
-            density = gates.prob_nonzero()[1:].mean()
-            constraint = torch.relu(density - target)
-            lam = min(LAMBDA_MAX, max(LAMBDA_MIN, lam * math.exp(lambda_lr * float(constraint.detach()))))
-            with sdpa_kernel(list(sdpa_backends)):
-                phase("prefill")
-                cache = prefill(model, context, prefill_chunk)
-                phase("teacher")
-                teacher = segment_hidden(model, cache, segment, None)
-                phase("student")
-                state = HybridState(z, sparse)
-                student = segment_hidden(model, cache, segment, state)
-                del cache
-                phase("backward")
-                distill = distillation_loss(student, teacher, answers)
-                loss = distill + lam * constraint
-                for group in optimizer.param_groups:
-                    group["lr"] = lr * lr_factor(step, steps, min_lr_ratio)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-            phase("logging")
-            done = step + 1
-            logged = done % log_every == 0 or done == steps or done == end
-            if logged or progress:
-                with torch.no_grad():  # one device read-back for every number logged or shown
-                    scalars = torch.stack([loss, distill, constraint, density, z[1:].mean()])
-                    tensors = [scalars, gates.score(rule).flatten(), gates.prob_nonzero().flatten()]
-                    values = torch.cat(tensors).tolist()
-                loss_v, distill_v, constraint_v, density_v, z_mean = values[:5]
-                tables = _table(values[5:], num_kv_heads)  # the score rows, then the p_nonzero rows
-                bar.set_postfix(distill=f"{distill_v:.4g}", density=f"{density_v:.3f}", lam=f"{lam:.3g}")
-            seconds = time.perf_counter() - began  # after the read-back: the device's work included when logged
-            elapsed += seconds
-            if logged:
-                record = {
-                    "step": done,
-                    "loss": loss_v,
-                    "distill": distill_v,
-                    "constraint": constraint_v,
-                    "density": density_v,
-                    "target": target,
-                    "lambda": lam,
-                    "lr": optimizer.param_groups[0]["lr"],
-                    "z_mean": z_mean,
-                    "kept_fraction": state.kept_fraction,
-                    "context_tokens": sample.context_length,
-                    "segment_tokens": int(segment.shape[1]),
-                    "seconds": round(seconds, 4),
-                    "elapsed": round(elapsed, 2),
-                    "score": tables[:num_layers],
-                    "p_nonzero": tables[num_layers:],
-                }
-                records.append(record)
-                with open(log_path, "a") as handle:
-                    handle.write(json.dumps(record) + "\n")
-            if done % checkpoint_every == 0 or done == steps or done == end:
-                save_checkpoint(done)
-            phase("end")
-    finally:
-        bar.close()
-        for name, param in model.named_parameters():
-            param.requires_grad_(frozen[name])
-    completed = end
-
+    """The roles from the gates as they stand; roles.json only when every step is done, the plot whenever the log
+    has records."""
     with torch.no_grad():
-        scores = gates.score(rule).detach().cpu()
-        final_density = float(gates.prob_nonzero()[1:].mean())
-    roles, selection, threshold_count = final_roles(scores, num_retrieval_heads)
+        scores = state.gates.score(config.rule).detach().cpu()
+        final_density = float(state.gates.prob_nonzero()[1:].mean())
+    roles, selection, threshold_count = final_roles(scores, config.num_retrieval_heads)
     last = records[-max(1, len(records) // 10) :] if records else []
     training = {
         **{k: v for k, v in run.items() if k not in ("model", "threshold_rule")},
@@ -317,26 +537,17 @@ def train_heads(
         "threshold_count": threshold_count,
         "distill_last_tenth": sum(r["distill"] for r in last) / len(last) if last else None,
         "scores": [[round(float(v), 5) for v in row] for row in scores],
-        "elapsed_seconds": round(elapsed, 1),
-        "sdpa_backends": [backend.name.lower() for backend in sdpa_backends],
+        "elapsed_seconds": round(state.elapsed, 1),
+        "sdpa_backends": [backend.name.lower() for backend in config.sdpa_backends],
         "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
         "provenance": collect(str(device)),
     }
-    rule_text = {
-        "kuma_mean": "E[x] > 0.5 of the un-stretched Kumaraswamy (public LycheeDecode code)",
-        "p_one": "P(z = 1) > 0.5",
-        "expected_z": "E[z] > 0.5 of the rectified gate",
-        "test_gate": "Louizos test-time gate clamp(1.2 sigmoid(log_alpha) - 0.1, 0, 1) > 0.5",
-        "round": "sigmoid gate > 0.5 (rounded after training)",
-    }[rule]
-    document = roles_to_json(
-        roles,
-        info,
-        threshold_rule={"name": rule, "gate": gate, "text": rule_text, "layer0": "forced retrieval"},
-        training=training,
-    )
-    roles_path = out / ROLES if completed == steps else None
+    rule = config.rule
+    threshold_rule = {"name": rule, "gate": config.gate, "text": RULE_TEXT[rule], "layer0": "forced retrieval"}
+    out = config.out_dir
+    roles_path = out / ROLES if completed == config.steps else None
     if roles_path is not None:
+        document = roles_to_json(roles, info, threshold_rule=threshold_rule, training=training)
         roles_path.write_text(json.dumps(document, indent=1) + "\n")
     plot_path = plot_training(records, roles, rule, out / PLOT) if records else out / PLOT
-    return TrainResult(roles_path, log_path, plot_path, checkpoint_path, roles, final_density, completed)
+    return TrainResult(roles_path, out / LOG, plot_path, out / CHECKPOINT, roles, final_density, completed)
