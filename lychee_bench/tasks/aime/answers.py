@@ -29,6 +29,7 @@ MAX_ANSWER = 999
 _BOX_COMMAND = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
 _SHORT_FORM = re.compile(r"[ \t]*(\d+)")
 _WRAPPERS = re.compile(r"\\(?:text|textbf|textrm|mathrm|mathbf|mbox|boxed|fbox)\s*\{([^{}]*)\}")
+_GROUP = re.compile(r"(?<![A-Za-z\\])\{([^{}]*)\}")  # a bare {...} group (not a command's argument, not \{)
 _UNIT_WORD = re.compile(r"\\(?:text|textrm|mathrm|mbox)\s*\{\s*[A-Za-z][A-Za-z .]*\}\s*$")
 _DEGREE = re.compile(r"\^\s*(?:\\circ|\{\s*\\circ\s*\})|°|\\degree(?![A-Za-z])")
 _SPACING = re.compile(r"\\(?:[,;:! ]|q?quad(?![A-Za-z]))|~|\$|\s")
@@ -90,12 +91,10 @@ def normalise_answer(content: str) -> int | None:
     """A box's content as an AIME answer (0..999), or None when it is not one."""
     without_unit = _UNIT_WORD.sub("", content)
     text = without_unit if re.search(r"\d", without_unit) else content  # "\text{minutes}" alone stays (no answer)
-    while (unwrapped := _WRAPPERS.sub(r"\1", text)) != text:
+    while (unwrapped := _GROUP.sub(r"\1", _WRAPPERS.sub(r"\1", text))) != text:
         text = unwrapped
     text = _DEGREE.sub("", text)
     text = _SPACING.sub("", text)
-    while text.startswith("{") and text.endswith("}") and _closing_brace(text, 0) == len(text) - 1:
-        text = text[1:-1]
     text = text.rpartition("=")[2].removesuffix(".")
     match = _INTEGER.fullmatch(text)
     if match is None:
