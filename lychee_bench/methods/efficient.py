@@ -1,7 +1,9 @@
 """The efficient decode path shared by the position-list methods (TidalDecode, Kascade, Quest, DuoAttention,
 StreamingLLM): which path runs, the step's sequence geometry, and the call into the shared Triton kernel
 (kernels/sparse_decode.py). A method's reference path stays plain torch (methods/common.py); both must keep
-the same positions, which tests/test_method_matrix.py checks for every registered method.
+the same positions, which tests/test_method_matrix.py checks for every registered method. `KernelPath` gives
+such a method its decode step's shape: it states `decode_efficient` and `reference_keep` (and `reference_rows`
+where its count differs), and `attend_kept` does the reference path's record-count-attend tail.
 """
 
 from __future__ import annotations
