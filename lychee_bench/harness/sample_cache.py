@@ -74,7 +74,7 @@ def cached_samples(
     entry = _read_manifest(manifest_path).get(key)
     if isinstance(entry, dict) and isinstance(entry.get("file"), str) and (folder / entry["file"]).is_file():
         cached = _read_cached(folder / entry["file"])
-        if cached is not None and len(cached) == num_samples:
+        if cached:
             return cached
 
     samples = task.build_samples(subtask, ctx, num_samples, seed, formatter.count_tokens, formatter.tokenizer)
