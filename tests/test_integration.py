@@ -5,26 +5,20 @@ from __future__ import annotations
 import json
 
 import pytest
-from typer.testing import CliRunner
 
-from lychee_bench.cli import app
+from tests.conftest import cli, read_jsonl
 
-pytestmark = pytest.mark.integration
-runner = CliRunner()
-
-
-def _records(folder):
-    lines = (folder / "records.jsonl").read_text().splitlines()
-    return [json.loads(line) for line in lines if line.strip()]
+# Whole runs of the real model on the CPU (about a minute each on a shared 2-core machine): slow.
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def test_run_report_and_resume(tmp_path):
     out = tmp_path / "run"
     args = ["run", "--method", "full,streaming", "--task", "ruler/niah_single_1", "--ctx", "1024", "--out", str(out)]
-    result = runner.invoke(app, [*args, "--samples", "1"])
+    result = cli(*args, "--samples", "1")
     assert result.exit_code == 0, result.output
     assert "niah_single_1" in result.output and "full" in result.output and "streaming" in result.output
-    first = [r for r in _records(out) if r["kind"] == "sample"]
+    first = read_jsonl(out / "records.jsonl", kind="sample")
     assert len(first) == 2
     record = first[0]
     for key in ("method_config", "path", "model_fingerprint", "seed", "code", "input_format", "references"):
@@ -32,13 +26,13 @@ def test_run_report_and_resume(tmp_path):
     assert record["input_format"]["decode_exercise"] is True and record["exercise_tokens"] > 0
 
     # Asking for one more sample resumes: the finished ones are not redone.
-    result = runner.invoke(app, [*args, "--samples", "2"])
+    result = cli(*args, "--samples", "2")
     assert result.exit_code == 0, result.output
-    samples = [r for r in _records(out) if r["kind"] == "sample"]
+    samples = read_jsonl(out / "records.jsonl", kind="sample")
     assert len(samples) == 4
     assert [r["index"] for r in samples[:2]] == [0, 0] and {r["index"] for r in samples[2:]} == {1}
 
-    report = runner.invoke(app, ["report", str(out), "--format", "json"])
+    report = cli("report", str(out), "--format", "json")
     assert report.exit_code == 0, report.output
     rows = json.loads(report.output)
     by_method = {r["method"]: r for r in rows if r["subtask"] == "niah_single_1"}
@@ -51,34 +45,16 @@ def test_run_report_and_resume(tmp_path):
     # A corrupt line is reported with its number; the other records are still used.
     with open(out / "records.jsonl", "a") as handle:
         handle.write("garbage\n")
-    report = runner.invoke(app, ["report", str(out)])
+    report = cli("report", str(out))
     assert report.exit_code == 0
     assert "records.jsonl:" in report.output and "niah_single_1" in report.output
 
 
 def test_lychee_runs_on_the_default_model(tmp_path):
     out = tmp_path / "lychee"
-    result = runner.invoke(
-        app,
-        [
-            "run",
-            "--method",
-            "lychee",
-            "--roles",
-            "uniform:11",
-            "--budget",
-            "256",
-            "--task",
-            "ruler/niah_single_1",
-            "--ctx",
-            "1024",
-            "--samples",
-            "1",
-            "--out",
-            str(out),
-        ],
-    )
+    args = ["--roles", "uniform:11", "--budget", "256", "--task", "ruler/niah_single_1", "--ctx", "1024"]
+    result = cli("run", "--method", "lychee", *args, "--samples", "1", "--out", str(out))
     assert result.exit_code == 0, result.output
-    record = [r for r in _records(out) if r["kind"] == "sample"][0]
+    record = read_jsonl(out / "records.jsonl", kind="sample")[0]
     assert record["method_config"]["roles_used"]["retrieval_heads"] == 11
     assert record["path"] == "reference"

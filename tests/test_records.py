@@ -11,29 +11,14 @@ from lychee_bench.harness.records import (
     summarize,
     write_manifest,
 )
-
-
-def _sample(index: int, value: float, subtask: str = "vt") -> dict:
-    return {
-        "kind": "sample",
-        "run_key": "k1",
-        "method": "full",
-        "task": "ruler",
-        "subtask": subtask,
-        "ctx": 1024,
-        "batch": 1,
-        "model": "m",
-        "metric": "string_match_all",
-        "index": index,
-        "value": value,
-    }
+from tests.conftest import sample_record
 
 
 def test_append_read_and_summarize(tmp_path):
     writer = RecordWriter(tmp_path)
     for i, v in enumerate([100.0, 0.0, 50.0]):
-        writer.append(_sample(i, v))
-    writer.append(_sample(0, 100.0, "cwe"))
+        writer.append(sample_record(i, v))
+    writer.append(sample_record(0, 100.0, "cwe"))
     records = read_records(tmp_path)
     assert all(r["schema"] == 1 for r in records)
     rows = {r["subtask"]: r for r in summarize(records)}
@@ -45,10 +30,10 @@ def test_append_read_and_summarize(tmp_path):
 
 def test_corrupt_line_is_reported_with_its_number_and_the_rest_is_used(tmp_path):
     writer = RecordWriter(tmp_path)
-    writer.append(_sample(0, 100.0))
+    writer.append(sample_record(0, 100.0))
     with open(tmp_path / "records.jsonl", "a") as handle:
         handle.write("{not json\n")
-    writer.append(_sample(1, 0.0))
+    writer.append(sample_record(1, 0.0))
     problems = []
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -59,11 +44,11 @@ def test_corrupt_line_is_reported_with_its_number_and_the_rest_is_used(tmp_path)
 
 def test_partial_last_line_is_repaired_before_appending(tmp_path):
     writer = RecordWriter(tmp_path)
-    writer.append(_sample(0, 100.0))
+    writer.append(sample_record(0, 100.0))
     with open(tmp_path / "records.jsonl", "a") as handle:
         handle.write('{"kind": "sample", "run_key": "k1", "subt')  # a crash mid-write
     resumed = RecordWriter(tmp_path)
-    resumed.append(_sample(1, 0.0))
+    resumed.append(sample_record(1, 0.0))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         records = read_records(tmp_path)

@@ -28,7 +28,7 @@ from lychee_bench.training.hybrid import (
     sparse_attention,
 )
 from lychee_bench.training.trainer import final_roles, lr_factor
-from tests.conftest import tiny_model
+from tests.conftest import read_jsonl, tiny_model
 
 DRAWS = 40_000
 SMALL_DATA = PasskeyConfig(num_passkeys=3, passkey_words=4)
@@ -393,15 +393,11 @@ def _train(model, tokenizer, out_dir, on_phase=None, **overrides):
     return train_heads(model, tokenizer, TrainConfig(**settings), on_phase=on_phase)
 
 
-def _records(path):
-    return [json.loads(line) for line in path.read_text().splitlines()]
-
-
 def test_training_moves_density_to_target_and_writes_loadable_roles(smol_tokenizer, tmp_path):
     model = tiny_model("llama", vocab_size=len(smol_tokenizer))
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
     result = _train(model, smol_tokenizer, tmp_path / "run", steps=8, lr=0.1)
-    records = _records(result.log_path)
+    records = read_jsonl(result.log_path)
     assert [r["step"] for r in records] == list(range(1, 9))
     densities = [r["density"] for r in records]
     assert densities[-1] < densities[0] - 0.1  # λ·c pulls the density down towards the target
@@ -427,8 +423,8 @@ def test_checkpoint_resume_equals_uninterrupted_run(smol_tokenizer, tmp_path):
     assert a["step"] == b["step"] == 6 and a["lambda"] == b["lambda"]
     assert all(torch.equal(a["gates"][k], b["gates"][k]) for k in a["gates"])
     drop = ("seconds", "elapsed")
-    assert [{k: v for k, v in r.items() if k not in drop} for r in _records(straight.log_path)] == [
-        {k: v for k, v in r.items() if k not in drop} for r in _records(resumed.log_path)
+    assert [{k: v for k, v in r.items() if k not in drop} for r in read_jsonl(straight.log_path)] == [
+        {k: v for k, v in r.items() if k not in drop} for r in read_jsonl(resumed.log_path)
     ]
     assert torch.equal(straight.retrieval, resumed.retrieval)
     with pytest.raises(ValueError, match="seed"):
