@@ -123,6 +123,16 @@ def _budget(sample: dict[str, Any]) -> float | None:
     return float(budget) if isinstance(budget, int | float) and not isinstance(budget, bool) else None
 
 
+def _dense_baseline(method: Any) -> bool:
+    """Whether a record's method is the dense reference (its class says so: `Method.is_dense_baseline`)."""
+    from lychee_bench.harness.catalog import METHODS
+
+    try:
+        return method in METHODS and bool(getattr(METHODS.get(method), "is_dense_baseline", False))
+    except ImportError:  # a plugin that no longer loads: not the baseline
+        return False
+
+
 def quality_vs_budget(sets: list[ResultSet]) -> tuple[list[Plot], str | None]:
     plots = []
     for result_set in (s for s in sets if s.kind == "run"):
@@ -133,7 +143,9 @@ def quality_vs_budget(sets: list[ResultSet]) -> tuple[list[Plot], str | None]:
         )
         if not sparse:
             continue
-        full = _subtask_means(samples, lambda s: (s.get("ctx"), s.get("model")) if s.get("method") == "full" else None)
+        full = _subtask_means(
+            samples, lambda s: (s.get("ctx"), s.get("model")) if _dense_baseline(s.get("method")) else None
+        )
         panels = sorted({(ctx, model) for (_, ctx, model, _) in sparse}, key=str)
         fig, axes = _figure(len(panels))
         for axis, (ctx, model) in zip(axes, panels, strict=True):
