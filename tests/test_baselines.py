@@ -7,12 +7,12 @@ import json
 
 import torch
 
-from lychee_bench.harness.attention import DecodeState
 from lychee_bench.methods.base import RunShape
 from lychee_bench.methods.common import masked_decode_attention, sink_and_recent
 from lychee_bench.methods.duo import DuoAttention, DuoConfig
 from lychee_bench.methods.quest import QuestAttention, QuestConfig, page_bounds, page_scores
 from lychee_bench.methods.roles import roles_to_json
+from lychee_bench.methods.state import DecodeState
 from lychee_bench.methods.tidal import TidalConfig, TidalDecode
 
 
@@ -150,7 +150,7 @@ def test_duo_defaults_to_the_shipped_continuous_gate_roles():
 def test_quest_efficient_path_keeps_page_bounds_across_steps():
     """Steps that grow the cache by one token (crossing page boundaries): the kept bounds, updated only for the
     newest page, give the same output as the reference that rebuilds every page each step."""
-    from lychee_bench.harness.attention import DecodeState
+    from lychee_bench.methods.state import DecodeState
 
     batch, num_heads, num_kv, dim = 2, 4, 2, 64
     shape_ = RunShape("llama", 4, num_heads, num_kv, dim, "float32", "cpu", batch, 64, "tiny")

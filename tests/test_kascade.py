@@ -14,7 +14,6 @@ from lychee_bench.calibration.collect import prompt_statistics, record_prompt
 from lychee_bench.calibration.kascade import choose_anchors, default_anchor_count, head_mapping, layer_values
 from lychee_bench.calibration.tidal import choose_reselect_layer
 from lychee_bench.cli import app
-from lychee_bench.harness.attention import DecodeState
 from lychee_bench.harness.forward import LayerStack
 from lychee_bench.methods.artifacts import (
     ArtifactError,
@@ -28,6 +27,7 @@ from lychee_bench.methods.artifacts import (
 )
 from lychee_bench.methods.base import RunShape
 from lychee_bench.methods.kascade import PUBLISHED_ANCHORS, Kascade, KascadeConfig
+from lychee_bench.methods.state import DecodeState
 from lychee_bench.methods.tidal import TidalConfig, TidalDecode
 from tests.conftest import tiny_config
 

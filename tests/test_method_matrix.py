@@ -16,7 +16,6 @@ import dataclasses
 import pytest
 import torch
 
-from lychee_bench.harness.attention import DecodeState
 from lychee_bench.harness.catalog import METHODS
 from lychee_bench.harness.engine import Engine, GenerationSettings
 from lychee_bench.harness.inputs import InputFormatter
@@ -24,6 +23,7 @@ from lychee_bench.methods.artifacts import kascade_to_json, write_json
 from lychee_bench.methods.base import Method, RunShape
 from lychee_bench.methods.full import FullAttention
 from lychee_bench.methods.naive import real_positions
+from lychee_bench.methods.state import DecodeState
 from tests.conftest import tiny_config
 
 ALL_METHODS = METHODS.names()

@@ -1,6 +1,8 @@
-"""The one place where methods meet the model: a transformers attention function plus per-step state.
+"""Methods inside transformers' own forward: an attention function plus the per-step state.
 
-The harness registers `lychee_bench` with transformers' AttentionInterface and selects it with
+The engine (engine.py) runs every evaluation and the bench without transformers' forward; this hook is for the
+places that keep transformers' forward: stock transformers in the bench's comparison rows, training's answer
+segment passes, and the tests' reference generation loop. The harness registers `lychee_bench` with transformers' AttentionInterface and selects it with
 `model.set_attn_implementation`. Every forward call passes a `DecodeState` as the `lychee_state` keyword,
 which transformers hands through to the attention function untouched. Prefill (more than one query token) is
 dense in every method; a decode step (one query token) goes to the active method. Cross-layer data such as
@@ -18,7 +20,7 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-from lychee_bench.methods.state import DecodeState  # noqa: F401  (the per-step state; re-exported here)
+from lychee_bench.methods.state import DecodeState
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
