@@ -2,11 +2,11 @@
 
 The engine (engine.py) runs every evaluation and the bench without transformers' forward; this hook is for the
 places that keep transformers' forward: stock transformers in the bench's comparison rows, training's answer
-segment passes, and the tests' reference generation loop. The harness registers `lychee_bench` with transformers' AttentionInterface and selects it with
-`model.set_attn_implementation`. Every forward call passes a `DecodeState` as the `lychee_state` keyword,
-which transformers hands through to the attention function untouched. Prefill (more than one query token) is
-dense in every method; a decode step (one query token) goes to the active method. Cross-layer data such as
-selected token sets lives in the state, never in module globals or on the model.
+segment passes, and the tests' reference generation loop. The harness registers `lychee_bench` with
+transformers' AttentionInterface and selects it with `model.set_attn_implementation`. Every forward call passes a
+`DecodeState` as the `lychee_state` keyword, which transformers hands through to the attention function untouched.
+Prefill (more than one query token) is dense in every method; a decode step (one query token) goes to the active
+method. Cross-layer data such as selected token sets lives in the state, never in module globals or on the model.
 """
 
 from __future__ import annotations
