@@ -216,8 +216,70 @@ def _file_name(label: str) -> str:
     return f"{name}-{records.config_hash(label)[:8]}" if bracket else name
 
 
+@dataclass
+class CheckedRun:
+    """A plan that `check_run` found nothing wrong with, resolved: what the later steps of `run` read."""
+
+    plan: RunPlan
+    device: str
+    dtype: str
+    batch_size: int
+    methods: list[Method]
+    task_list: list[tuple[str, list[str]]]  # (task name, its subtasks), in `--task` order
+    tasks: dict[str, Any]  # task name -> task instance
+    source: Any  # the model's source (models.resolve_model)
+    tokenizer_source: Any
+    config: Any  # the model's config
+
+
+@dataclass
+class RunSetting:
+    """How a checked run reads its inputs and where it records: everything its run keys and records are made of
+    besides the method and the sample."""
+
+    tokenizer: Any
+    formatter: InputFormatter
+    out: Path
+    provenance: dict[str, Any]
+    model_info: dict[str, Any]
+    input_format: dict[str, Any]
+    generation: dict[str, Any]  # the GenerationSettings every batch shares (besides its token limit and seed)
+
+
+@dataclass
+class PendingSample:
+    """A sample some method still has to run: the labels of those methods, the run keys of every method."""
+
+    task: Any
+    sample: Any
+    run_keys: dict[str, str]  # method label -> run key
+    labels: set[str]
+
+
 def run(plan: RunPlan, log: Any = print) -> list[dict[str, Any]]:
-    """Execute a plan; returns the summary rows (also written as summary records)."""
+    """Execute a plan; returns the summary rows (also written as summary records).
+
+    A folder that already holds records resumes: samples whose run key is recorded are not run again."""
+    checked = check_run(plan)
+    setting = run_setting(checked)
+    write_run_manifest(checked, setting)
+    done = recorded_keys(setting.out)  # read before the writer repairs a torn last line
+    writer = records.RecordWriter(setting.out)
+    work = build_samples(checked, setting.formatter)
+    engine = load_engine(checked, setting, work, log)
+    total = len(checked.methods) * sum(len(samples) for _, _, samples in work)
+    progress = tqdm(total=total, desc="samples", unit="sample", dynamic_ncols=True)
+    pending = pending_samples(checked, setting, work, done, progress)
+    execute(checked, setting, engine, pending, writer, progress)
+    progress.close()
+    rows = summarise(checked, setting, writer)
+    log(f"results: {setting.out / records.RECORDS_FILE}")
+    return rows
+
+
+def check_run(plan: RunPlan) -> CheckedRun:
+    """Resolves the plan and looks for every reason it cannot run (task assets, model architecture and context,
+    each method's own checks) before anything is loaded; raises them all at once as a PlanError."""
     device = resolve_device(plan.device)
     dtype = resolve_dtype(plan.dtype, device)
     methods = build_methods(plan.methods, plan.method_options)
@@ -238,108 +300,161 @@ def run(plan: RunPlan, log: Any = print) -> list[dict[str, Any]]:
         reasons += method.check(shape)
     if reasons:
         raise PlanError(reasons)
+    return CheckedRun(plan, device, dtype, batch_size, methods, task_list, tasks, source, tokenizer_source, config)
 
+
+def run_setting(checked: CheckedRun) -> RunSetting:
+    """Loads the tokenizer and settles the input format, the output folder and what the records say about the
+    model and the machine."""
+    plan, source = checked.plan, checked.source
     decode_exercise = plan.decode_exercise
     if decode_exercise is None:
-        decode_exercise = any(getattr(m, "decode_only", False) for m in methods)
-    tokenizer = models.load_tokenizer(tokenizer_source)
+        decode_exercise = any(getattr(m, "decode_only", False) for m in checked.methods)
+    tokenizer = models.load_tokenizer(checked.tokenizer_source)
     formatter = InputFormatter(tokenizer, plan.chat_template, plan.exercise_chars if decode_exercise else 0)
-    out = plan.out or default_out(plan, methods, source.name)
-    prov = provenance.collect(device)
-    model_info = {**source.provenance(), "dtype": dtype, "rope_scaling": plan.rope_scaling}
+    model_info = {**source.provenance(), "dtype": checked.dtype, "rope_scaling": plan.rope_scaling}
     if models.is_synthetic(source):
-        model_info |= {"tokenizer": tokenizer_source.provenance(), "weights": f"synthetic, seed {plan.seed}"}
+        model_info |= {"tokenizer": checked.tokenizer_source.provenance(), "weights": f"synthetic, seed {plan.seed}"}
     input_format = {
         "chat_template": formatter.use_chat_template,
         "tokenizer": formatter.fingerprint(),
         "decode_exercise": decode_exercise,
         "exercise_chars": plan.exercise_chars if decode_exercise else 0,
     }
+    return RunSetting(
+        tokenizer=tokenizer,
+        formatter=formatter,
+        out=plan.out or default_out(plan, checked.methods, source.name),
+        provenance=provenance.collect(checked.device),
+        model_info=model_info,
+        input_format=input_format,
+        generation={"temperature": plan.temperature, "top_p": plan.top_p},
+    )
+
+
+def write_run_manifest(checked: CheckedRun, setting: RunSetting) -> None:
+    """The folder's manifest: the plan, each method's description, the model, the input format, the machine."""
     records.write_manifest(
-        out,
+        setting.out,
         {
             "started": datetime.now(UTC).isoformat(),
-            "plan": {**asdict(plan), "out": str(out)},
-            "methods": {method.label: method.describe() for method in methods},
-            "model": model_info,
-            "input_format": input_format,
-            "provenance": prov,
+            "plan": {**asdict(checked.plan), "out": str(setting.out)},
+            "methods": {method.label: method.describe() for method in checked.methods},
+            "model": setting.model_info,
+            "input_format": setting.input_format,
+            "provenance": setting.provenance,
         },
     )
-    existing = records.read_records(out / records.RECORDS_FILE) if (out / records.RECORDS_FILE).exists() else []
-    done = records.done_keys(existing)
-    writer = records.RecordWriter(out)
 
-    work = []  # (task, subtask, samples)
-    for name, subtasks in task_list:
+
+def recorded_keys(out: Path) -> set[tuple[str, str, int]]:
+    """(run key, subtask, sample index) of every sample the folder already records: the work a resumed run skips."""
+    path = out / records.RECORDS_FILE
+    return records.done_keys(records.read_records(path)) if path.exists() else set()
+
+
+def build_samples(checked: CheckedRun, formatter: InputFormatter) -> list[tuple[str, str, list[Any]]]:
+    """(task name, subtask, samples) for every subtask of the plan (from the sample cache when built before);
+    a subtask that cannot fit the context is a PlanError naming the fix."""
+    plan = checked.plan
+    work = []
+    for name, subtasks in checked.task_list:
         for subtask in subtasks:
             try:
-                samples = cached_samples(tasks[name], subtask, plan.ctx, plan.samples, plan.seed, formatter)
+                samples = cached_samples(checked.tasks[name], subtask, plan.ctx, plan.samples, plan.seed, formatter)
             except ValueError as error:
                 raise PlanError(
                     [f"{name}/{subtask} cannot be built at --ctx {plan.ctx}: {error}. Use a larger --ctx."]
                 ) from error
             work.append((name, subtask, samples))
+    return work
 
-    log(f"loading {source.name} on {device} ({dtype}) ...")
-    model = models.load_model(source, config, device, dtype, seed=plan.seed)
-    settings_base = {"temperature": plan.temperature, "top_p": plan.top_p}
-    for method in methods:
+
+def load_engine(checked: CheckedRun, setting: RunSetting, work: list[tuple[str, str, list[Any]]], log: Any) -> Engine:
+    """Loads the model, prepares every method on it and checks that one row of the longest sample fits in memory
+    (larger batches are split by the engine as memory allows); a row that cannot fit is a PlanError."""
+    plan, source = checked.plan, checked.source
+    log(f"loading {source.name} on {checked.device} ({checked.dtype}) ...")
+    model = models.load_model(source, checked.config, checked.device, checked.dtype, seed=plan.seed)
+    for method in checked.methods:
         method.prepare(model)
-    engine = Engine(model, tokenizer)
+    engine = Engine(model, setting.tokenizer)
     longest = max(s.input_tokens or plan.ctx for _, _, samples in work for s in samples)
-    try:  # one row of the longest sample must fit; larger batches are split by the engine as memory allows
+    try:
         engine.check_fits(longest, max(s.max_new_tokens for _, _, samples in work for s in samples))
     except MemoryPlanError as error:
         raise PlanError([str(error)]) from error
-    total = len(methods) * sum(len(s) for _, _, s in work)
-    progress = tqdm(total=total, desc="samples", unit="sample", dynamic_ncols=True)
-    # Every (task, subtask, sample) some method still needs, in task order; a batch may span subtasks (each row
-    # keeps its own limit of new tokens), so a large --batch-size fills its forwards.
-    pending: list[tuple[Any, Any, dict[str, str], set[str]]] = []  # (task, sample, run keys, labels to do)
+    return engine
+
+
+def pending_samples(
+    checked: CheckedRun,
+    setting: RunSetting,
+    work: list[tuple[str, str, list[Any]]],
+    done: set[tuple[str, str, int]],
+    progress: Any,
+) -> list[PendingSample]:
+    """Every (task, subtask, sample) some method still needs, in task order; what is already recorded under the
+    same run key counts as progress. A batch may span subtasks (each row keeps its own limit of new tokens), so a
+    large --batch-size fills its forwards."""
+    methods = checked.methods
+    pending: list[PendingSample] = []
     for name, subtask, samples in work:
-        task = tasks[name]
-        run_keys = {
-            method.label: _run_key(method, name, task, plan, model_info, input_format, settings_base)
-            for method in methods
-        }
+        task = checked.tasks[name]
+        run_keys = {method.label: _run_key(method, name, task, checked.plan, setting) for method in methods}
         for sample in samples:
             labels = {m.label for m in methods if (run_keys[m.label], subtask, sample.index) not in done}
             progress.update(len(methods) - len(labels))
             if labels:
-                pending.append((task, sample, run_keys, labels))
+                pending.append(PendingSample(task, sample, run_keys, labels))
+    return pending
+
+
+def execute(
+    checked: CheckedRun,
+    setting: RunSetting,
+    engine: Engine,
+    pending: list[PendingSample],
+    writer: records.RecordWriter,
+    progress: Any,
+) -> None:
+    """Generates the pending samples in batches of --batch-size, every method that still needs a batch's samples
+    sharing its prefill, and records each (method, sample) as soon as its batch is done."""
+    plan, batch_size = checked.plan, checked.batch_size
     for start in range(0, len(pending), batch_size):
         chunk = pending[start : start + batch_size]
-        active = [m for m in methods if any(m.label in labels for *_, labels in chunk)]
-        subtasks = dict.fromkeys(sample.subtask for _, sample, _, _ in chunk)
+        active = [m for m in checked.methods if any(m.label in row.labels for row in chunk)]
+        subtasks = dict.fromkeys(row.sample.subtask for row in chunk)
         progress.set_postfix_str(f"{', '.join(subtasks)} ({', '.join(m.label for m in active)})")
-        inputs = [formatter.format(sample.prompt, sample.answer_prefix) for _, sample, _, _ in chunk]
-        limits = [sample.max_new_tokens for _, sample, _, _ in chunk]
+        inputs = [setting.formatter.format(row.sample.prompt, row.sample.answer_prefix) for row in chunk]
+        limits = [row.sample.max_new_tokens for row in chunk]
         # A sample's own seed: its sampled tokens do not depend on which batch it lands in.
-        seeds = [row_seed(plan.seed, sample.task, sample.subtask, sample.index) for _, sample, _, _ in chunk]
-        settings = GenerationSettings(max_new_tokens=max(limits), seed=plan.seed, **settings_base)
+        seeds = [row_seed(plan.seed, row.sample.task, row.sample.subtask, row.sample.index) for row in chunk]
+        settings = GenerationSettings(max_new_tokens=max(limits), seed=plan.seed, **setting.generation)
         outputs = engine.generate(inputs, settings, active, row_limits=limits, row_seeds=seeds)
         for method in active:
-            for (task, sample, run_keys, labels), formatted, output in zip(
-                chunk, inputs, outputs[method.label], strict=True
-            ):
-                if method.label not in labels:
+            for row, formatted, output in zip(chunk, inputs, outputs[method.label], strict=True):
+                if method.label not in row.labels:
                     continue
+                run_key = row.run_keys[method.label]
                 writer.append(
-                    _sample_record(method, task, sample, formatted, output, plan, source, run_keys[method.label])
-                    | {"batch": batch_size, "forward_batch": output.forward_batch, "input_format": input_format}
+                    _sample_record(method, row.task, row.sample, formatted, output, plan, checked.source, run_key)
+                    | {"batch": batch_size, "forward_batch": output.forward_batch, "input_format": setting.input_format}
                     | _timing(output, len(active), engine.last_shared.get(method.label))
-                    | {"code": prov["code"]}
+                    | {"code": setting.provenance["code"]}
                 )
                 progress.update(1)
-    progress.close()
 
-    rows = records.summarize(records.read_records(out / records.RECORDS_FILE))
-    wanted = {(m.label, n, s) for m in methods for n, subs in task_list for s in subs}
-    rows = [r for r in rows if (r["method"], r["task"], r["subtask"]) in wanted and r["ctx"] == plan.ctx]
+
+def summarise(checked: CheckedRun, setting: RunSetting, writer: records.RecordWriter) -> list[dict[str, Any]]:
+    """The summary rows of this plan's (method, task, subtask) at its context, over every sample the folder
+    records (earlier runs' included); each is appended as a summary record and returned."""
+    rows = records.summarize(records.read_records(setting.out / records.RECORDS_FILE))
+    wanted = {(m.label, n, s) for m in checked.methods for n, subs in checked.task_list for s in subs}
+    rows = [r for r in rows if (r["method"], r["task"], r["subtask"]) in wanted and r["ctx"] == checked.plan.ctx]
     for row in rows:
-        writer.append({"kind": "summary", **row, "provenance": prov, "model_info": model_info, "out": str(out)})
-    log(f"results: {out / records.RECORDS_FILE}")
+        summary = {"provenance": setting.provenance, "model_info": setting.model_info, "out": str(setting.out)}
+        writer.append({"kind": "summary", **row, **summary})
     return rows
 
 
@@ -390,7 +505,7 @@ def method_key(method: Method) -> dict[str, Any]:
     return described
 
 
-def _run_key(method, task_name, task, plan, model_info, input_format, generation) -> str:
+def _run_key(method: Method, task_name: str, task: Any, plan: RunPlan, setting: RunSetting) -> str:
     """Everything that decides a sample's result, and the label it is reported under, hashed: equal keys mean
     the work is already done."""
     key = {
@@ -399,9 +514,9 @@ def _run_key(method, task_name, task, plan, model_info, input_format, generation
         "task_config": task.config(),
         "ctx": plan.ctx,
         "seed": plan.seed,
-        "model": model_info,
-        "input_format": input_format,
-        "generation": generation,
+        "model": setting.model_info,
+        "input_format": setting.input_format,
+        "generation": setting.generation,
     }
     if method.label != method.name:  # only variants: plain methods keep the keys of older run folders
         key["label"] = method.label
