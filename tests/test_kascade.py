@@ -275,8 +275,7 @@ def tiny_folder(tmp_path, smol_tokenizer):
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(0)
-    config = tiny_config("llama", vocab_size=len(smol_tokenizer))
-    config.num_hidden_layers = 5
+    config = tiny_config("llama", vocab_size=len(smol_tokenizer), layers=5)
     model = AutoModelForCausalLM.from_config(config)
     folder = tmp_path / "tiny-model"
     model.save_pretrained(folder)

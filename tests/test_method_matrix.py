@@ -25,6 +25,7 @@ from lychee_bench.methods.full import FullAttention
 from lychee_bench.methods.naive import real_positions
 from lychee_bench.methods.state import DecodeState
 from tests.conftest import tiny_config
+from tests.conftest import tiny_model as conftest_tiny_model
 
 ALL_METHODS = METHODS.names()
 NUM_LAYERS = 6  # dense 0-1, tidal selects at 2, reuses at 3, re-selects at 4, reuses at 5
@@ -69,20 +70,8 @@ def build(name: str, budget: int) -> Method:
 
 
 def tiny_model(arch: str, vocab_size: int) -> torch.nn.Module:
-    """conftest's tiny model with NUM_LAYERS layers (its helper fixes 3)."""
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(0)
-    config = tiny_config(arch, vocab_size=vocab_size)
-    config.num_hidden_layers = NUM_LAYERS
-    if hasattr(config, "layer_types") and config.layer_types is not None:
-        config.layer_types = [config.layer_types[0]] * NUM_LAYERS
-    model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
-    with torch.no_grad():
-        for param_name, param in model.named_parameters():
-            if "proj" in param_name and param.dim() == 2:
-                param.mul_(4.0)
-    return model.eval()
+    """conftest's tiny model with NUM_LAYERS layers."""
+    return conftest_tiny_model(arch, layers=NUM_LAYERS, vocab_size=vocab_size)
 
 
 @pytest.mark.parametrize("name", ALL_METHODS)
@@ -262,8 +251,9 @@ def test_efficient_path_generates_the_reference_tokens(name, smol_tokenizer):
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(0)
-    config = tiny_config("llama", vocab_size=len(smol_tokenizer), num_heads=4, num_kv_heads=2, head_dim=64)
-    config.num_hidden_layers = NUM_LAYERS
+    config = tiny_config(
+        "llama", vocab_size=len(smol_tokenizer), num_heads=4, num_kv_heads=2, head_dim=64, layers=NUM_LAYERS
+    )
     model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa").eval()
     with torch.no_grad():
         for param_name, param in model.named_parameters():
