@@ -12,7 +12,7 @@ from typing import Any
 
 from lychee_bench.tasks.ruler.assets import word_list
 from lychee_bench.tasks.ruler.constants import FAMILIES
-from lychee_bench.tasks.ruler.family import Instance
+from lychee_bench.tasks.ruler.family import Instance, NvidiaSizing
 
 TEMPLATE = FAMILIES["common_words_extraction"]["template"]
 ANSWER_PREFIX = FAMILIES["common_words_extraction"]["answer_prefix"]
@@ -60,4 +60,10 @@ class CommonWordsFamily:
         example = TEMPLATE.format(context=example_list) + ANSWER_PREFIX + _numbered(example_answer)
         prompt = example + "\n" + TEMPLATE.format(context=task_list)
         meta = {"haystack_size": size, "unit": self.unit, "repeats": list(self.repeats)}
-        return Instance(prompt, ANSWER_PREFIX, answer, meta)
+        # NVIDIA's calibration counts input + " " + the numbered answer ("1. word 2. word ...").
+        return Instance(prompt, ANSWER_PREFIX, answer, meta, nvidia_answer=" " + _numbered(answer))
+
+    def nvidia_sizing(self) -> NvidiaSizing:
+        """common_words_extraction.py: 10 distinct words at a time, at most the whole vocabulary (tested after
+        stepping up)."""
+        return NvidiaSizing(first=10, increment=10, cap=len(_vocabulary(self.seed)))

@@ -12,7 +12,8 @@ from typing import Any
 
 # The RULER release these generators follow, recorded in every result.
 RULER_REFERENCE = "NVIDIA RULER synthetic generators, as ported in nvidia-long-context-eval==26.3"
-GENERATOR_VERSION = "lychee-ruler-1"
+# 2: NVIDIA's haystack sizing (the default) beside the tight fit, niah's asked key drawn after the context.
+GENERATOR_VERSION = "lychee-ruler-2"
 
 # Per task family: the user-facing template, the answer prefix the model continues, and how many tokens
 # it may generate (counted inside the context length).

@@ -12,7 +12,7 @@ import string
 from typing import Any
 
 from lychee_bench.tasks.ruler.constants import FAMILIES
-from lychee_bench.tasks.ruler.family import Instance
+from lychee_bench.tasks.ruler.family import Instance, NvidiaSizing
 
 TEMPLATE = FAMILIES["freq_words_extraction"]["template"]
 ANSWER_PREFIX = FAMILIES["freq_words_extraction"]["answer_prefix"]
@@ -64,3 +64,10 @@ class FrequentWordsFamily:
         prompt = TEMPLATE.format(context=" ".join(text))
         meta = {"haystack_size": size, "unit": self.unit, "vocab_size": self.vocab_size, "alpha": self.alpha}
         return Instance(prompt, ANSWER_PREFIX, vocab[1:4], meta)
+
+    def nvidia_sizing(self) -> NvidiaSizing:
+        """freq_words_extraction.py: from ctx // 6 words in steps of ctx // 32, fitted to ctx itself (its 50
+        generated tokens are not reserved), one vocabulary for the whole calibration."""
+        return NvidiaSizing(
+            first=self.ctx // WORD_LENGTH, increment=max(self.ctx // 32, 1), rule="zipf", same_draws_each_size=True
+        )

@@ -1,9 +1,17 @@
 """Builds the samples of one RULER subtask at one context length.
 
-Length fitting follows RULER's plan: size the haystack once on a calibration instance (the largest that
-fits), then build each sample at that size and shrink it only if its own random parts made it too long. The
-budget is the context minus the tokens to generate, and tokens are counted on the full model input (chat
-template included) by the caller's counter.
+Both sizings follow RULER's plan: size the haystack once on a calibration instance, then build each sample at
+that size and shrink it only if its own random parts made it too long.
+
+- "nvidia" (the default): NVIDIA's own rule, so haystack sizes, and so scores, can sit beside published RULER
+  tables. The size grows in each script's coarse increments (niah 500 essay words or 25 sentences, qa 10
+  documents, vt 10 noise lines, cwe 10 words, fwe ctx // 32 words) and stops at the last one whose input +
+  gold answer + tokens to generate stays within ctx; a sample steps down one increment at a time while its
+  input alone is over. Tokens are counted as NVIDIA counts them with its `base` template: the input text
+  (prompt + answer prefix) by the model's tokenizer, no chat template and no BOS. The calibration draws from
+  one generator seeded with the run seed, consumed across sizes as NVIDIA's global stream is.
+- "tight": the largest haystack, to the unit, whose full model input (chat template included, counted by the
+  caller's counter) + tokens to generate fits in ctx; no gold answer counted.
 
 Every sample draws from its own generator, seeded by (subtask, ctx, seed, index), so sample i is the same
 whether 5 or 500 are built, and no global random state is touched.
@@ -20,14 +28,21 @@ from tqdm import tqdm
 from lychee_bench.harness.task import Sample, TokenCounter
 from lychee_bench.tasks.ruler.common_words import CommonWordsFamily
 from lychee_bench.tasks.ruler.constants import FAMILIES, SUBTASKS, metric_for
-from lychee_bench.tasks.ruler.family import Family, Instance, TextCounter
-from lychee_bench.tasks.ruler.fitting import largest_fitting, shrink_to_fit
+from lychee_bench.tasks.ruler.family import Family, Instance, NvidiaSizing, TextCounter
+from lychee_bench.tasks.ruler.fitting import ContextTooShortError, largest_fitting, shrink_to_fit
 from lychee_bench.tasks.ruler.freq_words import FrequentWordsFamily
 from lychee_bench.tasks.ruler.niah import NeedleFamily
 from lychee_bench.tasks.ruler.qa import QuestionAnsweringFamily
 from lychee_bench.tasks.ruler.variable_tracking import VariableTrackingFamily
 
 TASK_NAME = "ruler"
+SIZINGS = ("nvidia", "tight")
+
+
+def check_sizing(sizing: str) -> str:
+    if sizing not in SIZINGS:
+        raise ValueError(f"unknown RULER sizing {sizing!r}; allowed: {', '.join(SIZINGS)}")
+    return sizing
 
 
 def check_subtask(subtask: str) -> dict[str, Any]:
@@ -43,14 +58,17 @@ def text_counter(tokenizer: Any, count_tokens: TokenCounter) -> TextCounter:
     return lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
-def make_family(subtask: str, ctx: int, seed: int, count_text: TextCounter) -> Family:
+def make_family(
+    subtask: str, ctx: int, seed: int, count_text: TextCounter, nvidia_stream: random.Random | None = None
+) -> Family:
+    """nvidia_stream: the calibration stream of NVIDIA's sizing (vt draws its solved example from it first)."""
     spec = check_subtask(subtask)
     args = spec["args"]
     family = spec["task"]
     if family == "niah":
         return NeedleFamily(args, ctx, seed)
     if family == "variable_tracking":
-        return VariableTrackingFamily(args, ctx, seed, count_text)
+        return VariableTrackingFamily(args, ctx, seed, count_text, nvidia_stream)
     if family == "common_words_extraction":
         return CommonWordsFamily(args, ctx, seed)
     if family == "freq_words_extraction":
@@ -81,6 +99,82 @@ class _Counter:
         return self.built[size]
 
 
+def nvidia_calibration(
+    family: Family, ctx: int, max_new_tokens: int, count_text: TextCounter, stream: random.Random
+) -> int:
+    """The haystack size NVIDIA's script prints ("Num haystack", "Number of documents", "Num noises",
+    "num_words", "num_example_words") for this family, context and calibration stream.
+
+    Its edge cases are kept: the loop runs while count + reserve < ctx and steps back only when count + reserve
+    > ctx, so a count landing exactly on ctx leaves the size one increment above it; the calibration instance is
+    always question 0 / index 0.
+    """
+    plan = family.nvidia_sizing()
+    if plan.rule == "zipf":
+        return _nvidia_zipf_calibration(family, plan, ctx, count_text, stream)
+    reserve = max_new_tokens + plan.extra_tokens
+    size, total = plan.first, 0
+    while total + reserve < ctx:
+        instance = family.make(size, stream, 0)
+        total = count_text(instance.nvidia_text() + instance.nvidia_answer)
+        if total + reserve > ctx:
+            size -= plan.increment
+            break
+        if plan.cap is not None and plan.cap_before_step and size > plan.cap:
+            size = plan.cap
+            break
+        size += plan.increment
+        if plan.cap is not None and not plan.cap_before_step and size > plan.cap:
+            size = plan.cap
+            break
+    return size
+
+
+def _nvidia_zipf_calibration(
+    family: Family, plan: NvidiaSizing, ctx: int, count_text: TextCounter, stream: random.Random
+) -> int:
+    state = stream.getstate()
+
+    def count(size: int) -> int:
+        if plan.same_draws_each_size:
+            stream.setstate(state)
+        return count_text(family.make(size, stream, 0).nvidia_text())
+
+    size = plan.first
+    while count(size) < ctx:
+        size += plan.increment
+    return size - plan.increment
+
+
+def _nvidia_sample(
+    family: Family, key: str, index: int, size: int, ctx: int, max_new_tokens: int, count_text: TextCounter
+) -> tuple[Instance, int]:
+    """The sample at `size`, stepped down one increment at a time while NVIDIA's per-sample check fails: input
+    (no answer) + tokens to generate + extra tokens <= ctx, or, for fwe, input <= ctx. Returns the instance and
+    NVIDIA's recorded "length".
+
+    Where NVIDIA's loop would spin forever (the size is down to one increment, or vt, whose retry keeps the
+    calibrated size), this raises instead, and vt steps down like the others.
+    """
+    plan = family.nvidia_sizing()
+    lo, _ = family.size_bounds(index)
+    reserve = 0 if plan.rule == "zipf" else max_new_tokens + plan.extra_tokens
+    while True:
+        if size < lo:
+            raise ContextTooShortError(
+                f"NVIDIA's sizing leaves {size} {family.unit} (at least {lo} needed) for a {ctx}-token context"
+            )
+        instance = family.make(size, random.Random(key), index)
+        tokens = count_text(instance.nvidia_text())
+        if tokens + reserve <= ctx:
+            return instance, tokens + max_new_tokens + plan.extra_tokens
+        if plan.rule != "zipf" and size <= plan.increment:
+            raise ContextTooShortError(
+                f"{size} {family.unit} need {tokens + reserve} tokens with NVIDIA's sizing; the context is {ctx}"
+            )
+        size -= plan.increment
+
+
 def build_samples(
     subtask: str,
     ctx: int,
@@ -89,27 +183,50 @@ def build_samples(
     count_tokens: TokenCounter,
     tokenizer: Any,
     progress: Callable[..., Any] = tqdm,
+    sizing: str = "nvidia",
 ) -> list[Sample]:
     spec = check_subtask(subtask)
+    check_sizing(sizing)
     max_new_tokens = FAMILIES[spec["task"]]["tokens_to_generate"]
     budget = ctx - max_new_tokens
     if budget <= 0:
         raise ValueError(f"ctx={ctx} leaves no room for the prompt: {subtask} generates {max_new_tokens} tokens")
-    family = make_family(subtask, ctx, seed, text_counter(tokenizer, count_tokens))
+    count_text = text_counter(tokenizer, count_tokens)
 
-    lo, hi = family.size_bounds(0)
-    calibration = largest_fitting(
-        _Counter(family, _stream_key(subtask, ctx, seed, "calibration"), 0, count_tokens), budget, lo, hi
-    )
+    if sizing == "nvidia":
+        # NVIDIA seeds Python's global generator with the run seed and draws everything from it in turn.
+        stream = random.Random(seed)
+        family = make_family(subtask, ctx, seed, count_text, stream)
+        calibrated = nvidia_calibration(family, ctx, max_new_tokens, count_text, stream)
+        lo, _ = family.size_bounds(0)
+        if calibrated < lo:
+            raise ContextTooShortError(
+                f"NVIDIA's sizing finds no {family.unit} that fit {subtask} in {ctx} tokens (got {calibrated})"
+            )
+    else:
+        family = make_family(subtask, ctx, seed, count_text)
+        lo, hi = family.size_bounds(0)
+        calibration = largest_fitting(
+            _Counter(family, _stream_key(subtask, ctx, seed, "calibration"), 0, count_tokens), budget, lo, hi
+        )
+        calibrated = calibration.size
 
     samples = []
     for index in progress(range(num_samples), desc=f"ruler/{subtask} @ {ctx}", leave=False, disable=None):
-        counter = _Counter(family, _stream_key(subtask, ctx, seed, index), index, count_tokens)
+        key = _stream_key(subtask, ctx, seed, index)
         lo, hi = family.size_bounds(index)
-        start = min(max(calibration.size, lo), hi)
-        fit = shrink_to_fit(counter, budget, start, lo, calibration.tokens_per_unit)
-        instance = counter.instance(fit.size)
-        meta = {**instance.meta, "ctx": ctx, "seed": seed, "calibrated_size": calibration.size}
+        if sizing == "nvidia":
+            size = min(calibrated, hi)
+            instance, nvidia_length = _nvidia_sample(family, key, index, size, ctx, max_new_tokens, count_text)
+            # input_tokens stays the full model input (chat template, BOS), which is what the engine runs.
+            input_tokens = count_tokens(instance.prompt, instance.answer_prefix)
+            extra = {"nvidia_length": nvidia_length}
+        else:
+            counter = _Counter(family, key, index, count_tokens)
+            start = min(max(calibrated, lo), hi)
+            fit = shrink_to_fit(counter, budget, start, lo, calibration.tokens_per_unit)
+            instance, input_tokens, extra = counter.instance(fit.size), fit.tokens, {}
+        meta = {**instance.meta, "ctx": ctx, "seed": seed, "sizing": sizing, "calibrated_size": calibrated, **extra}
         samples.append(
             Sample(
                 task=TASK_NAME,
@@ -120,7 +237,7 @@ def build_samples(
                 references=instance.references,
                 max_new_tokens=max_new_tokens,
                 metric=metric_for(spec["task"]),
-                input_tokens=fit.tokens,
+                input_tokens=input_tokens,
                 meta=meta,
             )
         )

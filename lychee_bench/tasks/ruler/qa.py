@@ -11,7 +11,7 @@ from typing import Any
 
 from lychee_bench.tasks.ruler.assets import qa_dataset
 from lychee_bench.tasks.ruler.constants import DOCUMENT_PROMPT, FAMILIES
-from lychee_bench.tasks.ruler.family import Instance
+from lychee_bench.tasks.ruler.family import Instance, NvidiaSizing
 
 TEMPLATE = FAMILIES["qa"]["template"]
 ANSWER_PREFIX = FAMILIES["qa"]["answer_prefix"]
@@ -58,4 +58,10 @@ class QuestionAnsweringFamily:
             "gold_documents": gold_positions,  # 1-based "Document i" numbers
             "depths": [round(100 * (p - 1) / max(len(chosen) - 1, 1)) for p in gold_positions],
         }
-        return Instance(prompt, ANSWER_PREFIX, list(question["outputs"]), meta)
+        answers = list(question["outputs"])
+        # NVIDIA's calibration counts input + f" {answer}" with answer the Python list: " ['Denver Broncos']".
+        return Instance(prompt, ANSWER_PREFIX, answers, meta, nvidia_answer=f" {answers}")
+
+    def nvidia_sizing(self) -> NvidiaSizing:
+        """qa.py: 10 documents at a time, at most every document of the dataset (tested after stepping up)."""
+        return NvidiaSizing(first=10, increment=10, cap=len(self.docs))

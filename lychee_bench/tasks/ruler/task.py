@@ -2,22 +2,49 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from lychee_bench.harness.task import Sample, TokenCounter
 from lychee_bench.tasks.ruler import assets
 from lychee_bench.tasks.ruler.constants import FAMILIES, GENERATOR_VERSION, RULER_REFERENCE, SUBTASKS
-from lychee_bench.tasks.ruler.generate import build_samples, check_subtask
+from lychee_bench.tasks.ruler.generate import SIZINGS, build_samples, check_sizing, check_subtask
 from lychee_bench.tasks.ruler.scoring import score_prediction
 from lychee_bench.tasks.ruler.sentences import SPLITTER
 
 DEFAULT_SEED = 42  # RULER's default random seed
-LENGTH_FIT = "calibrate-largest-fitting-unit-step, shrink-per-sample"
+DEFAULT_SIZING = "nvidia"
+# Until the CLI has an option for it, the sizing can be chosen for a whole run (the harness builds tasks with
+# no arguments).
+SIZING_ENV = "LYCHEE_BENCH_RULER_SIZING"
+LENGTH_FIT = {
+    "nvidia": (
+        "nvidia: per-task increments (niah 500 words / 25 sentences, 5 below 4096; qa 10 docs; vt 10 noises +"
+        " example tokens; cwe 10 words; fwe ctx//32 words from ctx//6), calibration counts input + answer,"
+        " per-sample steps down while input + tokens_to_generate > ctx; plain-text tokens of prompt +"
+        " answer_prefix (NVIDIA base template: no chat template, no BOS)"
+    ),
+    "tight": "tight: calibrate-largest-fitting-unit-step, shrink-per-sample; full model input counted",
+}
 
 
 class RulerTask:
     name = "ruler"
     description = "RULER: 13 synthetic long-context tasks (needle retrieval, tracing, aggregation, QA)"
+
+    def __init__(self, sizing: str | None = None):
+        """sizing: "nvidia" (NVIDIA's haystack sizes, comparable with published RULER tables) or "tight" (the
+        largest haystack that fits, to the unit); None reads $LYCHEE_BENCH_RULER_SIZING, else "nvidia"."""
+        chosen = sizing if sizing is not None else os.environ.get(SIZING_ENV, "").strip() or DEFAULT_SIZING
+        try:
+            self.sizing = check_sizing(chosen)
+        except ValueError as error:
+            source = "" if sizing is not None else f" (from ${SIZING_ENV})"
+            raise ValueError(f"{error}{source}") from None
+
+    @staticmethod
+    def sizings() -> tuple[str, ...]:
+        return SIZINGS
 
     def subtasks(self) -> list[str]:
         return list(SUBTASKS)
@@ -28,7 +55,7 @@ class RulerTask:
     def build_samples(
         self, subtask: str, ctx: int, num_samples: int, seed: int, count_tokens: TokenCounter, tokenizer: Any
     ) -> list[Sample]:
-        return build_samples(subtask, ctx, num_samples, seed, count_tokens, tokenizer)
+        return build_samples(subtask, ctx, num_samples, seed, count_tokens, tokenizer, sizing=self.sizing)
 
     def score(self, sample: Sample, prediction: str) -> float:
         check_subtask(sample.subtask)
@@ -39,7 +66,8 @@ class RulerTask:
             "generator_version": GENERATOR_VERSION,
             "reference": RULER_REFERENCE,
             "splitter": SPLITTER,
-            "length_fit": LENGTH_FIT,
+            "sizing": self.sizing,
+            "length_fit": LENGTH_FIT[self.sizing],
             "default_seed": DEFAULT_SEED,
             "tokens_to_generate": {
                 subtask: FAMILIES[spec["task"]]["tokens_to_generate"] for subtask, spec in SUBTASKS.items()
