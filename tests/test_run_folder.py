@@ -9,6 +9,7 @@ import pytest
 
 from lychee_bench.harness import records
 from lychee_bench.harness.records import FolderLock, RunFolderError, identity_differences, read_manifest
+from tests.conftest import cli
 
 IDENTITY = {
     "model": {"name": "smollm2-135m", "fingerprint": "abc", "dtype": "float32"},
@@ -56,3 +57,38 @@ def test_a_second_writer_is_refused_and_a_dead_one_releases_the_lock(tmp_path):
     assert _lock_in_child(tmp_path, "os._exit(9)").returncode == 9
     with FolderLock(tmp_path) as lock:
         assert lock.handle is not None
+
+
+# ---- through `lychee-bench run` (refused before the model loads) ----
+
+RUN = ("run", "--method", "full", "--task", "ruler/vt", "--ctx", "1024", "--samples", "1", "--device", "cpu")
+
+
+def test_run_refuses_an_out_that_is_a_file_or_under_one(tmp_path):
+    afile = tmp_path / "a-file"
+    afile.write_text("x")
+    result = cli(*RUN, "--out", str(afile))
+    assert result.exit_code == 2 and "is a file" in result.output and afile.read_text() == "x"
+    result = cli(*RUN, "--out", str(afile / "run"))
+    assert result.exit_code == 2 and "cannot be created" in result.output
+
+
+def test_run_refuses_a_folder_of_other_settings_and_names_them(tmp_path):
+    out = tmp_path / "run"
+    other = {"model": {"name": "another-model"}, "sampling": {"temperature": 1.5, "top_p": 1.0}}
+    records.write_manifest(out, {"plan": {}, "identity": other})
+    before = (out / "manifest.json").read_text()
+    result = cli(*RUN, "--out", str(out))
+    assert result.exit_code == 2, result.output
+    text = " ".join(result.output.split())
+    assert "holds records made with other settings" in text
+    assert "sampling.temperature: 1.5 in the folder, 0.0 now" in text
+    assert "model.name: 'another-model' in the folder" in text and "Pass another --out" in text
+    assert (out / "manifest.json").read_text() == before and not (out / "records.jsonl").exists()
+
+
+def test_run_refuses_a_folder_another_process_writes(tmp_path):
+    out = tmp_path / "run"
+    with FolderLock(out):
+        result = cli(*RUN, "--out", str(out))
+    assert result.exit_code == 2 and "is being written by pid" in " ".join(result.output.split())

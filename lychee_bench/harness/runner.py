@@ -19,6 +19,7 @@ from lychee_bench.harness.memory import MemoryPlanError
 from lychee_bench.harness.registry import UnknownNameError
 from lychee_bench.harness.sample_cache import cached_samples
 from lychee_bench.harness.sampling import row_seed
+from lychee_bench.harness.task import ContextTooShortError
 from lychee_bench.methods.base import Method, RunShape
 
 
@@ -262,19 +263,66 @@ def run(plan: RunPlan, log: Any = print) -> list[dict[str, Any]]:
     A folder that already holds records resumes: samples whose run key is recorded are not run again."""
     checked = check_run(plan)
     setting = run_setting(checked)
-    write_run_manifest(checked, setting)
-    done = recorded_keys(setting.out)  # read before the writer repairs a torn last line
-    writer = records.RecordWriter(setting.out)
-    work = build_samples(checked, setting.formatter)
-    engine = load_engine(checked, setting, work, log)
-    total = len(checked.methods) * sum(len(samples) for _, _, samples in work)
-    progress = tqdm(total=total, desc="samples", unit="sample", dynamic_ncols=True)
-    pending = pending_samples(checked, setting, work, done, progress)
-    execute(checked, setting, engine, pending, writer, progress)
-    progress.close()
-    rows = summarise(checked, setting, writer)
+    check_folder(checked, setting)
+    try:
+        lock = records.FolderLock(setting.out)
+        lock.__enter__()
+    except (records.RunFolderError, OSError) as error:
+        raise PlanError([f"--out {setting.out}: {error}"]) from None
+    try:
+        write_run_manifest(checked, setting)
+        done = recorded_keys(setting.out)  # read before the writer repairs a torn last line
+        writer = records.RecordWriter(setting.out)
+        work = build_samples(checked, setting.formatter)
+        engine = load_engine(checked, setting, work, log)
+        total = len(checked.methods) * sum(len(samples) for _, _, samples in work)
+        progress = tqdm(total=total, desc="samples", unit="sample", dynamic_ncols=True)
+        pending = pending_samples(checked, setting, work, done, progress)
+        execute(checked, setting, engine, pending, writer, progress)
+        progress.close()
+        rows = summarise(checked, setting, writer)
+    finally:
+        lock.__exit__()
     log(f"results: {setting.out / records.RECORDS_FILE}")
     return rows
+
+
+def run_identity(checked: CheckedRun, setting: RunSetting) -> dict[str, Any]:
+    """What must agree for records to share a run folder: the model (and how it is loaded), the input format,
+    the sampling settings and each task's configuration. Methods, subtasks, contexts and seeds may differ (they
+    are in every record's key)."""
+    info = setting.model_info
+    model = {key: info.get(key) for key in ("name", "fingerprint", "dtype", "rope_scaling", "weights", "tokenizer")}
+    return {
+        "model": model,
+        "input_format": setting.input_format,
+        "sampling": setting.generation,
+        "tasks": {name: task.config() for name, task in checked.tasks.items()},
+    }
+
+
+def check_folder(checked: CheckedRun, setting: RunSetting) -> None:
+    """The output folder can take this run: it is (or can become) a folder, and the runs it already holds were
+    made with the same model, input format, sampling and task settings (else their rows would mix)."""
+    out = setting.out
+    if out.exists() and not out.is_dir():
+        raise PlanError([f"--out {out} is a file; pass a folder (a new one, or one this command wrote before)"])
+    blocking = next((parent for parent in out.parents if parent.exists() and not parent.is_dir()), None)
+    if blocking is not None:
+        raise PlanError([f"--out {out} cannot be created: {blocking} is a file; pass another folder"])
+    try:
+        manifest = records.read_manifest(out)
+    except records.RunFolderError as error:
+        raise PlanError([str(error)]) from None
+    differences = records.identity_differences(manifest, run_identity(checked, setting))
+    if differences:
+        raise PlanError(
+            [
+                f"--out {out} holds records made with other settings, and rows would mix: "
+                + "; ".join(differences)
+                + f". Pass another --out for this run (nothing in {out} was changed)"
+            ]
+        )
 
 
 def check_run(plan: RunPlan) -> CheckedRun:
@@ -342,6 +390,7 @@ def write_run_manifest(checked: CheckedRun, setting: RunSetting) -> None:
             "methods": {method.label: method.describe() for method in checked.methods},
             "model": setting.model_info,
             "input_format": setting.input_format,
+            "identity": run_identity(checked, setting),
             "provenance": setting.provenance,
         },
     )
@@ -363,9 +412,8 @@ def build_samples(checked: CheckedRun, formatter: InputFormatter) -> list[tuple[
             try:
                 samples = cached_samples(checked.tasks[name], subtask, plan.ctx, plan.samples, plan.seed, formatter)
             except ValueError as error:
-                raise PlanError(
-                    [f"{name}/{subtask} cannot be built at --ctx {plan.ctx}: {error}. Use a larger --ctx."]
-                ) from error
+                fix = " Use a larger --ctx." if isinstance(error, ContextTooShortError) else ""
+                raise PlanError([f"{name}/{subtask} cannot be built at --ctx {plan.ctx}: {error}.{fix}"]) from error
             work.append((name, subtask, samples))
     return work
 

@@ -11,6 +11,10 @@ from typing import Any, Protocol
 TokenCounter = Callable[[str, str], int]
 
 
+class ContextTooShortError(ValueError):
+    """A task's prompt cannot fit the requested context (the fix is a larger --ctx); tasks raise a subclass."""
+
+
 @dataclass
 class Sample:
     """One evaluation item. The model continues after `answer_prefix`, which is kept apart from `prompt`."""
