@@ -418,8 +418,8 @@ def test_checkpoint_resume_equals_uninterrupted_run(smol_tokenizer, tmp_path):
     partial = _train(model, smol_tokenizer, tmp_path / "resumed", stop_after=3)
     assert partial.roles_path is None and partial.steps == 3
     resumed = _train(model, smol_tokenizer, tmp_path / "resumed")
-    a = torch.load(straight.checkpoint_path, weights_only=False)
-    b = torch.load(resumed.checkpoint_path, weights_only=False)
+    a = torch.load(straight.checkpoint_path, weights_only=True)  # plain tensors and containers: no pickle code
+    b = torch.load(resumed.checkpoint_path, weights_only=True)
     assert a["step"] == b["step"] == 6 and a["lambda"] == b["lambda"]
     assert all(torch.equal(a["gates"][k], b["gates"][k]) for k in a["gates"])
     drop = ("seconds", "elapsed")
@@ -484,3 +484,32 @@ def test_cli_entry_refuses_a_context_past_the_model_limit(tmp_path):
 
     with pytest.raises(ModelError, match="yarn"):
         run_train_heads_cli(None, 9, None, 1, 9000, 10240, "hardkuma", tmp_path / "out")
+
+
+class _Planted:
+    """A pickle that creates a file when unpickled: what a crafted checkpoint could do with a full unpickler."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+@pytest.mark.parametrize("kind", ["crafted", "garbage", "foreign"])
+def test_a_checkpoint_that_is_not_ours_is_refused_and_runs_nothing(smol_tokenizer, tmp_path, kind):
+    out = tmp_path / "run"
+    out.mkdir()
+    marker = tmp_path / "ran-code"
+    checkpoint = out / "checkpoint.pt"
+    if kind == "crafted":
+        torch.save({"run": {}, "payload": _Planted(marker)}, checkpoint)
+    elif kind == "garbage":
+        checkpoint.write_bytes(b"not a checkpoint at all")
+    else:
+        torch.save({"weights": torch.zeros(2)}, checkpoint)
+    before = checkpoint.read_bytes()
+    model = tiny_model("llama", vocab_size=len(smol_tokenizer))
+    with pytest.raises(ValueError, match="is not a train-heads checkpoint .* move the file aside"):
+        _train(model, smol_tokenizer, out)
+    assert not marker.exists() and checkpoint.read_bytes() == before

@@ -313,7 +313,16 @@ def _fresh_state(config: TrainConfig, num_layers: int, num_kv_heads: int, device
 
 def _resume(state: _RunState, run: dict[str, Any], path: Path) -> None:
     """Loads the checkpoint at `path` into `state`, after checking it comes from a run with these settings."""
-    saved = torch.load(path, map_location="cpu", weights_only=False)
+    try:  # weights_only: tensors and plain containers only, so a crafted file cannot run code while loading
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(saved, dict) or not {"run", "gates", "optimizer", "generator", "step"} <= saved.keys():
+            raise ValueError("it lacks the parts a train-heads checkpoint has (run, gates, optimizer, generator, step)")
+    except Exception as error:  # any unreadable file gets the same clear refusal
+        raise ValueError(
+            f"{path} is not a train-heads checkpoint this code can resume ({type(error).__name__}: "
+            f"{str(error).splitlines()[0] if str(error) else ''}); pass another out folder, or move the file "
+            "aside to start over (it was not changed)"
+        ) from None
     _check_settings(saved["run"], run, path)
     state.gates.load_state_dict(saved["gates"])
     state.optimizer.load_state_dict(saved["optimizer"])
