@@ -123,10 +123,49 @@ def test_singular_question_wording(build):
 # --- length fitting ---------------------------------------------------------------------------------------------
 
 
+@pytest.fixture(scope="module")
+def build_tight(count_tokens, tokenizer):
+    task = RulerTask("tight")
+    cache: dict = {}
+
+    def build_samples(subtask: str, ctx: int, num_samples: int = 2, seed: int = 42):
+        key = (subtask, ctx, num_samples, seed)
+        if key not in cache:
+            cache[key] = task.build_samples(subtask, ctx, num_samples, seed, count_tokens, tokenizer)
+        return cache[key]
+
+    return build_samples
+
+
 @pytest.mark.parametrize("ctx", [2048, 4096])
 @pytest.mark.parametrize("subtask", SUBTASKS)
-def test_fits_the_context(build, count_tokens, subtask, ctx):
+def test_fits_the_context(build, count_tokens, tokenizer, subtask, ctx):
+    """NVIDIA's sizing (the default): its own per-sample check holds, on its own count (plain text of prompt +
+    answer prefix, no chat template, no BOS; vt's example counted apart; fwe without its generated tokens)."""
     samples = build(subtask, ctx)
+    assert len(samples) == 2
+    family = ours.SUBTASKS[subtask]["task"]
+    for sample in samples:
+        assert sample.input_tokens == count_tokens(sample.prompt, sample.answer_prefix)  # what the engine runs
+        assert sample.meta["sizing"] == "nvidia"
+        text = len(tokenizer(sample.prompt + sample.answer_prefix, add_special_tokens=False).input_ids)
+        length = sample.meta["nvidia_length"]
+        if family == "freq_words_extraction":
+            assert length - sample.max_new_tokens == text <= ctx
+        elif family == "variable_tracking":
+            assert length <= ctx
+        else:
+            assert length == text + sample.max_new_tokens <= ctx
+        # A sample is the calibrated size or whole increments below it.
+        assert sample.meta["haystack_size"] <= sample.meta["calibrated_size"]
+        assert sample.max_new_tokens == ours.FAMILIES[family]["tokens_to_generate"]
+        assert sample.metric == ("string_match_part" if subtask.startswith("qa") else "string_match_all")
+
+
+@pytest.mark.parametrize("ctx", [2048, 4096])
+@pytest.mark.parametrize("subtask", SUBTASKS)
+def test_tight_fits_the_context(build_tight, count_tokens, subtask, ctx):
+    samples = build_tight(subtask, ctx)
     assert len(samples) == 2
     for sample in samples:
         tokens = count_tokens(sample.prompt, sample.answer_prefix)
@@ -137,6 +176,39 @@ def test_fits_the_context(build, count_tokens, subtask, ctx):
         assert tokens >= floor * (ctx - sample.max_new_tokens), (subtask, tokens)
         assert sample.max_new_tokens == ours.FAMILIES[ours.SUBTASKS[subtask]["task"]]["tokens_to_generate"]
         assert sample.metric == ("string_match_part" if subtask.startswith("qa") else "string_match_all")
+        assert sample.meta["sizing"] == "tight"
+
+
+def test_sizing_option(monkeypatch):
+    monkeypatch.delenv("LYCHEE_BENCH_RULER_SIZING", raising=False)
+    assert RulerTask().sizing == "nvidia"
+    monkeypatch.setenv("LYCHEE_BENCH_RULER_SIZING", "tight")
+    assert RulerTask().sizing == "tight"
+    assert RulerTask("nvidia").sizing == "nvidia"  # an explicit choice wins
+    nvidia, tight = RulerTask("nvidia").config(), RulerTask("tight").config()
+    assert (nvidia["sizing"], tight["sizing"]) == ("nvidia", "tight")
+    assert nvidia["generator_version"] == tight["generator_version"] != "lychee-ruler-1"
+    assert nvidia["length_fit"] != tight["length_fit"]
+    monkeypatch.setenv("LYCHEE_BENCH_RULER_SIZING", "loose")
+    with pytest.raises(ValueError, match="LYCHEE_BENCH_RULER_SIZING"):
+        RulerTask()
+    with pytest.raises(ValueError, match="nvidia, tight"):
+        RulerTask("loose")
+
+
+def test_needle_words_are_nvidias_sorted_pairs():
+    """Keys are drawn as NVIDIA's random.choice(sorted(set(adj-noun))) draws them, without building its list."""
+    from lychee_bench.tasks.ruler.assets import word_list
+    from lychee_bench.tasks.ruler.niah import SortedPairs
+
+    adjectives = [*word_list("adjectives")[:40], "blue", "blue-green", "blue green", "old", "old-time"]
+    nouns = [*word_list("nouns")[:300], "green-tea", "time", "time-piece", "ATM"]
+    words = sorted({f"{adjective}-{noun}" for adjective in adjectives for noun in nouns})
+    pairs = SortedPairs(adjectives, nouns)
+    assert len(pairs) == len(words)  # "blue-green-tea" is made twice and counted once
+    assert [pairs[i] for i in range(len(pairs))] == words
+    rng, again = random.Random(3), random.Random(3)
+    assert [rng.choice(words) for _ in range(50)] == [pairs[again.choice(range(len(pairs)))] for _ in range(50)]
 
 
 def test_largest_fitting_finds_the_boundary():

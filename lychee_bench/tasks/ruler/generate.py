@@ -146,33 +146,46 @@ def _nvidia_zipf_calibration(
     return size - plan.increment
 
 
+# NVIDIA's per-sample loop, once down to one increment, retries the same size with fresh random draws for ever;
+# here it gives up after this many.
+NVIDIA_REDRAWS = 50
+
+
 def _nvidia_sample(
     family: Family, key: str, index: int, size: int, ctx: int, max_new_tokens: int, count_text: TextCounter
 ) -> tuple[Instance, int]:
-    """The sample at `size`, stepped down one increment at a time while NVIDIA's per-sample check fails: input
-    (no answer) + tokens to generate + extra tokens <= ctx, or, for fwe, input <= ctx. Returns the instance and
-    NVIDIA's recorded "length".
+    """The sample at `size`, built again one increment smaller, with fresh draws, while NVIDIA's per-sample check
+    fails: input (no answer) + tokens to generate + extra tokens <= ctx, or, for fwe, input <= ctx. Returns the
+    instance and NVIDIA's recorded "length".
 
-    Where NVIDIA's loop would spin forever (the size is down to one increment, or vt, whose retry keeps the
-    calibrated size), this raises instead, and vt steps down like the others.
+    At one increment NVIDIA keeps redrawing at that size (a redraw of qa's distractors may fit); that is done
+    NVIDIA_REDRAWS times before giving up. vt's script redraws at the calibrated size whatever it is (its retry
+    passes the wrong variable); here vt steps down like the others.
     """
     plan = family.nvidia_sizing()
     lo, _ = family.size_bounds(index)
     reserve = 0 if plan.rule == "zipf" else max_new_tokens + plan.extra_tokens
+    attempt, redraws = 0, 0
     while True:
         if size < lo:
             raise ContextTooShortError(
                 f"NVIDIA's sizing leaves {size} {family.unit} (at least {lo} needed) for a {ctx}-token context"
             )
-        instance = family.make(size, random.Random(key), index)
+        stream = random.Random(key if attempt == 0 else f"{key}/retry={attempt}")
+        instance = family.make(size, stream, index)
         tokens = count_text(instance.nvidia_text())
         if tokens + reserve <= ctx:
             return instance, tokens + max_new_tokens + plan.extra_tokens
-        if plan.rule != "zipf" and size <= plan.increment:
+        attempt += 1
+        if plan.rule == "zipf" or size > plan.increment:
+            size -= plan.increment
+        elif redraws < NVIDIA_REDRAWS:
+            redraws += 1
+        else:
             raise ContextTooShortError(
-                f"{size} {family.unit} need {tokens + reserve} tokens with NVIDIA's sizing; the context is {ctx}"
+                f"{size} {family.unit} need {tokens + reserve} tokens with NVIDIA's sizing (redrawn {redraws}"
+                f" times); the context is {ctx}"
             )
-        size -= plan.increment
 
 
 def build_samples(
