@@ -78,11 +78,17 @@ def run(
         typer.Option(help="method name, or a comma list (see `list`); name[key=value;...] sets one entry's options"),
     ] = "full",
     task: Annotated[
-        str, typer.Option(help="'ruler' (all subtasks) or 'ruler/<subtask>', comma lists allowed")
+        str,
+        typer.Option(
+            help="'ruler' (its subtasks), 'ruler/<subtask>', longbench, aime24; options in brackets, e.g. "
+            "'aime24[k=16;max_new_tokens=8192]', 'longbench[data_dir=DIR]/qasper'; comma lists allowed"
+        ),
     ] = "ruler",
     ctx: Annotated[int, typer.Option(help="context length in tokens, including the tokens to generate")] = 4096,
     model: Annotated[str | None, typer.Option(help="embedded model name, a local folder or a hub id")] = None,
-    samples: Annotated[int, typer.Option(min=1, help="samples per subtask")] = 5,
+    samples: Annotated[
+        int | None, typer.Option(min=1, help="samples per subtask (default 5; aime24: its 30 problems)")
+    ] = None,
     seed: Annotated[int, typer.Option(help="seed for sample generation and sampling")] = 42,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N")] = "auto",
     dtype: Annotated[str, typer.Option(help="auto, float32, bfloat16 or float16")] = "auto",
@@ -108,8 +114,10 @@ def run(
     tokenizer: Annotated[
         str | None, typer.Option(help="a synthetic --model's tokenizer: an embedded model name or a folder")
     ] = None,
-    temperature: Annotated[float, typer.Option(min=0.0, help="0 = greedy")] = 0.0,
-    top_p: Annotated[float, typer.Option(min=0.0, max=1.0)] = 1.0,
+    temperature: Annotated[
+        float | None, typer.Option(min=0.0, help="0 = greedy (default: the task's protocol, else 0)")
+    ] = None,
+    top_p: Annotated[float | None, typer.Option(min=0.0, max=1.0, help="default: the task's protocol, else 1")] = None,
     out: Annotated[
         Path | None, typer.Option(help="run folder (default: runs/<methods>_<task>_<ctx>_<model>_s<seed>)")
     ] = None,

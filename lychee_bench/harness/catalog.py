@@ -23,3 +23,6 @@ TASKS.register(
     "lychee_bench.tasks.ruler:RulerTask",
     "RULER (NVIDIA): 13 synthetic long-context subtasks, generated offline",
 )
+# A task's one-line description is its class's `description` (as for methods).
+TASKS.register("longbench", "lychee_bench.tasks.longbench:LongBenchTask")
+TASKS.register("aime24", "lychee_bench.tasks.aime:AimeTask", aliases=("aime2024",))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import re
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -37,7 +38,7 @@ class RunPlan:
     task: str  # "ruler" or "ruler/<subtask>" (comma lists allowed)
     ctx: int
     model: str | None = None
-    samples: int = 5
+    samples: int | None = None  # None: the task's default (generation_defaults()["samples"]), else 5
     seed: int = 42
     device: str = "auto"
     dtype: str = "auto"
@@ -48,8 +49,8 @@ class RunPlan:
     chat_template: bool | None = None  # None: use the tokenizer's template when it has one
     rope_scaling: str | None = None
     tokenizer: str | None = None  # a synthetic model's tokenizer (an embedded model name or a folder)
-    temperature: float = 0.0
-    top_p: float = 1.0
+    temperature: float | None = None  # None: the tasks' protocol (generation_defaults), else greedy
+    top_p: float | None = None
     out: Path | None = None
 
 
@@ -77,12 +78,31 @@ def resolve_dtype(dtype: str, device: str) -> str:
 
 
 def parse_tasks(spec: str) -> list[tuple[str, list[str]]]:
-    """'ruler' -> all subtasks; 'ruler/niah_single_1,ruler/vt' -> those. Unknown names raise with hints."""
+    """'ruler' -> its default subtasks; 'ruler/niah_single_1,ruler/vt' -> those. Unknown names raise with hints."""
+    return [(name, subtasks) for name, subtasks, _ in _parse_task_entries(spec)]
+
+
+def build_tasks(spec: str) -> tuple[list[tuple[str, list[str]]], dict[str, Any]]:
+    """(task name, subtasks) in `--task` order, and each task built with its options: `aime24[k=16]`,
+    `longbench[data_dir=/data/longbench]/qasper` (the class's `from_options` when it has one, else its keyword
+    arguments)."""
+    entries = _parse_task_entries(spec)
+    tasks = {name: _build_task(name, options) for name, _, options in entries}
+    return [(name, subtasks) for name, subtasks, _ in entries], tasks
+
+
+def _parse_task_entries(spec: str) -> list[tuple[str, list[str], dict[str, str]]]:
     chosen: dict[str, list[str]] = {}
-    for part in [p.strip() for p in spec.split(",") if p.strip()]:
-        family, _, subtask = part.partition("/")
-        name = TASKS.resolve(family)
-        task = TASKS.get(name)()
+    options: dict[str, dict[str, str]] = {}
+    for part in _split_outside_brackets(spec):
+        family, subtask = part, ""
+        if "/" in part and part.rfind("/") > part.rfind("]"):
+            family, _, subtask = part.rpartition("/")
+        base, entry_options = parse_method_entry(family) if "[" in family else (family, {})
+        name = TASKS.resolve(base)
+        if options.setdefault(name, entry_options) != entry_options:
+            raise PlanError([f"{name} is given twice with different options in --task {spec!r}; give it once"])
+        task = _build_task(name, entry_options)
         subtasks = task.subtasks()
         if subtask:
             if subtask not in subtasks:
@@ -91,10 +111,42 @@ def parse_tasks(spec: str) -> list[tuple[str, list[str]]]:
             if subtask not in chosen[name]:
                 chosen[name].append(subtask)
         else:
-            chosen[name] = list(subtasks)
+            chosen[name] = list(getattr(task, "default_subtasks", task.subtasks)())
     if not chosen:
         raise PlanError([f"no task given in {spec!r}; e.g. --task ruler or --task ruler/niah_single_1"])
-    return list(chosen.items())
+    return [(name, subtasks, options[name]) for name, subtasks in chosen.items()]
+
+
+def _split_outside_brackets(spec: str) -> list[str]:
+    parts, depth, current = [], 0, ""
+    for char in spec:
+        depth += {"[": 1, "]": -1}.get(char, 0)
+        if char == "," and depth == 0:
+            parts.append(current.strip())
+            current = ""
+        else:
+            current += char
+    parts.append(current.strip())
+    return [p for p in parts if p]
+
+
+def _build_task(name: str, options: dict[str, str]) -> Any:
+    """A task instance with its options; bad options are a PlanError naming what the task takes."""
+    cls = TASKS.get(name)
+    if not options:
+        return cls()
+    try:
+        if hasattr(cls, "from_options"):
+            return cls.from_options(options)
+        return cls(**options)
+    except (TypeError, ValueError) as error:
+        accepted = [p for p in inspect.signature(cls).parameters if p not in ("self", "args", "kwargs")]
+        raise PlanError(
+            [
+                f"task {name}[{';'.join(f'{k}={v}' for k, v in options.items())}]: {error}; it takes "
+                f"{', '.join(accepted) or 'no options'}"
+            ]
+        ) from None
 
 
 def split_methods(spec: str) -> list[str]:
@@ -331,8 +383,7 @@ def check_run(plan: RunPlan) -> CheckedRun:
     device = resolve_device(plan.device)
     dtype = resolve_dtype(plan.dtype, device)
     methods = build_methods(plan.methods, plan.method_options)
-    task_list = parse_tasks(plan.task)
-    tasks = {name: TASKS.get(name)() for name, _ in task_list}
+    task_list, tasks = build_tasks(plan.task)
 
     reasons: list[str] = []
     for task in tasks.values():
@@ -376,8 +427,43 @@ def run_setting(checked: CheckedRun) -> RunSetting:
         provenance=provenance.collect(checked.device),
         model_info=model_info,
         input_format=input_format,
-        generation={"temperature": plan.temperature, "top_p": plan.top_p},
+        generation=sampling_settings(plan, checked.tasks),
     )
+
+
+DEFAULT_SAMPLES = 5
+GREEDY = {"temperature": 0.0, "top_p": 1.0}
+
+
+def sampling_settings(plan: RunPlan, tasks: dict[str, Any]) -> dict[str, float]:
+    """Temperature and top-p: what the user gave, else the tasks' protocol (AIME: 0.6 / 0.95), else greedy.
+    Tasks whose protocols differ cannot share a run unless the user sets both."""
+    chosen = {"temperature": plan.temperature, "top_p": plan.top_p}
+    protocols = {
+        name: task.generation_defaults() for name, task in tasks.items() if hasattr(task, "generation_defaults")
+    }
+    for key, value in chosen.items():
+        if value is not None:
+            continue
+        wanted = {protocol[key] for protocol in protocols.values() if key in protocol}
+        others = [name for name in tasks if name not in protocols]
+        if len(wanted) > 1 or (wanted and others):
+            raise PlanError(
+                [
+                    f"the tasks {', '.join(tasks)} sample with different {key.replace('_', '-')}s by protocol; give "
+                    f"--{key.replace('_', '-')} or run them separately"
+                ]
+            )
+        chosen[key] = wanted.pop() if wanted else GREEDY[key]
+    return chosen
+
+
+def samples_for(plan: RunPlan, task: Any) -> int:
+    """Samples per subtask: --samples, else the task's default (AIME: all 30 problems), else 5."""
+    if plan.samples is not None:
+        return plan.samples
+    defaults = task.generation_defaults() if hasattr(task, "generation_defaults") else {}
+    return int(defaults.get("samples", DEFAULT_SAMPLES))
 
 
 def write_run_manifest(checked: CheckedRun, setting: RunSetting) -> None:
@@ -410,7 +496,8 @@ def build_samples(checked: CheckedRun, formatter: InputFormatter) -> list[tuple[
     for name, subtasks in checked.task_list:
         for subtask in subtasks:
             try:
-                samples = cached_samples(checked.tasks[name], subtask, plan.ctx, plan.samples, plan.seed, formatter)
+                task = checked.tasks[name]
+                samples = cached_samples(task, subtask, plan.ctx, samples_for(plan, task), plan.seed, formatter)
             except ValueError as error:
                 fix = " Use a larger --ctx." if isinstance(error, ContextTooShortError) else ""
                 raise PlanError([f"{name}/{subtask} cannot be built at --ctx {plan.ctx}: {error}.{fix}"]) from error
@@ -458,6 +545,20 @@ def pending_samples(
     return pending
 
 
+def formatter_for(setting: RunSetting, sample: Any) -> InputFormatter:
+    """The run's formatter, or one without the chat template for a sample whose task says so (LongBench's
+    few-shot and code datasets are fed raw, as the official code does)."""
+    if sample.meta.get("chat_template") is False and setting.formatter.use_chat_template:
+        return InputFormatter(setting.tokenizer, False, setting.formatter.exercise_chars)
+    return setting.formatter
+
+
+def input_format_for(setting: RunSetting, sample: Any) -> dict[str, Any]:
+    if sample.meta.get("chat_template") is False:
+        return {**setting.input_format, "chat_template": False}
+    return setting.input_format
+
+
 def execute(
     checked: CheckedRun,
     setting: RunSetting,
@@ -474,7 +575,9 @@ def execute(
         active = [m for m in checked.methods if any(m.label in row.labels for row in chunk)]
         subtasks = dict.fromkeys(row.sample.subtask for row in chunk)
         progress.set_postfix_str(f"{', '.join(subtasks)} ({', '.join(m.label for m in active)})")
-        inputs = [setting.formatter.format(row.sample.prompt, row.sample.answer_prefix) for row in chunk]
+        inputs = [
+            formatter_for(setting, row.sample).format(row.sample.prompt, row.sample.answer_prefix) for row in chunk
+        ]
         limits = [row.sample.max_new_tokens for row in chunk]
         # A sample's own seed: its sampled tokens do not depend on which batch it lands in.
         seeds = [row_seed(plan.seed, row.sample.task, row.sample.subtask, row.sample.index) for row in chunk]
@@ -487,7 +590,11 @@ def execute(
                 run_key = row.run_keys[method.label]
                 writer.append(
                     _sample_record(method, row.task, row.sample, formatted, output, plan, checked.source, run_key)
-                    | {"batch": batch_size, "forward_batch": output.forward_batch, "input_format": setting.input_format}
+                    | {
+                        "batch": batch_size,
+                        "forward_batch": output.forward_batch,
+                        "input_format": input_format_for(setting, row.sample),
+                    }
                     | _timing(output, len(active), engine.last_shared.get(method.label))
                     | {"code": setting.provenance["code"]}
                 )

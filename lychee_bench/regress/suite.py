@@ -71,6 +71,8 @@ SMOKE = Suite(
         dtype="float32",
         batch_size=1,
         method_options={"roles": "uniform:11", "budget": "256"},
+        temperature=0.0,
+        top_p=1.0,
     ),
     kernel_cases=(
         KernelCase("layer0_all_retrieval", 2, 2, 4, 64, 300, (True, True), 2, 1),
