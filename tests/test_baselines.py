@@ -118,7 +118,7 @@ def test_quest_keeps_the_top_pages_and_the_current_page():
 def test_duo_retrieval_heads_full_streaming_heads_sink_and_recent(tmp_path):
     table = torch.tensor([[True, True], [False, True]])
     path = tmp_path / "roles.json"
-    path.write_text(json.dumps(roles_to_json(table, {"name": "tiny"})))
+    path.write_text(json.dumps(roles_to_json(table, {"name": "m"})))
     duo = DuoAttention(DuoConfig(roles=str(path), sink=3, recent=5))
     assert duo.check(shape(layers=2, heads=4, kv=2, dim=8)) == []
     torch.manual_seed(2)

@@ -404,7 +404,7 @@ def test_training_moves_density_to_target_and_writes_loadable_roles(smol_tokeniz
     assert records[0]["target"] == pytest.approx(1 / 4)  # (N - H) / ((L - 1) H) = (3 - 2) / 4
     assert all(torch.equal(before[name], p) for name, p in model.named_parameters())  # model untouched
     assert all(p.requires_grad for p in model.parameters())  # flags restored
-    roles = resolve_roles(str(result.roles_path), 3, 2, "tiny")
+    roles = resolve_roles(str(result.roles_path), 3, 2, "llama")
     assert roles.num_retrieval == 3 and bool(roles.retrieval[0].all())
     document = json.loads(result.roles_path.read_text())
     assert document["threshold_rule"]["name"] == "kuma_mean"
@@ -431,7 +431,7 @@ def test_checkpoint_resume_equals_uninterrupted_run(smol_tokenizer, tmp_path):
         _train(model, smol_tokenizer, tmp_path / "resumed", seed=4)
     rethresholded = _train(model, smol_tokenizer, tmp_path / "resumed", threshold_rule="p_one")  # no new steps
     assert json.loads(rethresholded.roles_path.read_text())["threshold_rule"]["name"] == "p_one"
-    assert resolve_roles(str(rethresholded.roles_path), 3, 2, "tiny").num_retrieval == 3
+    assert resolve_roles(str(rethresholded.roles_path), 3, 2, "llama").num_retrieval == 3
 
 
 @pytest.mark.parametrize("gate", ["hardconcrete", "continuous"])
@@ -441,7 +441,7 @@ def test_ablation_gates_train(smol_tokenizer, tmp_path, gate):
     result = _train(
         model, smol_tokenizer, tmp_path / gate, gate=gate, steps=2, num_retrieval_heads=4, on_phase=phases.append
     )
-    roles = resolve_roles(str(result.roles_path), 3, 2, "tiny")
+    roles = resolve_roles(str(result.roles_path), 3, 2, "qwen3")
     assert roles.num_retrieval == 4
     assert phases == ["sample", "prefill", "teacher", "student", "backward", "logging", "end"] * 2
     assert json.loads(result.roles_path.read_text())["threshold_rule"]["gate"] == gate

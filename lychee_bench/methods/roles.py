@@ -1,11 +1,14 @@
 """Head roles for LycheeDecode: which KV heads are retrieval heads, as a small versioned, checksummed file.
 
-File format (JSON, `format: lychee-bench/head-roles`, version 1):
+File format (JSON, `format: lychee-bench/head-roles`, version 2):
     model:      {name, fingerprint, num_layers, num_kv_heads}
     retrieval:  per layer, the sorted list of retrieval KV-head indices (layer 0 holds all of them)
     threshold_rule, training: how the roles were learned (free-form provenance)
-    sha256:     checksum of the canonical JSON of {model.num_layers, model.num_kv_heads, retrieval}
-Shipped files live in lychee_bench/artifacts/roles/ and are loaded by name.
+    sha256:     checksum of the canonical JSON of {model: {name, fingerprint, num_layers, num_kv_heads},
+                retrieval} (version 1 covered only the shape and the retrieval lists)
+Shipped files live in lychee_bench/artifacts/roles/ and are loaded by name. Every file is checked before use: its
+structure, every layer listed, head indices in range, the checksum, and the model it was made for (its name must
+be the run's model's).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import torch
 from lychee_bench.methods.artifacts import checksum, shipped_path
 
 FORMAT = "lychee-bench/head-roles"
-VERSION = 1
+VERSION = 2
 SYNTHETIC_RETRIEVAL_FRACTION = 0.125  # the paper's budget: 32 of 256 KV heads (Llama-3-8B)
 
 
@@ -44,7 +47,16 @@ class HeadRoles:
 
 
 def roles_checksum(num_layers: int, num_kv_heads: int, retrieval: list[list[int]]) -> str:
+    """Version 1's checksum: the shape and the retrieval lists (also the id of roles built in memory)."""
     return checksum({"num_layers": num_layers, "num_kv_heads": num_kv_heads, "retrieval": retrieval})
+
+
+def file_checksum(model: dict[str, Any], retrieval: list[list[int]], version: int = VERSION) -> str:
+    """The checksum a roles file of `version` carries (version 2 covers the model it was made for)."""
+    if version < 2:
+        return roles_checksum(model["num_layers"], model["num_kv_heads"], retrieval)
+    identity = {key: model.get(key) for key in ("name", "fingerprint", "num_layers", "num_kv_heads")}
+    return checksum({"model": identity, "retrieval": retrieval})
 
 
 def _as_lists(table: torch.Tensor) -> list[list[int]]:
@@ -84,7 +96,7 @@ def roles_to_json(table: torch.Tensor, model: dict[str, Any], **provenance: Any)
         "model": {**model, "num_layers": num_layers, "num_kv_heads": num_kv_heads},
         "retrieval": retrieval,
         **provenance,
-        "sha256": roles_checksum(num_layers, num_kv_heads, retrieval),
+        "sha256": file_checksum({**model, "num_layers": num_layers, "num_kv_heads": num_kv_heads}, retrieval),
     }
 
 
@@ -92,22 +104,49 @@ def shipped_roles_path(name: str) -> Path | None:
     return shipped_path("roles", name)
 
 
+def _checked_structure(data: Any, path: Path) -> tuple[dict[str, Any], list[list[int]]]:
+    """(model, retrieval lists) of a roles file, or a RolesError naming the first thing that is wrong."""
+    fix = "regenerate it with `lychee-bench train-heads`"
+    if not isinstance(data, dict):
+        raise RolesError(f"roles file {path} holds a JSON {type(data).__name__}, not an object; {fix}")
+    if data.get("format") != FORMAT or not isinstance(data.get("version"), int) or data["version"] > VERSION:
+        raise RolesError(f"{path} is not a {FORMAT} file of version 1..{VERSION}; {fix}")
+    model = data.get("model")
+    if not isinstance(model, dict) or not isinstance(model.get("name"), str):
+        raise RolesError(f"roles file {path} does not say which model it is for (a `model` object with a name); {fix}")
+    layers, heads = model.get("num_layers"), model.get("num_kv_heads")
+    if not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in (layers, heads)):
+        raise RolesError(f"roles file {path}: model.num_layers and model.num_kv_heads must be positive integers; {fix}")
+    retrieval = data.get("retrieval")
+    if not isinstance(retrieval, list) or len(retrieval) != layers:
+        count = len(retrieval) if isinstance(retrieval, list) else "no"
+        raise RolesError(f"roles file {path} lists {count} layers of retrieval heads for a {layers}-layer model; {fix}")
+    for layer, row in enumerate(retrieval):
+        if not isinstance(row, list) or not all(isinstance(h, int) and not isinstance(h, bool) for h in row):
+            raise RolesError(f"roles file {path}: layer {layer} is not a list of KV-head indices; {fix}")
+        if any(h < 0 or h >= heads for h in row) or len(set(row)) != len(row):
+            raise RolesError(
+                f"roles file {path}: layer {layer} lists heads {row}, but the model has KV heads 0..{heads - 1} "
+                f"(each once); {fix}"
+            )
+    return model, retrieval
+
+
 def load_roles_file(path: Path, source: str) -> HeadRoles:
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as error:
         raise RolesError(f"cannot read roles file {path}: {error}") from error
-    if data.get("format") != FORMAT or data.get("version", 0) > VERSION:
-        raise RolesError(f"{path} is not a version-{VERSION} {FORMAT} file")
-    num_layers, num_kv_heads = data["model"]["num_layers"], data["model"]["num_kv_heads"]
-    expected = roles_checksum(num_layers, num_kv_heads, data["retrieval"])
-    if data.get("sha256") != expected:
+    model, retrieval = _checked_structure(data, path)
+    if data.get("sha256") != file_checksum(model, retrieval, data["version"]):
         raise RolesError(f"roles file {path} fails its checksum (edited or corrupt); regenerate it")
+    num_layers, num_kv_heads = model["num_layers"], model["num_kv_heads"]
     table = torch.zeros(num_layers, num_kv_heads, dtype=torch.bool)
-    for layer, heads in enumerate(data["retrieval"]):
+    for layer, heads in enumerate(retrieval):
         table[layer, heads] = True
     info = {k: v for k, v in data.items() if k not in ("retrieval",)}
-    return HeadRoles(table, source, expected, info)
+    # The roles' id is the table's own checksum (as for uniform:N): one table decodes the same from any source.
+    return HeadRoles(table, source, roles_checksum(num_layers, num_kv_heads, retrieval), info)
 
 
 def resolve_roles(spec: str | None, num_layers: int, num_kv_heads: int, model_name: str) -> HeadRoles:
@@ -137,6 +176,14 @@ def resolve_roles(spec: str | None, num_layers: int, num_kv_heads: int, model_na
         roles = load_roles_file(Path(spec).expanduser(), str(Path(spec).expanduser().resolve()))
     else:
         raise RolesError(f"roles {spec!r} is neither uniform:N, all, a shipped roles name, nor an existing file")
+    made_for = roles.info.get("model", {}).get("name")
+    if made_for is not None and model_name and Path(model_name).name != Path(made_for).name:
+        raise RolesError(
+            f"roles {roles.source} were learned for model {made_for!r}, and this run's model is "
+            f"{Path(model_name).name!r}: head roles belong to one model's weights, a shape that matches is not "
+            f"enough. Use roles made for {Path(model_name).name!r} (`lychee-bench train-heads --model ...`) or "
+            "--roles uniform:N"
+        )
     if tuple(roles.retrieval.shape) != (num_layers, num_kv_heads):
         raise RolesError(
             f"roles {roles.source} are for {tuple(roles.retrieval.shape)} (layers, KV heads) but the model has "
