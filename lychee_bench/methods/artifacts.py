@@ -251,9 +251,16 @@ def load_tidal_file(path: Path, source: str) -> TidalReselect:
         selection, reselect = data["selection_layer"], data["reselect_layer"]
     except (KeyError, TypeError) as error:
         raise ArtifactError(f"{path} lacks {error}; regenerate it with `lychee-bench calibrate`") from error
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (num_layers, num_kv_heads, selection, reselect)):
+        raise ArtifactError(f"{path}: layer counts and layer indices must be integers; regenerate it")
     expected = checksum(tidal_content(num_layers, num_kv_heads, selection, reselect))
     if data.get("sha256") != expected:
         raise ArtifactError(f"TidalDecode artifact {path} fails its checksum (edited or corrupt); regenerate it")
+    if not 0 <= selection < reselect < num_layers:
+        raise ArtifactError(
+            f"{path}: re-selection layer {reselect} must lie after selection layer {selection} and before "
+            f"{num_layers}; regenerate it with `lychee-bench calibrate --method tidal`"
+        )
     info = {key: value for key, value in data.items() if key not in ("selection_layer", "reselect_layer")}
     return TidalReselect(selection, reselect, num_layers, source, expected, info)
 
