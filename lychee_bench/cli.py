@@ -105,7 +105,9 @@ def run(
             help="decode the question's tail token by token (default: on when a decode-only method runs)",
         ),
     ] = None,
-    exercise_chars: Annotated[int, typer.Option(help="characters of the question decoded by the exercise")] = 100,
+    exercise_chars: Annotated[
+        int, typer.Option(min=1, help="characters of the question decoded by the exercise")
+    ] = 100,
     chat_template: Annotated[
         bool | None,
         typer.Option("--chat-template/--no-chat-template", help="default: use it when the tokenizer has one"),

@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from lychee_bench.cli import app
 
 SMOKE = str(Path(__file__).resolve().parents[1] / "results" / "smoke")
+RUN = ["run", "--task", "ruler/vt", "--ctx", "1024", "--samples", "1", "--device", "cpu"]
 
 CASES = [
     (["compare", "nope", SMOKE], ["nope does not exist", "run folder"]),
@@ -43,6 +44,28 @@ CASES = [
     (["bench", "--ctx", "abc"], ["--ctx and --batch take comma lists of integers", "'abc'"]),
     (["bench", "--methods", "full"], ["needs a CUDA GPU"]),
     (["list", "nope"], ["nope"]),
+    ([*RUN, "--method", "nope"], ["unknown method 'nope'", "Known methods"]),
+    ([*RUN, "--method", "lychee[budget=-5]"], ["lychee budget -5 must be a positive number"]),
+    ([*RUN, "--method", "lychee[roles=]"], ["option roles is empty"]),
+    ([*RUN, "--method", "lychee[nope=1]"], ["lychee has no option nope", "its options"]),
+    ([*RUN, "--method", "lychee[roles=no-such-file.json]"], ["no-such-file.json"]),
+    ([*RUN, "--method", "full", "-o", "x"], ["bad --option 'x'", "key=value"]),
+    ([*RUN, "--method", "full", "--task", "nope"], ["unknown task 'nope'", "Known tasks"]),
+    ([*RUN, "--method", "full", "--task", "ruler/nope"], ["unknown ruler subtask 'nope'"]),
+    ([*RUN, "--method", "full", "--task", "aime24[k=2]"], ["k >= 8"]),
+    ([*RUN, "--method", "full", "--task", "ruler[colour=red]"], ["ruler[colour=red]", "it takes"]),
+    ([*RUN, "--method", "full", "--ctx", "0"], ["--ctx 0"]),
+    ([*RUN, "--method", "full", "--model", "nope"], ["unknown model 'nope'"]),
+    ([*RUN, "--method", "full", "--exercise-chars", "-5"], ["'--exercise-chars'"]),
+    ([*RUN, "--method", "full", "--dtype", "nope"], ["unknown dtype 'nope'"]),
+    ([*RUN, "--method", "full", "--device", "nope"], ["unknown device 'nope'"]),
+    ([*RUN, "--method", "full", "--rope-scaling", "bad"], ["bad --rope-scaling 'bad'"]),
+    ([*RUN, "--method", "full", "--out", "a-file.txt"], ["--out a-file.txt is a file"]),
+    ([*RUN, "--method", "full", "--out", "a-file.txt/run"], ["cannot be created"]),
+    (["calibrate", "--method", "nope"], ["kascade or tidal", "'nope'"]),
+    (["calibrate", "--method", "kascade", "--ctx", "0"], ["--ctx 0 is too short"]),
+    (["train-heads", "--gate", "nope"], ["--gate 'nope' is not a gate", "exactly one of --retrieval-heads"]),
+    (["train-heads", "--retrieval-heads", "11", "--ctx-min", "500", "--ctx-max", "100"], ["need 0 < ctx-min"]),
 ]
 
 

@@ -316,6 +316,7 @@ def run(plan: RunPlan, log: Any = print) -> list[dict[str, Any]]:
     checked = check_run(plan)
     setting = run_setting(checked)
     check_folder(checked, setting)
+    work = build_samples(checked, setting.formatter)  # before the folder is touched: a bad --ctx writes nothing
     try:
         lock = records.FolderLock(setting.out)
         lock.__enter__()
@@ -325,7 +326,6 @@ def run(plan: RunPlan, log: Any = print) -> list[dict[str, Any]]:
         write_run_manifest(checked, setting)
         done = recorded_keys(setting.out)  # read before the writer repairs a torn last line
         writer = records.RecordWriter(setting.out)
-        work = build_samples(checked, setting.formatter)
         engine = load_engine(checked, setting, work, log)
         total = len(checked.methods) * sum(len(samples) for _, _, samples in work)
         progress = tqdm(total=total, desc="samples", unit="sample", dynamic_ncols=True)

@@ -147,6 +147,12 @@ class Method(ABC):
         if unknown:
             allowed = ", ".join(fields) or "none"
             raise ValueError(f"method {cls.name!r} has no option {', '.join(unknown)}; its options: {allowed}.")
+        empty = sorted(key for key, raw in options.items() if isinstance(raw, str) and not raw.strip())
+        if empty:
+            raise ValueError(
+                f"method {cls.name!r} option {', '.join(empty)} is empty; give a value ({empty[0]}=...) or leave "
+                "it out for the default"
+            )
         values = {}
         for key, raw in options.items():
             values[key] = _convert(raw, fields[key].type, f"{cls.name} option {key}")

@@ -55,8 +55,10 @@ class LycheeConfig:
             if not 0.0 < self.budget_ratio <= 1.0:
                 raise ValueError(f"lychee budget_ratio {self.budget_ratio} must be in (0, 1]")
             self.budget = None
-        elif self.budget is None or self.budget < 1:
+        elif self.budget is None:
             raise ValueError("lychee needs --budget N (tokens) or --option budget_ratio=R")
+        elif self.budget < 1:
+            raise ValueError(f"lychee budget {self.budget} must be a positive number of tokens, e.g. --budget 4096")
         if self.granularity == "token" and self.budget is not None and self.budget < self.sink + self.recent:
             raise ValueError(
                 f"lychee token budget {self.budget} must hold the {self.sink} sink + {self.recent} recent tokens; "

@@ -37,10 +37,20 @@ def run_train_heads_cli(
     same `out` resumes.
     """
     from lychee_bench.harness import models
+    from lychee_bench.training.gates import GATES
     from lychee_bench.training.trainer import TrainConfig, train_heads
 
-    if steps < 1 or (retrieval_heads is None) == (density is None):
-        raise ValueError(f"need steps >= 1 (got {steps}) and exactly one of retrieval_heads and density")
+    problems = []  # every bad input at once, in the command's own option names
+    if steps < 1:
+        problems.append(f"--steps {steps}: train at least 1 step")
+    if (retrieval_heads is None) == (density is None):
+        problems.append("give exactly one of --retrieval-heads N (layer 0's KV heads included) and --density D")
+    if gate not in GATES:
+        problems.append(f"--gate {gate!r} is not a gate; use one of {', '.join(sorted(GATES))}")
+    if not 0 < ctx_min <= ctx_max:
+        problems.append(f"--ctx-min {ctx_min} and --ctx-max {ctx_max}: need 0 < ctx-min <= ctx-max")
+    if problems:
+        raise ValueError("; ".join(problems))
     source = models.resolve_model(model_name)
     config = models.load_config(source, rope_scaling)
     reasons = models.check_architecture(config) + models.check_context(config, ctx_max, source.name)
