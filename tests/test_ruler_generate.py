@@ -194,6 +194,21 @@ def test_sizing_option(monkeypatch):
         RulerTask()
     with pytest.raises(ValueError, match="nvidia, tight"):
         RulerTask("loose")
+    # Through the run's task options: --task "ruler[sizing=tight]/vt".
+    from lychee_bench.harness.runner import build_tasks
+
+    monkeypatch.delenv("LYCHEE_BENCH_RULER_SIZING")
+    assert build_tasks("ruler[sizing=tight]/vt")[1]["ruler"].sizing == "tight"
+    assert build_tasks("ruler/vt")[1]["ruler"].sizing == "nvidia"
+
+
+def test_nvidia_sizing_refuses_a_context_below_its_smallest_haystack(count_tokens, tokenizer):
+    """NVIDIA's vt needs 10 noise lines beside its ~400-token example; at 768 its script would spin for ever."""
+    from lychee_bench.tasks.ruler.fitting import ContextTooShortError
+
+    with pytest.raises(ContextTooShortError, match=r"sizing=tight"):
+        RulerTask("nvidia").build_samples("vt", 768, 1, 42, count_tokens, tokenizer)
+    assert RulerTask("tight").build_samples("vt", 768, 1, 42, count_tokens, tokenizer)[0].meta["haystack_size"] > 0
 
 
 def test_needle_words_are_nvidias_sorted_pairs():

@@ -37,6 +37,7 @@ from lychee_bench.tasks.ruler.variable_tracking import VariableTrackingFamily
 
 TASK_NAME = "ruler"
 SIZINGS = ("nvidia", "tight")
+SIZING_ENV = "LYCHEE_BENCH_RULER_SIZING"
 
 
 def check_sizing(sizing: str) -> str:
@@ -212,9 +213,12 @@ def build_samples(
         family = make_family(subtask, ctx, seed, count_text, stream)
         calibrated = nvidia_calibration(family, ctx, max_new_tokens, count_text, stream)
         lo, _ = family.size_bounds(0)
-        if calibrated < lo:
+        if calibrated < max(lo, 1):
+            # NVIDIA's script would go on with an empty haystack and then spin for ever.
+            plan = family.nvidia_sizing()
             raise ContextTooShortError(
-                f"NVIDIA's sizing finds no {family.unit} that fit {subtask} in {ctx} tokens (got {calibrated})"
+                f"NVIDIA's sizing cannot fit {plan.first} {family.unit}, its smallest {subtask} haystack, in {ctx}"
+                f" tokens (ruler[sizing=tight] or {SIZING_ENV}=tight fits smaller haystacks)"
             )
     else:
         family = make_family(subtask, ctx, seed, count_text)

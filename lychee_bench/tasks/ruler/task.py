@@ -8,15 +8,14 @@ from typing import Any
 from lychee_bench.harness.task import Sample, TokenCounter
 from lychee_bench.tasks.ruler import assets
 from lychee_bench.tasks.ruler.constants import FAMILIES, GENERATOR_VERSION, RULER_REFERENCE, SUBTASKS
-from lychee_bench.tasks.ruler.generate import SIZINGS, build_samples, check_sizing, check_subtask
+from lychee_bench.tasks.ruler.generate import SIZING_ENV, build_samples, check_sizing, check_subtask
 from lychee_bench.tasks.ruler.scoring import score_prediction
 from lychee_bench.tasks.ruler.sentences import SPLITTER
 
 DEFAULT_SEED = 42  # RULER's default random seed
 DEFAULT_SIZING = "nvidia"
-# Until the CLI has an option for it, the sizing can be chosen for a whole run (the harness builds tasks with
-# no arguments).
-SIZING_ENV = "LYCHEE_BENCH_RULER_SIZING"
+# The sizing is a task option (`--task ruler[sizing=tight]/vt`); the environment variable sets the default for
+# a whole run, e.g. a suite whose --task strings are fixed.
 LENGTH_FIT = {
     "nvidia": (
         "nvidia: per-task increments (niah 500 words / 25 sentences, 5 below 4096; qa 10 docs; vt 10 noises +"
@@ -41,10 +40,6 @@ class RulerTask:
         except ValueError as error:
             source = "" if sizing is not None else f" (from ${SIZING_ENV})"
             raise ValueError(f"{error}{source}") from None
-
-    @staticmethod
-    def sizings() -> tuple[str, ...]:
-        return SIZINGS
 
     def subtasks(self) -> list[str]:
         return list(SUBTASKS)
