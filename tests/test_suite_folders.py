@@ -52,7 +52,8 @@ def test_update_baseline_refuses_a_folder_that_is_not_the_suites(tmp_path):
 def test_update_baseline_replaces_only_the_suites_own_files(tmp_path, monkeypatch):
     folder = tmp_path / "smoke"
     folder.mkdir()
-    (folder / "manifest.json").write_text(json.dumps({"kind": "lychee-bench-suite", "suite": "smoke"}))
+    suite_run = {"kind": "lychee-bench-suite", "suite": "smoke"}  # as write_manifest keeps it: one of the runs
+    (folder / "manifest.json").write_text(json.dumps({"kind": "lychee-bench-run", "runs": [{}, suite_run]}))
     (folder / "records.jsonl").write_text("old\n")
     (folder / "keep.md").write_text("mine")
     ran = []

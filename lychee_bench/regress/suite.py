@@ -128,7 +128,9 @@ def _clear_baseline(suite: Suite, baseline: Path, log: Any) -> None:
         info = json.loads(manifest.read_text())
     except (OSError, json.JSONDecodeError) as error:
         raise SuiteFolderError(f"{manifest} is not readable JSON ({error}); not rewriting {baseline}") from None
-    if not isinstance(info, dict) or info.get("kind") != "lychee-bench-suite" or info.get("suite") != suite.name:
+    runs = info.get("runs", []) if isinstance(info, dict) else []
+    ours = [r for r in runs if isinstance(r, dict) and r.get("kind") == "lychee-bench-suite"]
+    if not ours or any(r.get("suite") != suite.name for r in ours):
         raise SuiteFolderError(
             f"{baseline} does not hold a `{suite.name}` suite baseline (its manifest says otherwise); "
             "pass the baseline folder, e.g. results/smoke"
