@@ -1,0 +1,3 @@
+CALL=r4; source .carry/run/env.sh
+step 150 python3 .carry/run/warm_samples.py 8192 25
+step 440 python3 -m lychee_bench.cli run --method 'full,lychee[granularity=block],lychee[granularity=token],lychee[roles=uniform:11;granularity=block],lychee[roles=uniform:11;granularity=token],lychee[roles=smollm2-135m-hardconcrete;granularity=block],lychee[roles=smollm2-135m-hardconcrete;granularity=token],tidal,kascade,quest,streaming,lychee[roles=smollm2-135m-continuous;granularity=block],lychee[roles=smollm2-135m-continuous;granularity=token],duo[roles=smollm2-135m-continuous]' --task ruler --ctx 8192 --samples 25 --budget 1024 --batch-size 65 --out $R/smollm2-135m_ctx8192_h200
