@@ -42,7 +42,7 @@ def test_a_good_file_loads_and_its_id_is_the_tables(tmp_path):
 
 def _cases():
     good = _good()
-    yield "a list", [good], "holds a JSON list, not an object"
+    yield "a list", [good], "holds a JSON list, not a lychee-bench/head-roles object"
     yield "no model", {k: v for k, v in good.items() if k != "model"}, "does not say which model"
     yield "10 of 30 layers", _resealed({**good, "retrieval": good["retrieval"][:2]}), "lists 2 layers"
     more = {**good, "retrieval": [*good["retrieval"], [0]]}
@@ -54,7 +54,7 @@ def _cases():
     yield "layer not a list", _resealed({**good, "retrieval": [[0, 1], 3, [], []]}), "layer 1 is not a list"
     yield "another model", _resealed({**good, "model": {**good["model"], "name": "other"}}), "learned for model 'other'"
     yield "renamed, not resealed", {**good, "model": {**good["model"], "name": "other"}}, "fails its checksum"
-    yield "future version", {**good, "version": 9}, "version 1..2"
+    yield "future version", {**good, "version": 9}, "reads 1..2"
 
 
 @pytest.mark.parametrize(("data", "words"), [c[1:] for c in _cases()], ids=[c[0] for c in _cases()])

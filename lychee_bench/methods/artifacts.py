@@ -51,15 +51,21 @@ def shipped_names(kind: str) -> list[str]:
     return sorted(item.name[: -len(".json")] for item in folder.iterdir() if item.name.endswith(".json"))
 
 
-def _read(path: Path, fmt: str) -> dict[str, Any]:
+def read_artifact(
+    path: Path, fmt: str, max_version: int = VERSION, error: type[ValueError] = ArtifactError
+) -> dict[str, Any]:
+    """The JSON object of an artifact file of format `fmt` (roles, Kascade anchors, TidalDecode layers), checked
+    for its format and a version this code reads; anything else raises `error` naming the file and the fix."""
     try:
         data = json.loads(path.read_text())
-    except (OSError, ValueError) as error:
-        raise ArtifactError(f"cannot read artifact {path}: {error}") from error
-    if not isinstance(data, dict) or data.get("format") != fmt or not isinstance(data.get("version"), int):
-        raise ArtifactError(f"{path} is not a {fmt} file")
-    if data["version"] > VERSION:
-        raise ArtifactError(f"{path} is a version-{data['version']} {fmt} file; this lychee-bench reads {VERSION}")
+    except (OSError, ValueError) as problem:
+        raise error(f"cannot read artifact {path}: {problem}") from problem
+    if not isinstance(data, dict):
+        raise error(f"{path} holds a JSON {type(data).__name__}, not a {fmt} object; regenerate it")
+    if data.get("format") != fmt or not isinstance(data.get("version"), int):
+        raise error(f"{path} is not a {fmt} file (its `format` and `version` say otherwise); regenerate it")
+    if data["version"] > max_version:
+        raise error(f"{path} is a version-{data['version']} {fmt} file; this lychee-bench reads 1..{max_version}")
     return data
 
 
@@ -150,7 +156,7 @@ def kascade_to_json(
 
 
 def load_kascade_file(path: Path, source: str) -> KascadeAnchors:
-    data = _read(path, KASCADE_FORMAT)
+    data = read_artifact(path, KASCADE_FORMAT)
     try:
         num_layers, num_kv_heads = data["model"]["num_layers"], data["model"]["num_kv_heads"]
         anchors, head_map = data["anchors"], data["head_map"]
@@ -245,7 +251,7 @@ def tidal_to_json(
 
 
 def load_tidal_file(path: Path, source: str) -> TidalReselect:
-    data = _read(path, TIDAL_FORMAT)
+    data = read_artifact(path, TIDAL_FORMAT)
     try:
         num_layers, num_kv_heads = data["model"]["num_layers"], data["model"]["num_kv_heads"]
         selection, reselect = data["selection_layer"], data["reselect_layer"]

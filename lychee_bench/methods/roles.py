@@ -13,14 +13,13 @@ be the run's model's).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from lychee_bench.methods.artifacts import checksum, shipped_path
+from lychee_bench.methods.artifacts import checksum, read_artifact, shipped_path
 
 FORMAT = "lychee-bench/head-roles"
 VERSION = 2
@@ -104,13 +103,9 @@ def shipped_roles_path(name: str) -> Path | None:
     return shipped_path("roles", name)
 
 
-def _checked_structure(data: Any, path: Path) -> tuple[dict[str, Any], list[list[int]]]:
+def _checked_structure(data: dict[str, Any], path: Path) -> tuple[dict[str, Any], list[list[int]]]:
     """(model, retrieval lists) of a roles file, or a RolesError naming the first thing that is wrong."""
     fix = "regenerate it with `lychee-bench train-heads`"
-    if not isinstance(data, dict):
-        raise RolesError(f"roles file {path} holds a JSON {type(data).__name__}, not an object; {fix}")
-    if data.get("format") != FORMAT or not isinstance(data.get("version"), int) or data["version"] > VERSION:
-        raise RolesError(f"{path} is not a {FORMAT} file of version 1..{VERSION}; {fix}")
     model = data.get("model")
     if not isinstance(model, dict) or not isinstance(model.get("name"), str):
         raise RolesError(f"roles file {path} does not say which model it is for (a `model` object with a name); {fix}")
@@ -133,10 +128,7 @@ def _checked_structure(data: Any, path: Path) -> tuple[dict[str, Any], list[list
 
 
 def load_roles_file(path: Path, source: str) -> HeadRoles:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as error:
-        raise RolesError(f"cannot read roles file {path}: {error}") from error
+    data = read_artifact(path, FORMAT, VERSION, RolesError)
     model, retrieval = _checked_structure(data, path)
     if data.get("sha256") != file_checksum(model, retrieval, data["version"]):
         raise RolesError(f"roles file {path} fails its checksum (edited or corrupt); regenerate it")
