@@ -1,7 +1,7 @@
 """Fixed suites: the CPU smoke suite CI runs on every change and compares with its committed baseline.
 
 `smoke` runs the default model (fp32, greedy, seed 42) on three RULER subtasks at 1K context for `full`,
-`lychee` (uniform roles, 11 retrieval KV heads, since no trained roles ship yet) and `streaming`, both sparse
+`lychee` (its shipped, trained HardKuma roles) and `streaming`, both sparse
 methods at a 256-token budget, then checks the Triton LycheeDecode layer against its torch reference in
 interpreter mode on fixed random inputs. Everything lands in one run folder (manifest.json + records.jsonl),
 so `lychee-bench compare` reads it like any other result set.
@@ -57,7 +57,7 @@ SMOKE = Suite(
     name="smoke",
     description=(
         "default model, fp32 CPU, seed 42; RULER niah_single_1, niah_multikey_1, vt at ctx 1024, 2 samples each; "
-        "full, lychee (roles uniform:11) and streaming at budget 256; Triton decode layer vs reference "
+        "full, lychee (shipped trained roles) and streaming at budget 256; Triton decode layer vs reference "
         "(TRITON_INTERPRET=1)"
     ),
     plan=RunPlan(
@@ -70,7 +70,7 @@ SMOKE = Suite(
         device="cpu",
         dtype="float32",
         batch_size=1,
-        method_options={"roles": "uniform:11", "budget": "256"},
+        method_options={"budget": "256"},
         temperature=0.0,
         top_p=1.0,
     ),
