@@ -78,3 +78,18 @@ def test_a_sample_without_chat_template_is_formatted_raw(smol_tokenizer):
     assert input_format_for(setting, raw)["chat_template"] is False and input_format_for(setting, chat) == {
         "chat_template": True
     }
+
+
+def test_a_sample_record_keeps_what_the_task_knows_of_the_sample():
+    from types import SimpleNamespace
+
+    from lychee_bench.harness.runner import _sample_record
+
+    sample = Sample("aime24", "all", 9, "q", "", ["33"], 16, "exact", meta={"problem": "2024-II-4", "draw": 1})
+    method = SimpleNamespace(name="full", label="full", path="reference", describe=lambda: {"name": "full"})
+    task = SimpleNamespace(name="aime24", score=lambda sample, text: 100.0 * (text == "33"))
+    output = SimpleNamespace(text="33", new_tokens=2, stop_reason="eos", exercise_tokens=0)
+    source = SimpleNamespace(name="m", fingerprint="f")
+    formatted = SimpleNamespace(input_ids=[1, 2])
+    record = _sample_record(method, task, sample, formatted, output, _plan("aime24"), source, "k")
+    assert record["sample_meta"] == {"problem": "2024-II-4", "draw": 1} and record["value"] == 100.0

@@ -701,5 +701,8 @@ def _sample_record(method, task, sample, formatted, output, plan, source, run_ke
         "new_tokens": output.new_tokens,
         "stop_reason": output.stop_reason,
         "exercise_tokens": output.exercise_tokens,
+        # What the task knows of the sample (RULER's depth, LongBench-E's length bucket, AIME's problem and draw):
+        # per-bucket and per-problem tables are built from the records.
+        "sample_meta": sample.meta,
         "time": datetime.now(UTC).isoformat(),
     }
