@@ -79,21 +79,16 @@ def resolve_dtype(dtype: str, device: str) -> str:
 
 def parse_tasks(spec: str) -> list[tuple[str, list[str]]]:
     """'ruler' -> its default subtasks; 'ruler/niah_single_1,ruler/vt' -> those. Unknown names raise with hints."""
-    return [(name, subtasks) for name, subtasks, _ in _parse_task_entries(spec)]
+    return build_tasks(spec)[0]
 
 
 def build_tasks(spec: str) -> tuple[list[tuple[str, list[str]]], dict[str, Any]]:
     """(task name, subtasks) in `--task` order, and each task built with its options: `aime24[k=16]`,
     `longbench[data_dir=/data/longbench]/qasper` (the class's `from_options` when it has one, else its keyword
     arguments)."""
-    entries = _parse_task_entries(spec)
-    tasks = {name: _build_task(name, options) for name, _, options in entries}
-    return [(name, subtasks) for name, subtasks, _ in entries], tasks
-
-
-def _parse_task_entries(spec: str) -> list[tuple[str, list[str], dict[str, str]]]:
     chosen: dict[str, list[str]] = {}
     options: dict[str, dict[str, str]] = {}
+    tasks: dict[str, Any] = {}  # each task built once, with its options
     for part in _split_outside_brackets(spec):
         family, subtask = part, ""
         if "/" in part and part.rfind("/") > part.rfind("]"):
@@ -102,7 +97,9 @@ def _parse_task_entries(spec: str) -> list[tuple[str, list[str], dict[str, str]]
         name = TASKS.resolve(base)
         if options.setdefault(name, entry_options) != entry_options:
             raise PlanError([f"{name} is given twice with different options in --task {spec!r}; give it once"])
-        task = _build_task(name, entry_options)
+        if name not in tasks:
+            tasks[name] = _build_task(name, entry_options)
+        task = tasks[name]
         subtasks = task.subtasks()
         if subtask:
             if subtask not in subtasks:
@@ -114,7 +111,7 @@ def _parse_task_entries(spec: str) -> list[tuple[str, list[str], dict[str, str]]
             chosen[name] = list(getattr(task, "default_subtasks", task.subtasks)())
     if not chosen:
         raise PlanError([f"no task given in {spec!r}; e.g. --task ruler or --task ruler/niah_single_1"])
-    return [(name, subtasks, options[name]) for name, subtasks in chosen.items()]
+    return list(chosen.items()), tasks
 
 
 def _split_outside_brackets(spec: str) -> list[str]:

@@ -332,8 +332,7 @@ def suite_command(
             echo_err(f"suite {name}: {time.perf_counter() - began:.0f} s")
             return 0
         folder = out or default_out(name)
-        _check_fresh(folder)
-        run_suite(suite, folder, log=echo_err)
+        run_suite(suite, folder, log=echo_err)  # refuses a folder that holds a run before anything runs
     except SuiteFolderError as error:
         echo_err(f"error: {error}")
         return EXIT_BAD_INPUT
