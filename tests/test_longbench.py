@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -327,3 +328,107 @@ def test_config_records_templates_and_data(task):
     assert config["templates_sha256"] == OFFICIAL_TEMPLATES_SHA256 and config["zh_tokenizer"] == "char"
     assert set(config["data"]["files_sha256"]) >= {"narrativeqa", "trec", "qasper_e"}
     assert "dir" not in config["data"]  # moving the folder keeps run keys
+
+
+# --- data through `datasets` (the hub route) ----------------------------------------------------------------------
+
+
+def official_features():
+    """The features THUDM/LongBench's loading script declares for every config."""
+    from datasets import Features, Sequence, Value
+
+    text = Value("string")
+    return Features(
+        {
+            "input": text,
+            "context": text,
+            "answers": Sequence(text),
+            "length": Value("int32"),
+            "dataset": text,
+            "language": text,
+            "all_classes": Sequence(text),
+            "_id": text,
+        }
+    )
+
+
+def fixture_dataset(config: str):
+    """A `datasets.Dataset` of a fixture file, typed as the hub dataset is."""
+    from datasets import Dataset
+
+    return Dataset.from_list(data.read_jsonl(FIXTURES / f"{config}.jsonl"), features=official_features())
+
+
+@pytest.mark.parametrize("config", ["trec", "narrativeqa", "qasper_e"])  # class lists, a null all_classes, -E
+def test_hub_rows_are_the_jsonl_lines(config):
+    lines = data.read_jsonl(FIXTURES / f"{config}.jsonl")
+    assert data.examples_from_dataset(fixture_dataset(config), config) == lines
+    assert data.examples_from_dataset(fixture_dataset(config), config, limit=1) == lines[:1]
+
+
+def test_hub_dataset_of_another_schema_is_refused():
+    """lm-eval's Xnhyacinth/LongBench renames input to question (and pre-templates context): not the official rows."""
+    renamed = fixture_dataset("trec").rename_column("input", "question")
+    with pytest.raises(data.LongBenchDataError, match=r"no column\(s\) input .*question.*data\.zip"):
+        data.examples_from_dataset(renamed, "trec")
+
+
+def test_hub_route_reads_load_dataset_or_the_repository_zip(tmp_path, monkeypatch, smol_tokenizer):
+    """No folder: `datasets.load_dataset(THUDM/LongBench, config, split=test)`; where `datasets` refuses the loading
+    script (4.x and later), the config's file out of the repository's data.zip. Only the network is stood in for."""
+    import datasets
+    import huggingface_hub
+
+    monkeypatch.delenv(data.DATA_DIR_ENV, raising=False)
+    monkeypatch.setenv("LYCHEE_BENCH_CACHE", str(tmp_path / "cache"))
+    asked = []
+
+    def hub(path, name, split, **kwargs):
+        asked.append((path, name, split))
+        return fixture_dataset(name)
+
+    monkeypatch.setattr(datasets, "load_dataset", hub)
+    task = LongBenchTask()
+    assert task.data_dir is None and task.check_assets() == []
+    samples = task.build_samples("trec", 4096, 2, 0, InputFormatter(smol_tokenizer).count_tokens, smol_tokenizer)
+    assert asked == [(data.HUB_DATASET, "trec", "test")]
+    assert [s.meta["id"] for s in samples] == ["trec-fixture-1", "trec-fixture-2"]
+    assert task.config()["data"]["hub"] == data.HUB_DATASET
+
+    def refuses_scripts(path, name, split, **kwargs):
+        raise RuntimeError("Dataset scripts are no longer supported, but found LongBench.py")
+
+    archive = tmp_path / "data.zip"
+    with zipfile.ZipFile(archive, "w") as bundle:
+        for config in ("trec", "qasper_e"):
+            bundle.write(FIXTURES / f"{config}.jsonl", f"data/{config}.jsonl")
+    downloads = []
+
+    def download(repo_id, filename, repo_type):
+        downloads.append((repo_id, filename, repo_type))
+        return str(archive)
+
+    monkeypatch.setattr(datasets, "load_dataset", refuses_scripts)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
+    assert data.load_examples("qasper_e", None) == data.read_jsonl(FIXTURES / "qasper_e.jsonl")
+    assert data.load_examples("trec", None, limit=1) == data.read_jsonl(FIXTURES / "trec.jsonl", 1)
+    assert downloads[0] == (data.HUB_DATASET, data.HUB_ARCHIVE, "dataset")
+    with pytest.raises(data.LongBenchDataError, match=r"data\.zip holds no hotpotqa\.jsonl.*LONGBENCH_DIR"):
+        data.load_examples("hotpotqa", None)
+
+
+def test_offline_hub_error_says_what_to_download_and_where(tmp_path, monkeypatch):
+    """The real `datasets` call with the hub unreachable (HF offline mode: what this machine is, without the wait)."""
+    import datasets.config
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.delenv(data.DATA_DIR_ENV, raising=False)
+    monkeypatch.setenv("LYCHEE_BENCH_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(data.LongBenchDataError) as raised:
+        data.load_examples("qasper", LongBenchTask().data_dir, 1)
+    message = str(raised.value)
+    for needed in (data.HUB_DATASET, "qasper", data.DATA_ZIP_URL, "LYCHEE_BENCH_LONGBENCH_DIR=DIR", "qasper.jsonl"):
+        assert needed in message
+    assert "data_dir=DIR" in message
