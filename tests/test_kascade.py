@@ -17,6 +17,7 @@ from lychee_bench.cli import app
 from lychee_bench.harness.forward import LayerStack
 from lychee_bench.methods.artifacts import (
     ArtifactError,
+    TargetModel,
     kascade_to_json,
     load_kascade_file,
     load_tidal_file,
@@ -38,13 +39,17 @@ def shape(layers=4, heads=6, kv=2, name="tiny", model_type="llama") -> RunShape:
     return RunShape(model_type, layers, heads, kv, 16, "float32", "cpu", 2, 1024, name)
 
 
+def target(layers=4, kv=2, name="tiny", heads=6, model_type="llama") -> TargetModel:
+    return TargetModel(name, model_type, layers, heads, kv)
+
+
 # --- artifacts ---
 
 
 def test_kascade_artifact_round_trip_and_checksum(tmp_path):
     head_map = [[0, 1], [1, 1], [0, 1], [1, 0]]
     path = write_json(tmp_path / "a.json", kascade_to_json([0, 2], head_map, MODEL, {"method": "by hand"}))
-    loaded = resolve_kascade(str(path), 4, 2, "tiny")
+    loaded = resolve_kascade(str(path), target())
     assert (loaded.anchors, loaded.head_map) == ([0, 2], head_map)
     assert loaded.info["model"]["fingerprint"] == "folder:abc" and loaded.info["calibration"]["method"] == "by hand"
     assert [loaded.governing_anchor(layer) for layer in range(4)] == [0, 0, 2, 2]
@@ -55,7 +60,7 @@ def test_kascade_artifact_round_trip_and_checksum(tmp_path):
     with pytest.raises(ArtifactError, match="checksum"):
         load_kascade_file(path, "edited")
     with pytest.raises(ArtifactError, match=r"\(4, 2\).*\(6, 2\)"):
-        resolve_kascade(str(write_json(tmp_path / "b.json", kascade_to_json([0, 2], head_map, MODEL, {}))), 6, 2, "m")
+        resolve_kascade(str(write_json(tmp_path / "b.json", kascade_to_json([0, 2], head_map, MODEL, {}))), target(6))
 
 
 @pytest.mark.parametrize(
@@ -72,18 +77,18 @@ def test_kascade_artifact_refuses_bad_plans(anchors, head_map, match):
 
 
 def test_published_presets_ship_with_identity_head_maps():
-    for name, layers in (("llama3.1-8b", 32), ("qwen3-8b", 36)):
-        preset = resolve_kascade(name, layers, 8, "whatever")
+    for name, model_type, layers in (("llama3.1-8b", "llama", 32), ("qwen3-8b", "qwen3", 36)):
+        preset = resolve_kascade(name, target(layers, 8, "whatever", 32, model_type))
         assert preset.anchors == PUBLISHED_ANCHORS[name] and preset.source == f"shipped:{name}"
         assert preset.describe()["head_map_origin"].startswith("identity")
         assert all(row == list(range(8)) for row in preset.head_map)
     assert PUBLISHED_ANCHORS == {"llama3.1-8b": [0, 2, 8, 13, 14], "qwen3-8b": [0, 2, 7, 14, 23]}
     reasons = Kascade(KascadeConfig(anchors="llama3.1-8b")).check(shape(layers=30, heads=9, kv=3))
-    assert len(reasons) == 1 and "(32, 8)" in reasons[0] and "calibrate" in reasons[0]
+    assert len(reasons) == 1 and "(llama, 32 layers, 32 heads, 8 KV heads)" in reasons[0] and "calibrate" in reasons[0]
 
 
 def test_default_model_artifact_ships():
-    anchors = resolve_kascade(None, 30, 3, "/cache/models/smollm2-135m")
+    anchors = resolve_kascade(None, target(30, 3, "/cache/models/smollm2-135m", 9))
     assert anchors.source == "shipped:smollm2-135m" and anchors.anchors[0] == 0
     assert len(anchors.anchors) == default_anchor_count(30) == 5
     assert anchors.info["calibration"]["data"]["samples"] >= 1
@@ -289,15 +294,15 @@ def test_calibrate_command_writes_loadable_artifacts(tiny_folder, tmp_path):
     args = ["calibrate", "--model", str(tiny_folder), "--ctx", "160", "--samples", "2", "--device", "cpu"]
     result = runner.invoke(app, [*args, "--method", "kascade", "--out", str(out)])
     assert result.exit_code == 0, result.output
-    anchors = resolve_kascade(str(out), 5, 2, "tiny")
+    anchors = resolve_kascade(str(out), target(5, name=str(tiny_folder)))
     assert len(anchors.anchors) == default_anchor_count(5) == 2 and anchors.anchors[0] == 0
     calibration = anchors.info["calibration"]
     assert calibration["data"]["ctx"] == 160 and calibration["data"]["samples"] == 2 and calibration["topk"] == 128
     assert anchors.info["model"]["fingerprint"].startswith("folder:")
-    assert Kascade(KascadeConfig(anchors=str(out))).check(shape(layers=5)) == []
+    assert Kascade(KascadeConfig(anchors=str(out))).check(shape(layers=5, name=str(tiny_folder))) == []
 
     result = runner.invoke(app, [*args, "--method", "kascade", "--anchors", "3", "--out", str(out)])
-    assert result.exit_code == 0 and len(resolve_kascade(str(out), 5, 2, "tiny").anchors) == 3
+    assert result.exit_code == 0 and len(resolve_kascade(str(out), target(5, name=str(tiny_folder))).anchors) == 3
 
     out = tmp_path / "tidal.json"
     result = runner.invoke(app, [*args, "--method", "tidal", "--out", str(out)])

@@ -195,7 +195,8 @@ def _no_read_methods(tmp_path) -> dict[str, Method]:
     from lychee_bench.methods.artifacts import kascade_to_json, write_json
 
     anchors = tmp_path / "anchors.json"
-    write_json(anchors, kascade_to_json([0, 2], [[0, 1], [1, 0], [0, 1], [1, 1]], {"name": "tiny"}, {}))
+    model = {"name": TINY, "fingerprint": "-"}
+    write_json(anchors, kascade_to_json([0, 2], [[0, 1], [1, 0], [0, 1], [1, 1]], model, {}))
     options = {
         "lychee": {
             "roles": "uniform:3",

@@ -99,7 +99,12 @@ def run_calibrate(
         "device": device,
         "dtype": dtype,
     }
-    model_block = {"name": source.name, "fingerprint": source.fingerprint}
+    model_block = {  # the identity the artifact's seal covers (methods/artifacts.py)
+        "name": source.name,
+        "fingerprint": source.fingerprint,
+        "model_type": config.model_type,
+        "num_heads": config.num_attention_heads,
+    }
     data = cls.calibration_artifact(stats, request, model_block, calibration)
     calibration["seconds"] = round(time.perf_counter() - started, 1)  # the artifact holds this dict
     path = write_json(out or default_out(method, source.name), data)

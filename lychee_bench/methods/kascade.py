@@ -24,7 +24,13 @@ from typing import Any, ClassVar
 
 import torch
 
-from lychee_bench.methods.artifacts import ArtifactError, KascadeAnchors, kascade_to_json, resolve_kascade
+from lychee_bench.methods.artifacts import (
+    ArtifactError,
+    KascadeAnchors,
+    TargetModel,
+    kascade_to_json,
+    resolve_kascade,
+)
 from lychee_bench.methods.base import Calibration, CalibrationRequest, Method, RunShape
 from lychee_bench.methods.efficient import KernelPath, attend, check_path, rows_read, step_geometry, top_index
 from lychee_bench.methods.naive import naive_rows, top_positions
@@ -34,14 +40,18 @@ from lychee_bench.methods.traffic import kv_token_bytes
 
 SLOT = "kascade"
 PUBLISHED_ANCHORS = {"llama3.1-8b": [0, 2, 8, 13, 14], "qwen3-8b": [0, 2, 7, 14, 23]}  # the paper's choices
-# The bench's synthetic shapes: the published anchors of the model each copies (Llama-3-8B and 3.1-8B share one).
+# The bench's synthetic shapes: the published anchors of the model each copies (Llama-3-8B and 3.1-8B share one
+# shape). The shipped presets are files of scope "shape" (methods/artifacts.py): each fits any model of the
+# architecture shape it names, so these pairs are checked like any other use, by shape, and recorded as presets.
 KASCADE_PRESET_FOR_SHAPE = {"llama3-8b-synthetic": "llama3.1-8b", "qwen3-8b-synthetic": "qwen3-8b"}
 CALIBRATION_SETS = "(per KV head, probabilities summed over the group, min over queries, mean over prompts)"
 
 
 @dataclass
 class KascadeConfig:
-    """`anchors`: None (the model's shipped artifact), a shipped name (e.g. llama3.1-8b, qwen3-8b) or a file.
+    """`anchors`: None (the model's shipped artifact), a shipped name or a file. The shipped presets llama3.1-8b and
+    qwen3-8b (the paper's anchors, identity head map) fit any model of their architecture shape (model type,
+    layers, heads, KV heads); a calibrated file fits only the model it was made for.
     Top-k per sequence: `budget` tokens when given, else max(min_budget, int(budget_ratio * real tokens)).
     `path`: auto (the shared Triton kernel on CUDA), reference or triton."""
 
@@ -112,22 +122,21 @@ class Kascade(KernelPath, Method):
         self.anchors: KascadeAnchors | None = None
         self._head_map: dict[torch.device, torch.Tensor] = {}
 
-    def _load(self, num_layers: int, num_kv_heads: int, model_name: str) -> None:
-        self.anchors = resolve_kascade(self.config.anchors, num_layers, num_kv_heads, model_name)
+    def _load(self, model: TargetModel) -> None:
+        self.anchors = resolve_kascade(self.config.anchors, model)
         self._head_map = {}
 
     def check_config(self, shape: RunShape) -> list[str]:
+        target = TargetModel(shape.model_name, shape.model_type, shape.num_layers, shape.num_heads, shape.num_kv_heads)
         try:
-            self._load(shape.num_layers, shape.num_kv_heads, shape.model_name)
+            self._load(target)
         except ArtifactError as error:
             return [str(error)]
         return self.resolve_path(shape.device, shape.head_dim)
 
     def prepare(self, model: torch.nn.Module) -> None:
         if self.anchors is None:
-            config = model.config
-            name = getattr(config, "_name_or_path", "")
-            self._load(config.num_hidden_layers, config.num_key_value_heads, name)
+            self._load(TargetModel.from_config(model.config, getattr(model.config, "_name_or_path", "")))
         self.resolve_path_for(model)
 
     def describe(self) -> dict[str, Any]:

@@ -9,7 +9,8 @@ Token granularity; no sink or recent window. Sets are rebuilt at every decode st
 
 Which re-selection layer: the `reselect_layer` option; else the published one (32-layer Llama-3); else the model's
 shipped calibration artifact (lychee_bench/artifacts/tidal/<model>.json, written by `lychee-bench calibrate
---method tidal`, see calibration/tidal.py); else the run is refused.
+--method tidal`, see calibration/tidal.py), checked against the model (the name it was made for, its layer and KV-head
+counts, its selection layer); else the run is refused.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from lychee_bench.methods.artifacts import ArtifactError, shipped_tidal, tidal_to_json
+from lychee_bench.methods.artifacts import ArtifactError, TargetModel, shipped_tidal, tidal_to_json
 from lychee_bench.methods.base import Calibration, CalibrationRequest, Method, RunShape
 from lychee_bench.methods.common import valid_rank
 from lychee_bench.methods.efficient import KernelPath, attend, check_path, distinct_rows, step_geometry, top_index
@@ -102,11 +103,10 @@ class TidalDecode(KernelPath, Method):
             request.selection_layer, reselect, request.num_layers, request.num_kv_heads, model, calibration
         )
 
-    def _resolve_reselect(
-        self, model_type: str, num_layers: int, num_kv_heads: int, model_name: str
-    ) -> tuple[int | None, str | None, list[str]]:
+    def _resolve_reselect(self, model: TargetModel) -> tuple[int | None, str | None, list[str]]:
         """(re-selection layer, where it came from, reasons to refuse)."""
         cfg = self.config
+        model_type, num_layers, num_kv_heads = model.model_type, model.num_layers, model.num_kv_heads
         reasons = []
         if num_layers <= cfg.selection_layer:
             reasons.append(f"tidal selection_layer {cfg.selection_layer} needs a model with more layers ({num_layers})")
@@ -114,48 +114,46 @@ class TidalDecode(KernelPath, Method):
         if reselect is None:
             reselect, source = default_reselect_layer(model_type, num_layers, num_kv_heads), "published (Llama-3)"
         if reselect is None:
-            reselect, source, reason = self._calibrated(num_layers, model_name)
+            reselect, source, reason = self._calibrated(model)
             if reason:
                 reasons.append(
                     f"tidal has no published re-selection layer for this model ({model_type}, {num_layers} layers, "
                     f"{num_kv_heads} KV heads) {reason}; give --option reselect_layer=L, or calibrate it: "
-                    f"`lychee-bench calibrate --method tidal --model {model_name or 'M'}`"
+                    f"`lychee-bench calibrate --method tidal --model {model.name or 'M'}`"
                 )
         elif reselect >= num_layers:
             reasons.append(f"tidal reselect_layer {reselect} is past the model's last layer ({num_layers - 1})")
         return reselect, source, reasons
 
-    def _calibrated(self, num_layers: int, model_name: str) -> tuple[int | None, str | None, str]:
-        """The shipped calibration artifact's layer for this model, or a reason why there is none."""
+    def _calibrated(self, model: TargetModel) -> tuple[int | None, str | None, str]:
+        """The shipped calibration artifact's layer for this model (checked against it), or why there is none."""
         try:
-            artifact = shipped_tidal(model_name)
+            artifact = shipped_tidal(model)
         except ArtifactError as error:
             return None, None, f"and its shipped artifact is unusable ({error})"
         if artifact is None:
             return None, None, "and no calibrated one ships for it"
-        if (artifact.num_layers, artifact.selection_layer) != (num_layers, self.config.selection_layer):
+        if artifact.selection_layer != self.config.selection_layer:
             return (
                 None,
                 None,
                 (
-                    f"and the shipped artifact {artifact.source} is for {artifact.num_layers} layers with selection "
-                    f"layer {artifact.selection_layer}, not {num_layers} and {self.config.selection_layer}"
+                    f"and the shipped artifact {artifact.source} re-selects after selection layer "
+                    f"{artifact.selection_layer}, not {self.config.selection_layer}"
                 ),
             )
         return artifact.reselect_layer, f"{artifact.source} (sha256 {artifact.checksum[:12]})", ""
 
     def check_config(self, shape: RunShape) -> list[str]:
-        reselect, source, reasons = self._resolve_reselect(
-            shape.model_type, shape.num_layers, shape.num_kv_heads, shape.model_name
-        )
+        target = TargetModel(shape.model_name, shape.model_type, shape.num_layers, shape.num_heads, shape.num_kv_heads)
+        reselect, source, reasons = self._resolve_reselect(target)
         self.reselect_layer, self.reselect_source = reselect, source
         return reasons + self.resolve_path(shape.device, shape.head_dim)
 
     def prepare(self, model: torch.nn.Module) -> None:
         config = model.config
-        name = getattr(config, "_name_or_path", "")
         reselect, source, reasons = self._resolve_reselect(
-            config.model_type, config.num_hidden_layers, config.num_key_value_heads, name
+            TargetModel.from_config(config, getattr(config, "_name_or_path", ""))
         )
         if reasons:
             raise ValueError("; ".join(reasons))
