@@ -20,8 +20,9 @@ app = typer.Typer(
 EXIT_BAD_INPUT = 2
 
 
-def _fail(message: str) -> None:
-    typer.echo(f"error: {message}", err=True)
+def _fail(message: str, quiet: bool = False) -> None:
+    if not quiet:  # quiet: a torchrun rank other than 0, whose error rank 0 prints for every rank
+        typer.echo(f"error: {message}", err=True)
     raise typer.Exit(EXIT_BAD_INPUT)
 
 
@@ -125,7 +126,11 @@ def run(
         Path | None, typer.Option(help="run folder (default: runs/<methods>_<task>_<ctx>_<model>_s<seed>)")
     ] = None,
 ) -> None:
-    """Run methods over a task and print per-subtask scores. Re-running the same command resumes."""
+    """Run methods over a task and print per-subtask scores. Re-running the same command resumes.
+
+    Data parallel over several GPUs or nodes: `torchrun --nproc-per-node N -m lychee_bench.cli run ...` (README,
+    "Several GPUs")."""
+    from lychee_bench.harness.distributed import ranks_from_env, shown_by_another_rank
     from lychee_bench.harness.models import ModelError
     from lychee_bench.harness.records import average_rows
     from lychee_bench.harness.registry import UnknownNameError
@@ -157,12 +162,13 @@ def run(
         )
         rows = run_plan(plan, log=lambda text: typer.echo(text, err=True))
     except PlanError as error:
-        _fail("this run cannot start:\n" + str(error))
+        _fail("this run cannot start:\n" + str(error), quiet=shown_by_another_rank(error))
     except (UnknownNameError, ModelError) as error:
         _fail(str(error))
     except ValueError as error:
         _fail(str(error))
-    typer.echo(score_table(rows + average_rows(rows)))
+    if ranks_from_env().main:  # under torchrun, rank 0 prints the summary of every rank's work
+        typer.echo(score_table(rows + average_rows(rows)))
 
 
 @app.command("train-heads")

@@ -4,6 +4,11 @@ A run folder holds `manifest.json` (what the folder is: schema, plan, provenance
 record is written with one `write` on an O_APPEND descriptor and fsync'd, so a crash can at worst leave one
 partial last line; readers report any unreadable line with its number and use all the others, and a
 resumed run skips every sample whose record is already there.
+
+A data-parallel run (torchrun, several ranks) writes one shard per rank beside it,
+`records.rank-<r>-of-<n>.jsonl`, and its summary into `records.jsonl`. `read_run` reads the folder's
+records.jsonl and every shard, of any world size, as one run, in a fixed order (records.jsonl, then the shards
+by world size and rank), so a sample recorded twice resolves the same way every time.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -21,6 +27,44 @@ from typing import Any
 SCHEMA_VERSION = 1
 RECORDS_FILE = "records.jsonl"
 MANIFEST_FILE = "manifest.json"
+SHARD_FILE = re.compile(r"records\.rank-(?P<rank>\d+)-of-(?P<world>\d+)\.jsonl")
+
+
+def shard_file(rank: int, world_size: int) -> str:
+    """The records file of one rank of a data-parallel launch."""
+    return f"records.rank-{rank}-of-{world_size}.jsonl"
+
+
+def _file_order(path: Path) -> tuple:
+    """records.jsonl first, then shards by (world size, rank), then any other file by name; per folder."""
+    shard = SHARD_FILE.fullmatch(path.name)
+    if path.name == RECORDS_FILE:
+        rank = (0, 0, 0, "")
+    elif shard:
+        rank = (1, int(shard["world"]), int(shard["rank"]), "")
+    else:
+        rank = (2, 0, 0, path.name)
+    return (str(path.parent), *rank)
+
+
+def run_files(folder: Path) -> list[Path]:
+    """The records files of one run folder (records.jsonl and every rank's shard) in reading order."""
+    if not folder.is_dir():
+        return []
+    found = [p for p in folder.iterdir() if p.is_file() and (p.name == RECORDS_FILE or SHARD_FILE.fullmatch(p.name))]
+    return sorted(found, key=_file_order)
+
+
+def is_run_file(path: Path) -> bool:
+    return path.name == RECORDS_FILE or SHARD_FILE.fullmatch(path.name) is not None
+
+
+def read_run(folder: Path, problems: list[BadLine] | None = None) -> list[dict[str, Any]]:
+    """Every record of one run folder: records.jsonl and all shards, read as one run (see the module note)."""
+    found: list[dict[str, Any]] = []
+    for file in run_files(folder):
+        found += read_records(file, problems)
+    return found
 
 
 def config_hash(value: Any) -> str:
@@ -40,7 +84,7 @@ class BadLine:
 
 def read_records(path: Path, problems: list[BadLine] | None = None) -> list[dict[str, Any]]:
     """All records of a file, or of every records file under a folder. Bad lines are reported, not fatal."""
-    files = [path] if path.is_file() else sorted(path.rglob("*.jsonl"))
+    files = [path] if path.is_file() else sorted(path.rglob("*.jsonl"), key=_file_order)
     records: list[dict[str, Any]] = []
     for file in files:
         with open(file, encoding="utf-8", errors="replace") as handle:
@@ -68,11 +112,11 @@ def read_records(path: Path, problems: list[BadLine] | None = None) -> list[dict
 
 
 class RecordWriter:
-    """Appends records atomically to a run folder's records.jsonl."""
+    """Appends records atomically to a run folder's records.jsonl (or to one rank's shard: `file_name`)."""
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, file_name: str = RECORDS_FILE):
         self.folder = folder
-        self.path = folder / RECORDS_FILE
+        self.path = folder / file_name
         folder.mkdir(parents=True, exist_ok=True)
         self._repair_partial_tail()
 
@@ -95,6 +139,39 @@ class RecordWriter:
     def append(self, record: dict[str, Any]) -> None:
         record = {"schema": SCHEMA_VERSION, **record}
         self._write_bytes((json.dumps(record, ensure_ascii=False, default=str) + "\n").encode())
+
+
+def repair_tails(folder: Path) -> None:
+    """Ends every records file of a run folder with a newline, so that a rank killed mid-write (whose shard a
+    launch of another world size never reopens) leaves one unreadable line, not one glued to the next record.
+    Call it while holding the folder's lock."""
+    for file in run_files(folder):
+        RecordWriter(folder, file.name)
+
+
+class NewSamples:
+    """Counts the sample records the run folder's files gained since this was made (rank 0's progress bar over
+    every rank's shard). Reads only what was appended, and only whole lines."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.offsets = {file: file.stat().st_size for file in run_files(folder)}
+
+    def count(self) -> int:
+        found = 0
+        for file in run_files(self.folder):
+            start = self.offsets.get(file, 0)
+            with open(file, "rb") as handle:
+                handle.seek(start)
+                data = handle.read()
+            whole = data[: data.rfind(b"\n") + 1]
+            self.offsets[file] = start + len(whole)
+            for line in whole.splitlines():
+                try:
+                    found += json.loads(line).get("kind") == "sample"
+                except (ValueError, AttributeError):
+                    continue
+        return found
 
 
 class RunFolderError(ValueError):
@@ -145,8 +222,9 @@ class FolderLock:
     """An exclusive lock on a run folder while a process writes it (`.lock`, flock): a second process is refused;
     the operating system releases the lock of a process that dies, so a crashed run never leaves it stuck."""
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, holder: str = ""):
         self.folder = folder
+        self.holder = holder  # said to a refused writer after the pid, e.g. "rank 0 of a 2-process torchrun launch"
         self.handle: Any = None
 
     def __enter__(self) -> FolderLock:
@@ -165,7 +243,7 @@ class FolderLock:
             ) from None
         handle.seek(0)
         handle.truncate()
-        handle.write(f"pid {os.getpid()}\n")
+        handle.write(f"pid {os.getpid()}{f' ({self.holder})' if self.holder else ''}\n")
         handle.flush()
         self.handle = handle
         return self

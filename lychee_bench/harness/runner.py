@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import re
+import time
+import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -12,7 +14,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from lychee_bench.harness import models, provenance, records
+from lychee_bench.harness import distributed, models, provenance, records
 from lychee_bench.harness.catalog import METHODS, TASKS
 from lychee_bench.harness.engine import Engine, GenerationSettings
 from lychee_bench.harness.inputs import InputFormatter
@@ -294,6 +296,8 @@ class RunSetting:
     model_info: dict[str, Any]
     input_format: dict[str, Any]
     generation: dict[str, Any]  # the GenerationSettings every batch shares (besides its token limit and seed)
+    parallel: dict[str, Any] = field(default_factory=dict)  # the launch's layout (distributed.describe)
+    rank_fields: dict[str, Any] = field(default_factory=dict)  # what a data-parallel rank adds to its records
 
 
 @dataclass
@@ -309,31 +313,160 @@ class PendingSample:
 def run(plan: RunPlan, log: Any = print) -> list[dict[str, Any]]:
     """Execute a plan; returns the summary rows (also written as summary records).
 
-    A folder that already holds records resumes: samples whose run key is recorded are not run again."""
-    checked = check_run(plan)
-    setting = run_setting(checked)
-    check_folder(checked, setting)
-    work = build_samples(checked, setting.formatter)  # before the folder is touched: a bad --ctx writes nothing
+    A folder that already holds records resumes: samples whose run key is recorded are not run again. Launched
+    by torchrun with several processes, each rank runs its share of the samples into its own records shard, and
+    rank 0 alone holds the folder's lock, shows the progress bar and summarises (returning the rows; the other
+    ranks return none)."""
     try:
-        lock = records.FolderLock(setting.out)
+        ranks = distributed.ranks_from_env()
+        device = distributed.rank_device(resolve_device(plan.device), ranks)
+    except distributed.DistributedError as error:
+        raise PlanError([str(error)]) from None
+    group = distributed.Group(ranks, device)
+    if not ranks.main:
+        log = _silent
+        _quiet_loading()
+    try:
+        return _run(plan, ranks, group, log)
+    finally:
+        group.close()
+
+
+def _run(plan: RunPlan, ranks: distributed.Ranks, group: distributed.Group, log: Any) -> list[dict[str, Any]]:
+    def prepare() -> tuple[CheckedRun, RunSetting, list[tuple[str, str, list[Any]]]]:
+        with group.node_main_first():  # what this fills in the caches (model, samples) the other ranks then read
+            checked = check_run(plan)
+            setting = run_setting(checked)
+            check_folder(checked, setting)
+            work = build_samples(checked, setting.formatter)  # before the folder is touched: a bad --ctx writes nothing
+        return checked, setting, work
+
+    checked, setting, work = group.agree(prepare, PlanError)
+    out = setting.out
+    launch_id = group.from_main(uuid.uuid4().hex[:12])
+    processes = group.gather(distributed.this_process(checked.device, ranks))
+    setting.parallel = distributed.describe(ranks, processes) | {"launch": launch_id}
+    if ranks.parallel:
+        setting.rank_fields = {"parallel": {**distributed.rank_fields(ranks), "launch": launch_id}}
+    lock = records.FolderLock(out, f"{distributed.holder(ranks)}, launch {launch_id}" if ranks.parallel else "")
+    group.agree(lambda: _lock_folder(lock, ranks, out), PlanError)
+    try:
+        done = group.from_main(group.agree(lambda: _open_folder(checked, setting, ranks), PlanError))
+        gained = records.NewSamples(out) if ranks.main and ranks.parallel else None  # before any rank writes
+        engine = group.agree(lambda: _rank_engine(checked, setting, work, log, ranks), PlanError)
+        shard = records.shard_file(ranks.rank, ranks.world_size) if ranks.parallel else records.RECORDS_FILE
+        writer = records.RecordWriter(out, shard)
+        total = len(checked.methods) * sum(len(samples) for _, _, samples in work)
+        bar = tqdm(total=total, desc="samples", unit="sample", dynamic_ncols=True, disable=not ranks.main)
+        pending = pending_samples(checked, setting, work, done, bar)
+        started, clock = datetime.now(UTC).isoformat(), time.perf_counter()
+        progress = distributed.SharedProgress(bar, gained) if gained else bar
+        written = execute(checked, setting, engine, rank_batches(checked, pending, ranks), writer, progress)
+        if ranks.parallel:
+            bar.set_postfix_str("waiting for the other ranks")
+        seconds = round(time.perf_counter() - clock, 3)
+        shares = group.gather({"rank": ranks.rank, "records": written, "generation_s": seconds})  # all shards done
+        progress.update(0)
+        bar.close()
+        rows: list[dict[str, Any]] = []
+        if ranks.main:
+            main_writer = writer if not ranks.parallel else records.RecordWriter(out)
+            rows = summarise(checked, setting, main_writer)
+            main_writer.append(_launch_record(setting, started, time.perf_counter() - clock, shares))
+    finally:
+        if ranks.main:
+            lock.__exit__()
+    if ranks.parallel:
+        log(f"results: {out} ({records.RECORDS_FILE} and one records shard per rank, read as one run)")
+    else:
+        log(f"results: {out / records.RECORDS_FILE}")
+    return rows
+
+
+def _silent(*_: Any) -> None:
+    """The log of a rank other than 0: only rank 0 speaks."""
+
+
+def _quiet_loading() -> None:
+    """Transformers' own progress bars (loading weights) stay on rank 0 too."""
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
+
+
+def _lock_folder(lock: records.FolderLock, ranks: distributed.Ranks, out: Path) -> None:
+    """Rank 0 takes the folder's lock for the whole launch; a second launch (any world size) or a plain run into
+    the same folder is refused while it holds it."""
+    if not ranks.main:
+        return
+    try:
         lock.__enter__()
     except (records.RunFolderError, OSError) as error:
-        raise PlanError([f"--out {setting.out}: {error}"]) from None
+        raise PlanError([f"--out {out}: {error}"]) from None
+
+
+def _open_folder(checked: CheckedRun, setting: RunSetting, ranks: distributed.Ranks) -> set | None:
+    """Rank 0, holding the lock: reads what the folder already records (every shard, any world size), mends torn
+    last lines and writes the manifest. Returns the finished samples, which rank 0 then hands to every rank."""
+    if not ranks.main:
+        return None
+    done = recorded_keys(setting.out)  # read before the writers repair a torn last line
+    records.repair_tails(setting.out)
+    write_run_manifest(checked, setting)
+    return done
+
+
+def _rank_engine(
+    checked: CheckedRun, setting: RunSetting, work: list[tuple[str, str, list[Any]]], log: Any, ranks: distributed.Ranks
+) -> Engine:
+    if ranks.parallel and not ranks.main:
+        _check_shared_folder(setting.out, setting.parallel["launch"], ranks)
+    return load_engine(checked, setting, work, log)
+
+
+def _check_shared_folder(out: Path, launch_id: str, ranks: distributed.Ranks) -> None:
+    """Every rank writes into the same --out: on several nodes it must be a folder all of them mount."""
     try:
-        write_run_manifest(checked, setting)
-        done = recorded_keys(setting.out)  # read before the writer repairs a torn last line
-        writer = records.RecordWriter(setting.out)
-        engine = load_engine(checked, setting, work, log)
-        total = len(checked.methods) * sum(len(samples) for _, _, samples in work)
-        progress = tqdm(total=total, desc="samples", unit="sample", dynamic_ncols=True)
-        pending = pending_samples(checked, setting, work, done, progress)
-        execute(checked, setting, engine, pending, writer, progress)
-        progress.close()
-        rows = summarise(checked, setting, writer)
-    finally:
-        lock.__exit__()
-    log(f"results: {setting.out / records.RECORDS_FILE}")
-    return rows
+        runs = (records.read_manifest(out) or {}).get("runs", [])
+    except records.RunFolderError:
+        runs = []
+    if not runs or (runs[-1].get("parallel") or {}).get("launch") != launch_id:
+        raise PlanError(
+            [
+                f"rank {ranks.rank} does not see the manifest rank 0 wrote into --out {out}: every rank writes its "
+                "records there, so on several nodes put --out on a filesystem all of them mount (NFS, Lustre, ...)"
+            ]
+        )
+
+
+def rank_batches(checked: CheckedRun, pending: list[PendingSample], ranks: distributed.Ranks) -> list[list[Any]]:
+    """The batches this rank runs: the batches one process would run (the pending samples in order,
+    --batch-size at a time), dealt whole to the ranks balanced by tokens (distributed.deal). A batch is the same
+    on any world size, so its outputs are those one process gets."""
+    size = checked.batch_size
+    batches = [pending[start : start + size] for start in range(0, len(pending), size)]
+    if not ranks.parallel:
+        return batches
+    costs = [
+        sum(len(row.labels) * ((row.sample.input_tokens or checked.plan.ctx) + row.sample.max_new_tokens) for row in b)
+        for b in batches
+    ]
+    return [batches[position] for position in distributed.deal(costs, ranks.world_size)[ranks.rank]]
+
+
+def _launch_record(setting: RunSetting, started: str, seconds: float, shares: list[dict[str, Any]]) -> dict[str, Any]:
+    """What one launch did: its layout, how many records each rank wrote and how long generating took (from the
+    moment every rank had its model loaded to the moment the last rank finished)."""
+    return {
+        "kind": "launch",
+        "parallel": setting.parallel,
+        "started": started,
+        "finished": datetime.now(UTC).isoformat(),
+        "generation_s": round(seconds, 3),
+        "records_written": sum(share["records"] for share in shares),
+        "ranks": shares,
+        "code": setting.provenance["code"],
+    }
 
 
 def run_identity(checked: CheckedRun, setting: RunSetting) -> dict[str, Any]:
@@ -377,7 +510,10 @@ def check_folder(checked: CheckedRun, setting: RunSetting) -> None:
 def check_run(plan: RunPlan) -> CheckedRun:
     """Resolves the plan and looks for every reason it cannot run (task assets, model architecture and context,
     each method's own checks) before anything is loaded; raises them all at once as a PlanError."""
-    device = resolve_device(plan.device)
+    try:  # under torchrun, each rank's own GPU (cuda:LOCAL_RANK)
+        device = distributed.rank_device(resolve_device(plan.device), distributed.ranks_from_env())
+    except distributed.DistributedError as error:
+        raise PlanError([str(error)]) from None
     dtype = resolve_dtype(plan.dtype, device)
     methods = build_methods(plan.methods, plan.method_options)
     task_list, tasks = build_tasks(plan.task)
@@ -475,14 +611,15 @@ def write_run_manifest(checked: CheckedRun, setting: RunSetting) -> None:
             "input_format": setting.input_format,
             "identity": run_identity(checked, setting),
             "provenance": setting.provenance,
+            "parallel": setting.parallel,  # not part of the identity: any world size may resume a folder
         },
     )
 
 
 def recorded_keys(out: Path) -> set[tuple[str, str, int]]:
-    """(run key, subtask, sample index) of every sample the folder already records: the work a resumed run skips."""
-    path = out / records.RECORDS_FILE
-    return records.done_keys(records.read_records(path)) if path.exists() else set()
+    """(run key, subtask, sample index) of every sample the folder already records (records.jsonl and every rank's
+    shard, of any world size): the work a resumed run skips."""
+    return records.done_keys(records.read_run(out))
 
 
 def build_samples(checked: CheckedRun, formatter: InputFormatter) -> list[tuple[str, str, list[Any]]]:
@@ -560,15 +697,15 @@ def execute(
     checked: CheckedRun,
     setting: RunSetting,
     engine: Engine,
-    pending: list[PendingSample],
+    batches: list[list[PendingSample]],
     writer: records.RecordWriter,
     progress: Any,
-) -> None:
-    """Generates the pending samples in batches of --batch-size, every method that still needs a batch's samples
-    sharing its prefill, and records each (method, sample) as soon as its batch is done."""
+) -> int:
+    """Generates the batches (rank_batches), every method that still needs a batch's samples sharing its
+    prefill, and records each (method, sample) as soon as its batch is done. Returns the records written."""
     plan, batch_size = checked.plan, checked.batch_size
-    for start in range(0, len(pending), batch_size):
-        chunk = pending[start : start + batch_size]
+    written = 0
+    for chunk in batches:
         active = [m for m in checked.methods if any(m.label in row.labels for row in chunk)]
         subtasks = dict.fromkeys(row.sample.subtask for row in chunk)
         progress.set_postfix_str(f"{', '.join(subtasks)} ({', '.join(m.label for m in active)})")
@@ -594,14 +731,17 @@ def execute(
                     }
                     | _timing(output, len(active), engine.last_shared.get(method.label))
                     | {"code": setting.provenance["code"]}
+                    | setting.rank_fields
                 )
+                written += 1
                 progress.update(1)
+    return written
 
 
 def summarise(checked: CheckedRun, setting: RunSetting, writer: records.RecordWriter) -> list[dict[str, Any]]:
     """The summary rows of this plan's (method, task, subtask) at its context, over every sample the folder
     records (earlier runs' included); each is appended as a summary record and returned."""
-    rows = records.summarize(records.read_records(setting.out / records.RECORDS_FILE))
+    rows = records.summarize(records.read_run(setting.out))
     wanted = {(m.label, n, s) for m in checked.methods for n, subs in checked.task_list for s in subs}
     rows = [r for r in rows if (r["method"], r["task"], r["subtask"]) in wanted and r["ctx"] == checked.plan.ctx]
     for row in rows:

@@ -1,8 +1,9 @@
 """Result sets: every run folder and kernel-bench file under a path, as summary rows with their provenance.
 
 Two kinds of result set exist:
-- a run folder (`records.jsonl` + `manifest.json`) written by `lychee-bench run` or a suite: its rows come
-  from `records.summarize` (one per method, task, subtask, ctx, batch, model, metric);
+- a run folder (`records.jsonl` + `manifest.json`, and one records shard per rank after a data-parallel run)
+  written by `lychee-bench run` or a suite: its rows come from `records.summarize` (one per method, task,
+  subtask, ctx, batch, model, metric);
 - a kernel-bench file (`*.json` with `"kind": "lychee-kernel-bench"`): one row per timed configuration,
   method = the bench row's kind (`lychee_layer`, `sdpa_enable_gqa`, `step:topk`, ...), task `kernel-bench`,
   subtask `retrieval_heads=N` (or `-`), ctx = context, model = device and attention shape; metrics
@@ -99,12 +100,11 @@ def load_results(path: Path, problems: list[str] | None = None, first_label: int
         else:
             sets.append(_run_set(path.parent, [path], problems))
     else:
-        by_folder: dict[Path, list[Path]] = {}
-        # Only run folders' record files: other JSONL logs (a training log) are not result records.
-        for file in sorted(path.rglob(records.RECORDS_FILE)):
-            by_folder.setdefault(file.parent, []).append(file)
-        for folder, files in by_folder.items():
-            sets.append(_run_set(folder, files, problems))
+        # Only run folders' record files (records.jsonl and a data-parallel run's rank shards, read as one run):
+        # other JSONL logs (a training log) are not result records.
+        folders = sorted({file.parent for file in path.rglob("records*.jsonl") if records.is_run_file(file)})
+        for folder in folders:
+            sets.append(_run_set(folder, records.run_files(folder), problems))
         for file in sorted(path.rglob("*.json")):
             if file.name == records.MANIFEST_FILE:
                 continue
