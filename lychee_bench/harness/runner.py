@@ -361,11 +361,11 @@ def _run(plan: RunPlan, ranks: distributed.Ranks, group: distributed.Group, log:
         pending = pending_samples(checked, setting, work, done, bar)
         started, clock = datetime.now(UTC).isoformat(), time.perf_counter()
         progress = distributed.SharedProgress(bar, gained) if gained else bar
-        written = execute(checked, setting, engine, rank_batches(checked, pending, ranks), writer, progress)
+        timed = execute(checked, setting, engine, rank_batches(checked, pending, ranks), writer, progress)
         if ranks.parallel:
             bar.set_postfix_str("waiting for the other ranks")
         seconds = round(time.perf_counter() - clock, 3)
-        shares = group.gather({"rank": ranks.rank, "records": written, "generation_s": seconds})  # all shards done
+        shares = group.gather(_rank_share(ranks, timed, seconds))  # after this, every rank's shard is complete
         progress.update(0)
         bar.close()
         rows: list[dict[str, Any]] = []
@@ -452,6 +452,19 @@ def rank_batches(checked: CheckedRun, pending: list[PendingSample], ranks: distr
         for b in batches
     ]
     return [batches[position] for position in distributed.deal(costs, ranks.world_size)[ranks.rank]]
+
+
+def _rank_share(ranks: distributed.Ranks, timed: list[tuple[int, float]], seconds: float) -> dict[str, Any]:
+    """What one rank did: its records and batches, its generating time, and the time of its first batch (which
+    holds compilation and graph capture; tools/dp_check.py reads the steady rate after it)."""
+    return {
+        "rank": ranks.rank,
+        "records": sum(count for count, _ in timed),
+        "batches": len(timed),
+        "generation_s": seconds,
+        "first_batch_records": timed[0][0] if timed else 0,
+        "first_batch_s": round(timed[0][1], 3) if timed else 0.0,
+    }
 
 
 def _launch_record(setting: RunSetting, started: str, seconds: float, shares: list[dict[str, Any]]) -> dict[str, Any]:
@@ -700,12 +713,14 @@ def execute(
     batches: list[list[PendingSample]],
     writer: records.RecordWriter,
     progress: Any,
-) -> int:
+) -> list[tuple[int, float]]:
     """Generates the batches (rank_batches), every method that still needs a batch's samples sharing its
-    prefill, and records each (method, sample) as soon as its batch is done. Returns the records written."""
+    prefill, and records each (method, sample) as soon as its batch is done. Returns the records written and
+    the seconds taken, per batch."""
     plan, batch_size = checked.plan, checked.batch_size
-    written = 0
+    timed = []
     for chunk in batches:
+        clock, written = time.perf_counter(), 0
         active = [m for m in checked.methods if any(m.label in row.labels for row in chunk)]
         subtasks = dict.fromkeys(row.sample.subtask for row in chunk)
         progress.set_postfix_str(f"{', '.join(subtasks)} ({', '.join(m.label for m in active)})")
@@ -735,7 +750,8 @@ def execute(
                 )
                 written += 1
                 progress.update(1)
-    return written
+        timed.append((written, time.perf_counter() - clock))
+    return timed
 
 
 def summarise(checked: CheckedRun, setting: RunSetting, writer: records.RecordWriter) -> list[dict[str, Any]]:
