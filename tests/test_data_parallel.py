@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -39,6 +40,48 @@ def test_deal_balances_by_cost_not_by_count():
     assert deal([], 3) == [[], [], []]
     with pytest.raises(ValueError, match="at least 1"):
         deal([1.0], 0)
+
+
+def _pending(count: int, labels: tuple[str, ...] = ("full",)) -> list:
+    from lychee_bench.harness.runner import PendingSample
+
+    rows = []
+    for index in range(count):
+        sample = SimpleNamespace(subtask="vt", index=index, prompt=f"p{index}", answer_prefix="a", max_new_tokens=30)
+        sample.input_tokens = 700 + 50 * (index % 3)
+        rows.append(PendingSample(task=None, sample=sample, run_keys={}, labels=set(labels)))
+    return rows
+
+
+@pytest.mark.parametrize(("world", "batch"), [(2, 1), (3, 4), (4, 3)])
+def test_ranks_run_the_batches_one_process_forms(world, batch):
+    from lychee_bench.harness.runner import rank_batches
+
+    checked = SimpleNamespace(batch_size=batch, plan=SimpleNamespace(ctx=768))
+    pending = _pending(11)
+    alone = rank_batches(checked, pending, Ranks())
+    shares = [rank_batches(checked, pending, Ranks(r, world, r, world)) for r in range(world)]
+    # Every batch of the single process runs on exactly one rank, its rows unchanged, in the single process's order.
+    position = {tuple(row.sample.index for row in chunk): n for n, chunk in enumerate(alone)}
+    dealt = [[position[tuple(row.sample.index for row in chunk)] for chunk in share] for share in shares]
+    assert sorted(n for share in dealt for n in share) == list(range(len(alone)))
+    assert all(share == sorted(share) for share in dealt)
+    # Balanced by tokens: the ranks' loads differ by at most one batch.
+    cost = [sum(row.sample.input_tokens + row.sample.max_new_tokens for row in chunk) for chunk in alone]
+    loads = [sum(cost[n] for n in share) for share in dealt]
+    assert max(loads) - min(loads) <= max(cost)
+
+
+def test_ranks_that_built_other_samples_are_refused_on_every_rank():
+    from lychee_bench.harness.runner import PlanError, _check_same_work
+
+    two = Ranks(0, 2, 0, 2)
+    agreeing = SimpleNamespace(ranks=two, gather=lambda value: [value, value])
+    _check_same_work(agreeing, _pending(3))
+    differing = SimpleNamespace(ranks=two, gather=lambda value: [value, "another"])
+    with pytest.raises(PlanError, match=r"rank\(s\) 1 built other samples than rank 0") as raised:
+        _check_same_work(differing, _pending(3))
+    assert raised.value.on_every_rank
 
 
 # ---- the torchrun environment ----

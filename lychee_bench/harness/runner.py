@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import inspect
 import re
 import time
@@ -359,6 +360,7 @@ def _run(plan: RunPlan, ranks: distributed.Ranks, group: distributed.Group, log:
         total = len(checked.methods) * sum(len(samples) for _, _, samples in work)
         bar = tqdm(total=total, desc="samples", unit="sample", dynamic_ncols=True, disable=not ranks.main)
         pending = pending_samples(checked, setting, work, done, bar)
+        _check_same_work(group, pending)
         started, clock = datetime.now(UTC).isoformat(), time.perf_counter()
         progress = distributed.SharedProgress(bar, gained) if gained else bar
         timed = execute(checked, setting, engine, rank_batches(checked, pending, ranks), writer, progress)
@@ -381,6 +383,30 @@ def _run(plan: RunPlan, ranks: distributed.Ranks, group: distributed.Group, log:
     else:
         log(f"results: {out / records.RECORDS_FILE}")
     return rows
+
+
+def _check_same_work(group: distributed.Group, pending: list[PendingSample]) -> None:
+    """Every rank must hold the same pending samples, prompts included, since each deals them alike: a node with
+    other package versions (tokenizer, task data) would build other prompts. Refused on every rank, before any
+    rank writes."""
+    if not group.ranks.parallel:
+        return
+    digest = hashlib.sha256()
+    for row in pending:
+        sample = row.sample
+        for part in (*sorted(row.labels), sample.subtask, str(sample.index), sample.prompt, sample.answer_prefix):
+            digest.update(str(part).encode() + b"\x1f")
+    seen = group.gather(digest.hexdigest())
+    if len(set(seen)) > 1:
+        others = ", ".join(str(rank) for rank, value in enumerate(seen) if value != seen[0])
+        error = PlanError(
+            [
+                f"rank(s) {others} built other samples than rank 0 (different prompts or pending work); install the "
+                "same lychee-bench, transformers and tokenizers versions and task data on every node"
+            ]
+        )
+        error.on_every_rank = True  # type: ignore[attr-defined]  # every rank raises it: rank 0 prints it
+        raise error
 
 
 def _silent(*_: Any) -> None:
