@@ -55,7 +55,7 @@ def _pending(count: int, labels: tuple[str, ...] = ("full",)) -> list:
 
 @pytest.mark.parametrize(("world", "batch"), [(2, 1), (3, 4), (4, 3)])
 def test_ranks_run_the_batches_one_process_forms(world, batch):
-    from lychee_bench.harness.runner import rank_batches
+    from lychee_bench.harness.runner import batch_cost, rank_batches
 
     checked = SimpleNamespace(batch_size=batch, plan=SimpleNamespace(ctx=768))
     pending = _pending(11)
@@ -66,10 +66,20 @@ def test_ranks_run_the_batches_one_process_forms(world, batch):
     dealt = [[position[tuple(row.sample.index for row in chunk)] for chunk in share] for share in shares]
     assert sorted(n for share in dealt for n in share) == list(range(len(alone)))
     assert all(share == sorted(share) for share in dealt)
-    # Balanced by tokens: the ranks' loads differ by at most one batch.
-    cost = [sum(row.sample.input_tokens + row.sample.max_new_tokens for row in chunk) for chunk in alone]
+    # Balanced by cost: the ranks' loads differ by at most one batch.
+    cost = [batch_cost(chunk, 768) for chunk in alone]
     loads = [sum(cost[n] for n in share) for share in dealt]
     assert max(loads) - min(loads) <= max(cost)
+
+
+def test_a_batch_costs_one_prefill_and_each_of_its_methods_decode():
+    from lychee_bench.harness.runner import DECODE_STEP_TOKENS, batch_cost
+
+    rows = _pending(3) + _pending(1, ("full", "lychee"))
+    rows[1].sample.max_new_tokens = 128
+    prefill = sum(row.sample.input_tokens for row in rows)
+    assert batch_cost(rows, 768) == prefill + DECODE_STEP_TOKENS * 2 * 128
+    assert batch_cost([], 768) == 0
 
 
 def test_ranks_that_built_other_samples_are_refused_on_every_rank():

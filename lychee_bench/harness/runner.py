@@ -467,17 +467,28 @@ def _check_shared_folder(out: Path, launch_id: str, ranks: distributed.Ranks) ->
 
 def rank_batches(checked: CheckedRun, pending: list[PendingSample], ranks: distributed.Ranks) -> list[list[Any]]:
     """The batches this rank runs: the batches one process would run (the pending samples in order,
-    --batch-size at a time), dealt whole to the ranks balanced by tokens (distributed.deal). A batch is the same
-    on any world size, so its outputs are those one process gets."""
+    --batch-size at a time), dealt whole to the ranks balanced by their cost (batch_cost, distributed.deal). A
+    batch is the same on any world size, so its outputs are those one process gets."""
     size = checked.batch_size
     batches = [pending[start : start + size] for start in range(0, len(pending), size)]
     if not ranks.parallel:
         return batches
-    costs = [
-        sum(len(row.labels) * ((row.sample.input_tokens or checked.plan.ctx) + row.sample.max_new_tokens) for row in b)
-        for b in batches
-    ]
+    costs = [batch_cost(batch, checked.plan.ctx) for batch in batches]
     return [batches[position] for position in distributed.deal(costs, ranks.world_size)[ranks.rank]]
+
+
+# A decode step of a batch costs about as long as prefilling this many tokens: on the H200 with the default model
+# (RULER records, batch 65) a step took as long as 320-640 prefill tokens at 8192 and 140-230 at 4096. A proxy
+# for balancing the ranks, not a measurement of any one run.
+DECODE_STEP_TOKENS = 300
+
+
+def batch_cost(batch: list[PendingSample], ctx: int) -> float:
+    """A batch's work in prefill tokens: one prefill of every row, shared by its methods, then each method that
+    still needs the batch decodes until the longest row's limit."""
+    prefill = sum(row.sample.input_tokens or ctx for row in batch)
+    methods = len(set().union(*(row.labels for row in batch))) if batch else 0
+    return prefill + DECODE_STEP_TOKENS * methods * max((row.sample.max_new_tokens for row in batch), default=0)
 
 
 def _rank_share(ranks: distributed.Ranks, timed: list[tuple[int, float]], seconds: float) -> dict[str, Any]:
