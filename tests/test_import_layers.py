@@ -23,6 +23,7 @@ LAYERS = [
     ["training", "calibration"],
     ["regress"],
     ["report"],
+    ["integrations"],  # bridges to other tools (lm-eval): above everything they wrap, below the command line
     ["tools", "cli"],
 ]
 LEVEL = {name: level for level, names in enumerate(LAYERS) for name in names}
