@@ -214,6 +214,17 @@ def tiny_folder(tmp_path_factory, smol_tokenizer):
     return folder
 
 
+@pytest.fixture
+def one_thread():
+    """In-process runs on one thread, as torchrun's workers (OMP_NUM_THREADS=1): the same float sums, bit for bit."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("localhost", 0))
@@ -264,7 +275,7 @@ def _same(found: list[dict]) -> list[tuple]:
 
 
 @pytest.mark.slow
-def test_a_launch_equals_one_process_and_resumes_across_world_sizes_and_nodes(tiny_folder, tmp_path):
+def test_a_launch_equals_one_process_and_resumes_across_world_sizes_and_nodes(tiny_folder, tmp_path, one_thread):
     model = ["--model", str(tiny_folder)]
     single = tmp_path / "single"
     result = cli(*RUN, *model, "--samples", "4", "--out", str(single))
