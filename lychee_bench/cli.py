@@ -188,6 +188,17 @@ def train_heads_cmd(
     seed: int = 0,
     rope_scaling: Annotated[str | None, typer.Option(help="e.g. yarn:2 for contexts past the model's limit")] = None,
     checkpoint_every: Annotated[int, typer.Option(min=1)] = 50,
+    corpus: Annotated[
+        str, typer.Option(help="haystack text: shakespeare (default; BookSum stand-in) or ruler-essay")
+    ] = "shakespeare",
+    selection_scores: Annotated[
+        str,
+        typer.Option(help="training sparse sets scored per query_head (official, default) or per kv_group (q mean)"),
+    ] = "query_head",
+    time_limit: Annotated[
+        float | None,
+        typer.Option(help="minutes for this command: stop after a checkpoint, write roles.json; rerun to continue"),
+    ] = None,
     out: Annotated[Path, typer.Option(help="training folder; rerunning with the same folder resumes")] = Path(
         "runs/train-heads"
     ),
@@ -200,7 +211,7 @@ def train_heads_cmd(
     try:
         chosen_device = resolve_device(device)
         chosen_dtype = resolve_dtype(dtype, chosen_device)
-        path = run_train_heads_cli(
+        result = run_train_heads_cli(
             model,
             retrieval_heads,
             density,
@@ -215,12 +226,20 @@ def train_heads_cmd(
             rope_scaling,
             threshold_rule,
             checkpoint_every=checkpoint_every,
+            corpus=corpus,
+            selection_scores=selection_scores,
+            time_limit=time_limit,
         )
     except PlanError as error:
         _fail("training cannot start:\n" + str(error))
     except (ModelError, ValueError) as error:
         _fail(str(error))
-    typer.echo(f"roles: {path}")
+    typer.echo(f"roles: {result.roles_path}")
+    if result.stopped_by == "time_limit":
+        typer.echo(
+            f"stopped by --time-limit after step {result.steps} of {steps} (checkpointed; roles.json from that "
+            "state); rerun the same command to continue"
+        )
 
 
 @app.command()
@@ -255,7 +274,13 @@ def calibrate(
 
 @app.command()
 def bench(
-    methods: Annotated[str, typer.Option(help="comma list, e.g. full,lychee,duo[roles=uniform:32]")] = "full,lychee",
+    methods: Annotated[
+        str,
+        typer.Option(
+            help="comma list, e.g. full,lychee,duo[roles=uniform:32]; the default times lychee's fast block path "
+            "(plain lychee is token granularity, the paper's quality setting)"
+        ),
+    ] = "full,lychee[granularity=block]",
     ctx: Annotated[str, typer.Option(help="comma list of contexts")] = "4096,16384,32768,65536,131072",
     batch: Annotated[str, typer.Option(help="comma list of batch sizes")] = "1,4",
     model: Annotated[

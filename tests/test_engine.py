@@ -173,7 +173,7 @@ def test_every_graph_safe_decode_step_reads_nothing_back():
     logits = engine.prefill(cache, prompts, width)
     methods = [
         FullAttention(FullConfig(path="triton")),
-        LycheeDecode(LycheeConfig(roles="uniform:3", budget=128, path="triton")),
+        LycheeDecode(LycheeConfig(roles="uniform:3", budget=128, granularity="block", path="triton")),
         LycheeDecode(LycheeConfig(roles="uniform:3", budget=32, granularity="token", sink=4, recent=8, path="triton")),
         TidalDecode(TidalConfig(budget=12, selection_layer=1, reselect_layer=2, path="triton")),
         QuestAttention(QuestConfig(budget=16, page_size=4, dense_layers=1, path="triton")),

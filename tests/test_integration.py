@@ -52,9 +52,9 @@ def test_run_report_and_resume(tmp_path):
 
 def test_lychee_runs_on_the_default_model(tmp_path):
     out = tmp_path / "lychee"
-    args = ["--roles", "uniform:11", "--budget", "256", "--task", "ruler/niah_single_1", "--ctx", "1024"]
+    args = ["--roles", "uniform:11", "--budget", "512", "--task", "ruler/niah_single_1", "--ctx", "1024"]
     result = cli("run", "--method", "lychee", *args, "--samples", "1", "--out", str(out))
     assert result.exit_code == 0, result.output
     record = read_jsonl(out / "records.jsonl", kind="sample")[0]
     assert record["method_config"]["roles_used"]["retrieval_heads"] == 11
-    assert record["path"] == "reference"
+    assert record["path"] == "reference" and record["method_config"]["granularity"] == "token"  # the default

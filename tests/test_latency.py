@@ -23,6 +23,7 @@ from tests.conftest import NoHostReads
 
 TINY = "tiny-llama-synthetic"
 SMOKE_OPTIONS = {"roles": "uniform:3", "path": "reference", "budget": "128"}
+BLOCK = "lychee[granularity=block]"  # what `bench` times by default: lychee's block path (plain lychee is token)
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +35,7 @@ def tiny():
 def smoke_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("latency")
     records = run_bench(
-        ["full", "lychee"], [192, 320], [1, 2], model=TINY, out=out, reps=2, smoke=True, options=SMOKE_OPTIONS
+        ["full", BLOCK], [192, 320], [1, 2], model=TINY, out=out, reps=2, smoke=True, options=SMOKE_OPTIONS
     )
     return out, records
 
@@ -65,8 +66,9 @@ def test_smoke_bench_writes_complete_records(smoke_run):
         assert r["speedup_vs_full"] > 0
         assert r["context_checked"] == r["ctx"] and r["context_drift"] is False
         assert r["logits_finite"]
-        assert "provenance" in r and r["method_config"]["name"] == r["method"]
-    lychee = [r for r in records if r["method"] == "lychee"]
+        assert "provenance" in r and r["method_config"]["name"] == r["method"].partition("[")[0]  # method: label
+    lychee = [r for r in records if r["method"] == BLOCK]
+    assert lychee and all(r["method_config"]["granularity"] == "block" for r in lychee)
     assert all(r["path"] == "reference" and r["method_config"]["roles_used"]["retrieval_heads"] == 3 for r in lychee)
     assert any(r["kind"] == "latency-copy" for r in read_records(out))
 

@@ -11,7 +11,7 @@ from lychee_bench.harness.engine import Engine, GenerationSettings
 from lychee_bench.harness.inputs import InputFormatter
 from lychee_bench.methods.common import masked_decode_attention
 from lychee_bench.methods.full import FullAttention
-from lychee_bench.methods.lychee import LycheeConfig, LycheeDecode
+from lychee_bench.methods.lychee import LycheeConfig, LycheeDecode, ratio_budget
 from lychee_bench.methods.roles import RolesError, resolve_roles, roles_to_json, uniform_roles
 from lychee_bench.methods.selection import select_blocks, select_tokens
 from lychee_bench.methods.state import DecodeState
@@ -51,6 +51,34 @@ def test_default_model_ships_trained_roles():
     assert roles.info["model"]["fingerprint"] == source.fingerprint
     training = roles.info["training"]
     assert training["gate"] == "hardkuma" and training["steps_completed"] == training["steps"] == 3000
+
+
+def test_token_granularity_is_the_default_and_block_is_asked_for():
+    """The paper's quality numbers come from the token model (128 sink + 256 recent + top-k); block is the speed
+    path, `lychee[granularity=block]`."""
+    default = LycheeDecode()
+    assert (default.config.granularity, default.config.sink, default.config.recent) == ("token", 128, 256)
+    assert default.describe()["granularity"] == "token"
+    block = LycheeDecode.from_options({"granularity": "block", "budget": "256"})
+    assert block.config.granularity == "block" and block.describe()["granularity"] == "block"
+    with pytest.raises(ValueError, match="must hold the 128 sink \\+ 256 recent"):
+        LycheeConfig(budget=256)  # the token default needs room for its window
+
+
+def test_budget_ratio_truncates_like_the_official_code():
+    """The official code keeps int((1 - r) * L) for its sparsity r; budget_ratio is 1 - r and gives the same
+    count at every length, on the host and on the device (float64), e.g. 1 of 20 at budget_ratio 0.1."""
+    assert ratio_budget(0.1, 20) == int((1 - 0.9) * 20) == 1 and ratio_budget(0.3, 10) == 3
+    lengths = list(range(1, 20001))
+    sampled = torch.tensor([*lengths[::97], 20000])
+    valid = torch.arange(20000)[None, :] < sampled[:, None]  # one row per sampled length, that many real tokens
+    for sparsity in (0.7, 0.8, 0.875, 0.9, 0.95):
+        kept = 1 - sparsity
+        official = [int((1 - sparsity) * n) for n in lengths]
+        assert [ratio_budget(kept, n) for n in lengths] == official
+        method = LycheeDecode(LycheeConfig(budget_ratio=kept))
+        assert method.budget_for(valid).tolist() == [max(1, official[n - 1]) for n in sampled.tolist()]
+        assert method.config.host_budget(20000) == max(1, official[-1])
 
 
 def test_token_selection_keeps_sink_recent_and_top_scores():
@@ -165,15 +193,16 @@ def test_cache_correction_rewrites_sparse_kv_densely(smol_tokenizer):
     text = "The quick brown fox jumps over the lazy dog. " * 40 + "What does the fox jump over?"
     inputs = [formatter.format(text, " Answer:")]
     engine = Engine(model, smol_tokenizer, count=True)
-    dense_roles = LycheeDecode(LycheeConfig(roles="all", budget=64, correction_period=4))
+    small = dict(budget=64, sink=8, recent=16)  # token granularity, the default, at a budget that bites here
+    dense_roles = LycheeDecode(LycheeConfig(roles="all", correction_period=4, **small))
     dense_roles.prepare(model)
     outputs = engine.generate(inputs, GenerationSettings(16), [FullAttention(), dense_roles])
     assert outputs["lychee"][0].text == outputs["full"][0].text  # correcting dense K/V changes nothing
     assert engine.last_counters["corrections"] >= 4
 
-    sparse = LycheeDecode(LycheeConfig(roles="uniform:2", budget=64, correction_period=4))
+    sparse = LycheeDecode(LycheeConfig(roles="uniform:2", correction_period=4, **small))
     sparse.prepare(model)
-    plain = LycheeDecode(LycheeConfig(roles="uniform:2", budget=64))
+    plain = LycheeDecode(LycheeConfig(roles="uniform:2", **small))
     plain.prepare(model)
     corrected = engine.generate(inputs, GenerationSettings(32), [sparse])["lychee"][0].text
     uncorrected = engine.generate(inputs, GenerationSettings(32), [plain])["lychee"][0].text

@@ -21,9 +21,10 @@ from tests.conftest import tiny_model
 
 runner = CliRunner()
 
-# Tiny llama: 3 layers x 2 KV heads; uniform:2 = layer 0's heads only, every later head sparse.
-BLOCK = "lychee[roles=uniform:2]"
-TOKEN = "lychee[roles=uniform:2;granularity=token;sink=16;recent=32]"
+# Tiny llama: 3 layers x 2 KV heads; uniform:2 = layer 0's heads only, every later head sparse. Token granularity
+# is lychee's default; block is asked for.
+BLOCK = "lychee[roles=uniform:2;granularity=block]"
+TOKEN = "lychee[roles=uniform:2;sink=16;recent=32]"
 
 
 def test_split_and_parse_entries():
@@ -64,23 +65,25 @@ def test_bad_syntax_is_refused(spec, message):
 
 
 def test_labels_options_and_overrides():
-    methods = build_methods(split_methods(f"full,lycheedecode[roles=uniform:2],{TOKEN}"), {"budget": "128"})
-    assert [m.label for m in methods] == ["full", "lychee[roles=uniform:2]", TOKEN]
+    methods = build_methods(
+        split_methods(f"full,lycheedecode[roles=uniform:2;granularity=block],{TOKEN}"), {"budget": "128"}
+    )
+    assert [m.label for m in methods] == ["full", BLOCK, TOKEN]
     block, token = methods[1].config, methods[2].config
     assert (block.roles, block.budget, block.granularity) == ("uniform:2", 128, "block")
     assert (token.budget, token.granularity, token.sink) == (128, "token", 16)
     # An entry's own options override the shared ones.
-    [own] = build_methods(["lychee[budget=256]"], {"budget": "128", "roles": "all"})
-    assert own.config.budget == 256 and own.config.roles == "all"
+    [own] = build_methods(["lychee[budget=1024]"], {"budget": "512", "roles": "all"})
+    assert own.config.budget == 1024 and own.config.roles == "all"
 
 
 def test_unknown_and_duplicate_entries_are_refused_together():
-    entries = ["full", "lychee[roles=all;budget=128]", "lychee[roles=all]", "lychee[bogus=1]", "streaming[x=1]"]
+    entries = ["full", "lychee[roles=all;budget=512]", "lychee[roles=all]", "lychee[bogus=1]", "streaming[x=1]"]
     with pytest.raises(PlanError) as caught:
-        build_methods(entries, {"budget": "128"})
+        build_methods(entries, {"budget": "512"})
     reasons = caught.value.reasons
     assert len(reasons) == 3
-    assert "'lychee[roles=all]' repeats 'lychee[roles=all;budget=128]'" in reasons[0]
+    assert "'lychee[roles=all]' repeats 'lychee[roles=all;budget=512]'" in reasons[0]
     assert "lychee has no option bogus; its options: roles, budget" in reasons[1]
     assert "streaming has no option x; its options: sink, recent, budget" in reasons[2]
     with pytest.raises(PlanError, match="window: no method here has it"):
@@ -158,13 +161,14 @@ def test_variants_share_a_run_and_resume(tiny_folder, tmp_path):
 
     # The same command again: every (label, sample) is done, nothing is rerun; a new variant runs alone.
     assert len(_run(tiny_folder, f"full,{BLOCK},{TOKEN}", out, "--budget", "128")) == 3
-    grown = _run(tiny_folder, f"full,{BLOCK},{TOKEN},lychee[roles=all]", out, "--budget", "128")
-    assert [r["label"] for r in grown[3:]] == ["lychee[roles=all]"]
+    added = "lychee[roles=all;granularity=block]"
+    grown = _run(tiny_folder, f"full,{BLOCK},{TOKEN},{added}", out, "--budget", "128")
+    assert [r["label"] for r in grown[3:]] == [added]
 
     report = runner.invoke(app, ["report", str(out), "--format", "json"])
     assert report.exit_code == 0, report.output
     rows = {r["method"]: r for r in json.loads(report.output)}
-    assert set(rows) == {"full", BLOCK, TOKEN, "lychee[roles=all]"} and all(r["samples"] == 1 for r in rows.values())
+    assert set(rows) == {"full", BLOCK, TOKEN, added} and all(r["samples"] == 1 for r in rows.values())
     table = runner.invoke(app, ["report", str(out)])
     assert BLOCK in table.output and TOKEN in table.output
     compared = runner.invoke(app, ["compare", str(out), str(out), "--format", "json"])

@@ -27,7 +27,9 @@ BASELINE = Path(__file__).resolve().parents[1] / "results" / "smoke"
 def test_smoke_plan_is_fixed_and_valid():
     plan = SMOKE.plan
     assert plan.device == "cpu" and plan.dtype == "float32" and plan.seed == 42 and plan.temperature == 0.0
-    assert plan.methods == ["full", "lychee", "streaming"]
+    # Plain lychee is token granularity (the paper's quality setting); block, the speed path, runs beside it.
+    assert plan.methods == ["full", "lychee", "lychee[granularity=block]", "streaming"]
+    assert plan.method_options == {"budget": "512"}  # room for token's 128 sink + 256 recent and 128 chosen
     assert "roles" not in plan.method_options  # lychee runs its shipped, trained roles
     assert parse_tasks(plan.task) == [("ruler", ["niah_single_1", "niah_multikey_1", "vt"])]
     with pytest.raises(SuiteError, match="smoke"):

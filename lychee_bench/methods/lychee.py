@@ -5,6 +5,11 @@ group-mean query); the many sparse heads reuse the set picked by the nearest ear
 same KV-head index ("slot h"). Sets are rebuilt at every decode step; layer 0 is all retrieval heads, so every
 slot is filled before it is read. Retrieval heads always read the whole cache (the public code's block model
 lets later retrieval heads see only earlier-selected blocks; here they never do). SPEC §2.
+
+Granularity: `token` by default (128 sink + 256 recent tokens, the rest of the budget the top-scoring tokens),
+the rule of the official token-level model that every quality number of the paper comes from. `block`
+(64-token blocks by their max score, the paper's "hardware-efficient top-k") is the speed path of the official
+code and of ours: ask for it with `lychee[granularity=block]`. Records carry `method_config.granularity`.
 """
 
 from __future__ import annotations
@@ -33,14 +38,31 @@ from lychee_bench.methods.traffic import head_tokens_bytes
 GRANULARITIES = ("token", "block")
 
 
+def ratio_keep_factor(budget_ratio: float) -> float:
+    """The factor the official code multiplies the context by: it takes the sparsity r (the fraction dropped) and
+    keeps int((1 - r) * L) tokens. Our `budget_ratio` is the fraction kept, 1 - r; going through r = 1 -
+    budget_ratio gives its float arithmetic exactly (budget_ratio 0.1: r = 0.9, 1 - r = 0.09999999999999998, so
+    L = 20 keeps 1 token, as the official code does, not 2)."""
+    sparsity = 1.0 - budget_ratio
+    return 1.0 - sparsity
+
+
+def ratio_budget(budget_ratio: float, length: int) -> int:
+    """Tokens kept out of `length` at `budget_ratio`: int((1 - r) * L) with r = 1 - budget_ratio, truncated as in
+    the official code (float64). The token rule then keeps at least the sink and recent window."""
+    return int(ratio_keep_factor(budget_ratio) * length)
+
+
 @dataclass
 class LycheeConfig:
-    """`budget` tokens per sparse head (or `budget_ratio` of the context); `roles`: see methods/roles.py."""
+    """`budget` tokens per sparse head, or `budget_ratio`: the fraction of the context kept, 1 - r for the official
+    code's sparsity ratio r (its `radio` mode), truncated like it: int((1 - r) * L) tokens at L real tokens, the
+    current one included; `roles`: see methods/roles.py; `granularity`: token (default) or block."""
 
     roles: str | None = None
     budget: int | None = 4096
     budget_ratio: float | None = None
-    granularity: str = "block"
+    granularity: str = "token"
     block_size: int = 64
     sink: int = 128
     recent: int = 256
@@ -71,7 +93,7 @@ class LycheeConfig:
 
     def host_budget(self, longest: int) -> int:
         """The token budget, as a host number, for sequences of at most `longest` real tokens."""
-        return max(1, round(longest * self.budget_ratio)) if self.budget_ratio is not None else self.budget
+        return max(1, ratio_budget(self.budget_ratio, longest)) if self.budget_ratio is not None else self.budget
 
     def host_budget_blocks(self, longest: int) -> int:
         """`host_budget` in whole blocks (at least one)."""
@@ -82,7 +104,10 @@ class LycheeDecode(KernelPath, Method):
     """Retrieval heads: full attention + selection into their slot. Sparse heads: attention over their slot."""
 
     name: ClassVar[str] = "lychee"
-    description: ClassVar[str] = "LycheeDecode: retrieval heads pick tokens (top-k), sparse heads reuse them"
+    description: ClassVar[str] = (
+        "LycheeDecode: retrieval heads pick tokens (top-k), sparse heads reuse them; granularity token (default, "
+        "128 sink + 256 recent inside the budget) or block (64-token blocks, the fast kernel)"
+    )
     Config: ClassVar[type] = LycheeConfig
     graph_safe: ClassVar[bool] = True
 
@@ -194,8 +219,9 @@ class LycheeDecode(KernelPath, Method):
     def budget_for(self, valid: torch.Tensor) -> torch.Tensor:
         """Token budget per sequence [B]."""
         _, count = valid_rank(valid)
-        if self.config.budget_ratio is not None:
-            return torch.clamp((count[:, 0].float() * self.config.budget_ratio).round().long(), min=1)
+        if self.config.budget_ratio is not None:  # float64 and truncated: ratio_budget's numbers, on the device
+            factor = ratio_keep_factor(self.config.budget_ratio)
+            return torch.clamp(torch.floor(count[:, 0].double() * factor).long(), min=1)
         return torch.full_like(count[:, 0], self.config.budget)
 
     def select(self, scores: torch.Tensor, valid: torch.Tensor, lengths: list[int] | None = None) -> torch.Tensor:

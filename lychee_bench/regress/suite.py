@@ -1,10 +1,12 @@
 """Fixed suites: the CPU smoke suite CI runs on every change and compares with its committed baseline.
 
 `smoke` runs the default model (fp32, greedy, seed 42) on three RULER subtasks at 1K context for `full`,
-`lychee` (its shipped, trained HardKuma roles) and `streaming`, both sparse
-methods at a 256-token budget, then checks the Triton LycheeDecode layer against its torch reference in
-interpreter mode on fixed random inputs. Everything lands in one run folder (manifest.json + records.jsonl),
-so `lychee-bench compare` reads it like any other result set.
+`lychee` (its shipped, trained HardKuma roles; token granularity, the default: 128 sink + 256 recent + 128 top
+tokens), `lychee[granularity=block]` (the same roles, 8 blocks of 64) and `streaming`, every sparse method at a
+512-token budget (token granularity needs more than its 384-token window to select anything), then checks
+the Triton LycheeDecode layer against its torch reference in interpreter mode on fixed random inputs.
+Everything lands in one run folder (manifest.json + records.jsonl), so `lychee-bench compare` reads it like any
+other result set.
 
 The kernel check runs in a child process: TRITON_INTERPRET must be set before Triton compiles the kernels,
 and the model run in this process may already have imported them.
@@ -57,11 +59,11 @@ SMOKE = Suite(
     name="smoke",
     description=(
         "default model, fp32 CPU, seed 42; RULER niah_single_1, niah_multikey_1, vt at ctx 1024, 2 samples each; "
-        "full, lychee (shipped trained roles) and streaming at budget 256; Triton decode layer vs reference "
-        "(TRITON_INTERPRET=1)"
+        "full, lychee (shipped trained roles, token granularity), lychee[granularity=block] and streaming at budget "
+        "512; Triton decode layer vs reference (TRITON_INTERPRET=1)"
     ),
     plan=RunPlan(
-        methods=["full", "lychee", "streaming"],
+        methods=["full", "lychee", "lychee[granularity=block]", "streaming"],
         task="ruler/niah_single_1,ruler/niah_multikey_1,ruler/vt",
         ctx=1024,
         model=None,
@@ -70,7 +72,7 @@ SMOKE = Suite(
         device="cpu",
         dtype="float32",
         batch_size=1,
-        method_options={"budget": "256"},
+        method_options={"budget": "512"},
         temperature=0.0,
         top_p=1.0,
     ),

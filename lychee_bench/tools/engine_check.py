@@ -35,7 +35,7 @@ from lychee_bench.methods.state import DecodeState, StepGeometry
 
 MODEL = "llama3-8b-synthetic"
 ENTRIES = (
-    "full,full[path=reference],lychee,lychee[granularity=token],tidal,kascade,quest,duo,streaming,"
+    "full,full[path=reference],lychee,lychee[granularity=block],tidal,kascade,quest,duo,streaming,"
     "lychee[budget=1024;correction_period=8]"
 )
 LOGIT_TOLERANCE = 3e-2  # relative (max |difference| / max |logit|) between bf16 paths

@@ -140,7 +140,7 @@ def check_paths(
     return pd.DataFrame(rows)
 
 
-DEFAULT_ENTRIES = "lychee,lychee[granularity=token],tidal,tidal[per_kv_head=true],kascade,quest,duo,streaming"
+DEFAULT_ENTRIES = "lychee,lychee[granularity=block],tidal,tidal[per_kv_head=true],kascade,quest,duo,streaming"
 
 
 def main(argv: list[str] | None = None) -> int:

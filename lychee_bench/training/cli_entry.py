@@ -1,12 +1,14 @@
-"""What `lychee-bench train-heads` calls: resolve and load the model, train, return the roles file."""
+"""What `lychee-bench train-heads` calls: resolve and load the model, train, return the result (roles file, steps)."""
 
 from __future__ import annotations
 
-from dataclasses import asdict
+import time
+from dataclasses import replace
 from pathlib import Path
 
 from lychee_bench.training.data import PasskeyConfig, PasskeyData
 from lychee_bench.training.hybrid import SparseConfig
+from lychee_bench.training.trainer import TrainResult
 
 
 def run_train_heads_cli(
@@ -29,17 +31,25 @@ def run_train_heads_cli(
     sparse: SparseConfig | None = None,
     data: PasskeyConfig | None = None,
     progress: bool = True,
-) -> Path:
-    """Train head roles for a model and return the path of the roles JSON (loadable with `roles=<path>`).
+    time_limit: float | None = None,
+    corpus: str | None = None,
+    selection_scores: str | None = None,
+) -> TrainResult:
+    """Train head roles for a model; the result's `roles_path` is the roles JSON (loadable with `roles=<path>`).
 
-    Refuses, before loading weights, bad settings (TrainConfig's checks), an unsupported architecture or a
-    ctx_max past the model's context (the message names the --rope-scaling that fixes it). Rerunning with the
-    same `out` resumes.
+    Refuses, before loading weights, bad settings (TrainConfig's checks), a training corpus that is not installed,
+    an unsupported architecture or a ctx_max past the model's context (the message names the --rope-scaling that
+    fixes it). Rerunning with the same `out` resumes. `time_limit` (minutes) counts from this call's start, model
+    loading included: the training stops after the step that uses it up (`stopped_by` in the result). `corpus`
+    and `selection_scores` (query_head or kv_group) override those fields of `data` and `sparse`.
     """
     from lychee_bench.harness import models
+    from lychee_bench.training.corpus import CORPORA, CorpusError, corpus_files
     from lychee_bench.training.gates import GATES
+    from lychee_bench.training.hybrid import SELECTION_SCORES
     from lychee_bench.training.trainer import TrainConfig, train_heads
 
+    started = time.monotonic()
     problems = []  # every bad input at once, in the command's own option names
     if steps < 1:
         problems.append(f"--steps {steps}: train at least 1 step")
@@ -49,6 +59,25 @@ def run_train_heads_cli(
         problems.append(f"--gate {gate!r} is not a gate; use one of {', '.join(sorted(GATES))}")
     if not 0 < ctx_min <= ctx_max:
         problems.append(f"--ctx-min {ctx_min} and --ctx-max {ctx_max}: need 0 < ctx-min <= ctx-max")
+    folder = Path(out)
+    blocking = next((f for f in (folder, *folder.parents) if f.exists() and not f.is_dir()), None)
+    if blocking is not None:
+        problems.append(f"--out {out}: {blocking} is a file, not a folder; pass a folder path (it may not exist yet)")
+    if time_limit is not None and not time_limit > 0:
+        problems.append(f"--time-limit {time_limit}: give the minutes the command may take, > 0 (e.g. 8)")
+    data = data or PasskeyConfig()
+    if corpus is not None and corpus not in CORPORA:
+        problems.append(f"--corpus {corpus!r}: use one of {', '.join(sorted(CORPORA))}")
+    else:
+        data = replace(data, corpus=corpus or data.corpus)
+        try:
+            corpus_files(data.corpus)
+        except CorpusError as error:
+            problems.append(str(error))
+    if selection_scores is not None and selection_scores not in SELECTION_SCORES:
+        problems.append(f"--selection-scores {selection_scores!r}: use one of {', '.join(SELECTION_SCORES)}")
+    elif selection_scores is not None:
+        sparse = replace(sparse or SparseConfig(), granularity=selection_scores)
     if problems:
         raise ValueError("; ".join(problems))
     source = models.resolve_model(model_name)
@@ -58,7 +87,7 @@ def run_train_heads_cli(
         raise models.ModelError("; ".join(reasons))
     tokenizer = models.load_tokenizer(source)
     # The answer segment follows the context: its positions must fit too (a 25% margin over one sample's).
-    probe = PasskeyData(tokenizer, PasskeyConfig(**{**asdict(data or PasskeyConfig()), "ctx_min": 1, "ctx_max": 1}))
+    probe = PasskeyData(tokenizer, replace(data, ctx_min=1, ctx_max=1))
     longest = ctx_max + int(1.25 * len(probe.segment_ids(0)))
     reasons = models.check_context(config, longest, source.name)
     if reasons:
@@ -84,8 +113,12 @@ def run_train_heads_cli(
         prefill_chunk=prefill_chunk,
         model_info=info,
         progress=progress,
+        time_limit=time_limit,
     )
     model = models.load_model(source, config, device, dtype)
+    if time_limit is not None:  # the minutes left once the model is loaded (at least a moment: one step is made)
+        left = max(time_limit - (time.monotonic() - started) / 60.0, 1e-3)
+        settings = replace(settings, time_limit=left)
     result = train_heads(model, tokenizer, settings)
-    assert result.roles_path is not None  # a full run (no stop_after) always writes the roles
-    return result.roles_path
+    assert result.roles_path is not None  # a full run (no stop_after) or a timed-out one writes the roles
+    return result

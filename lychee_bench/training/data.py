@@ -1,8 +1,10 @@
 """Synthetic multi-passkey retrieval samples for head-role training (LycheeDecode, arXiv 2602.04541 §3).
 
-A sample is a long text (a random window of RULER's Paul Graham essay corpus) with `num_passkeys` passkeys of
-`passkey_words` random nouns (wonderwords' list) inserted at sorted random depths, followed by an answer
-segment that asks for each passkey in turn and gives its answer. The context is prefilled densely; the loss is
+A sample is a long text (a random window of a long-document corpus, training/corpus.py: by default the
+Shakespeare works of Project Gutenberg, a local stand-in for the official recipe's BookSum; `corpus="ruler-essay"`
+for RULER's Paul Graham essays, what earlier runs used) with `num_passkeys` passkeys of `passkey_words` random
+nouns (wonderwords' list) inserted at sorted random depths, followed by an answer segment that asks for each
+passkey in turn and gives its answer. The context is prefilled densely; the loss is
 measured on the answer segment, by default only on the passkey (answer) tokens.
 
 Wording (ours; the public code words it differently):
@@ -11,8 +13,12 @@ Wording (ours; the public code words it differently):
     segment: for each n: "What is the {ordinal} passkey?\nAnswer:" + " {words}" (answer tokens) + "\n\n"
 No chat template: the segment continues the raw text (as in the public code); the tokenizer's own special
 tokens (a BOS where it adds one) start the context. Lengths are measured in tokens of the model's tokenizer:
-the context has exactly the drawn length, chosen uniformly in [ctx_min, ctx_max]. Every sample is a pure
-function of (config, seed), so a resumed run sees the same data.
+the context has exactly the drawn length, chosen uniformly in [ctx_min, ctx_max] (default 1000-10000, the official
+recipe's range). Every sample is a pure function of (config, seed), so a resumed run sees the same data.
+
+The haystack window: for a text corpus, the text from the start of a random line, tokenized as it is (line
+breaks kept); for the essays, words from a random word offset joined by single spaces, exactly as before (so
+earlier essay runs keep their samples and their recorded settings).
 """
 
 from __future__ import annotations
@@ -22,6 +28,11 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
+
+from lychee_bench.training.corpus import CORPORA, DEFAULT_CORPUS, load_corpus
+
+ESSAY_CORPUS = "ruler-essay"
+CHARS_PER_TOKEN = 4  # the first text window read per token asked for (English BPE: about 3.2); doubled if short
 
 ORDINALS = (
     "first second third fourth fifth sixth seventh eighth ninth tenth eleventh twelfth thirteenth fourteenth "
@@ -40,14 +51,15 @@ ANSWER_END = "\n\n"
 class PasskeyConfig:
     """What a training sample looks like; recorded with the trained roles."""
 
-    ctx_min: int = 1024
-    ctx_max: int = 10240
+    ctx_min: int = 1000
+    ctx_max: int = 10000
     num_passkeys: int = 10
     passkey_words: int = 32
     depth_min: float = 0.05
     depth_max: float = 0.95
     word_list: str = "nouns"
     loss_on: str = "answers"  # "answers" (passkey tokens only) or "segment" (every answer-segment token)
+    corpus: str = DEFAULT_CORPUS  # the haystack text: shakespeare or ruler-essay (training/corpus.py)
 
     def __post_init__(self) -> None:
         if not 1 <= self.num_passkeys <= len(ORDINALS):
@@ -60,9 +72,16 @@ class PasskeyConfig:
             raise ValueError(f"context range [{self.ctx_min}, {self.ctx_max}] must satisfy 0 < min <= max")
         if self.loss_on not in ("answers", "segment"):
             raise ValueError(f"loss_on={self.loss_on!r}: use 'answers' or 'segment'")
+        if self.corpus not in CORPORA:
+            raise ValueError(f"corpus={self.corpus!r}: use one of {', '.join(sorted(CORPORA))}")
 
     def describe(self) -> dict[str, Any]:
-        return {**asdict(self), "corpus": "ruler-essay", "chat_template": False, "wording": "lychee-bench v1"}
+        """The settings as recorded; a text corpus adds its package, file count and sha256 (the essays' record is
+        the one earlier runs wrote, so their checkpoints still resume)."""
+        described = {**asdict(self), "chat_template": False, "wording": "lychee-bench v1"}
+        if self.corpus != ESSAY_CORPUS:
+            described["corpus_text"] = load_corpus(self.corpus).describe()
+        return described
 
 
 @dataclass
@@ -86,7 +105,9 @@ class PasskeyData:
 
         self.tokenizer = tokenizer
         self.config = config
-        self.haystack_words = essay_words()
+        essays = config.corpus == ESSAY_CORPUS
+        self.haystack_words = essay_words() if essays else []
+        self.haystack_text = "" if essays else load_corpus(config.corpus).text
         self.vocabulary = sorted({w for w in word_list(config.word_list) if w.isalpha() and w.islower()})
         self.intro = self._ids(INTRO.format(count=config.num_passkeys), special=True)
         self.outro = self._ids(OUTRO)
@@ -95,11 +116,29 @@ class PasskeyData:
         return list(self.tokenizer(text, add_special_tokens=special).input_ids)
 
     def _haystack(self, rng: random.Random, num_tokens: int) -> list[int]:
-        """`num_tokens` tokens of essay text from a random word offset (every word is at least one token)."""
+        """`num_tokens` tokens of corpus text: a text corpus from the start of a random line, the essays from a
+        random word offset (every word is at least one token)."""
+        if self.haystack_text:
+            return self._text_window(rng, num_tokens)
         words = self.haystack_words
         span = min(len(words), num_tokens + 16)
         start = rng.randrange(0, len(words) - span + 1)
         ids = self._ids(" ".join(words[start : start + span]))
+        while len(ids) < num_tokens:  # only for a corpus shorter than the request: repeat it
+            ids = ids + ids
+        return ids[:num_tokens]
+
+    def _text_window(self, rng: random.Random, num_tokens: int) -> list[int]:
+        text = self.haystack_text
+        span = CHARS_PER_TOKEN * num_tokens + 64
+        start = rng.randrange(0, max(1, len(text) - 4 * span))
+        start = text.find("\n", start) + 1  # the start of the next line (0 when there is none: the text's start)
+        ids = self._ids(text[start : start + span])
+        while len(ids) < num_tokens and start + span < len(text):  # a denser stretch: read on
+            span *= 2
+            ids = self._ids(text[start : start + span])
+        if not ids:
+            raise ValueError(f"the {self.config.corpus} corpus gave no tokens; reinstall its package")
         while len(ids) < num_tokens:  # only for a corpus shorter than the request: repeat it
             ids = ids + ids
         return ids[:num_tokens]

@@ -5,15 +5,23 @@ the full output and a sparse output, and mixes them per KV head: `O = z * O_full
 KV head is broadcast to its group of query heads). Layer 0 is always full.
 
 The sparse token set of layer l comes from layer l-1's full logits (its own, computed in the same student
-forward), which is how the paper trains it. Our exact rule (the paper leaves it loose; recorded here):
-- Scores: per KV head, the raw logit of the group's mean query, `q̄ · k` (= the mean of the group's logits),
-  before softmax: the score LycheeDecode's retrieval heads use at decode time (SPEC §2). The public training
-  code scores each query head separately; `granularity="query_head"` does that instead.
+forward), which is how the paper trains it. Our exact rule (recorded with the roles):
+- Scores: per query head, its raw logit `q · k` before softmax, as the official training code scores them
+  (default, `granularity="query_head"`); query head i of layer l attends over the keys query head i of layer
+  l-1 chose. `granularity="kv_group"` (the ablation, and what earlier runs used) scores per KV head with the
+  group's mean query `q̄ · k`, the score the retrieval heads use at decode time (SPEC §2).
+- Sharing, training vs decoding (as in the official code): in training every layer from 1 on reads the sets the
+  layer just before it chose, whatever its gates, because the roles are what is being learned; at decode time
+  only retrieval heads choose (group-mean query, per KV head) and a sparse head reads slot h, filled by the
+  nearest earlier retrieval head with KV index h (methods/lychee.py).
 - Per query row (one answer-segment token at absolute position p, which sees keys 0..p): keep
-  `floor(ratio * (p + 1))` keys, always including the first `sink` keys and the `recent` keys ending at p
-  (itself included); the rest of the budget goes to the highest-scoring other visible keys. When sink + recent
-  exceed the budget, exactly sink + recent are kept. The mask of layer l-1's KV head h is used by layer l's KV
-  head h (the slot semantics of decoding).
+  int(ratio' * (p + 1)) keys with ratio' = 1 - (1 - ratio) (the official code's truncation of (1 - r) L with its
+  sparsity r = 0.7, methods/lychee.py `ratio_keep_factor`), always including the first `sink` keys and the
+  `recent` keys ending at p (itself included); the rest of the budget goes to the highest-scoring other visible
+  keys. When sink + recent exceed the budget, exactly sink + recent are kept. The official code sizes every row
+  by the whole key length S and puts the recent window at the end of S, so a segment row more than `recent`
+  tokens before the end has no recent window there and spends part of its budget on keys it cannot see; we size
+  and place each row's window as that row would be at decode time (the last row is the same in both).
 The selection is discrete and runs without gradients; gradients reach z through the mixing only.
 
 This plugs into transformers through its attention-function interface (`lychee_bench_train`, selected with
@@ -37,27 +45,29 @@ from lychee_bench.harness.attention import attention_implementation, cache_keywo
 from lychee_bench.harness.forward import LayerStack
 from lychee_bench.harness.kv_cache import StaticKVCache
 from lychee_bench.harness.prefill import prefill_row
+from lychee_bench.methods.lychee import ratio_keep_factor
 
 TRAIN_ATTENTION_NAME = "lychee_bench_train"
 MODES = ("hybrid", "sparse", "full")
+SELECTION_SCORES = ("query_head", "kv_group")  # SparseConfig.granularity: the official per-query-head, or q̄ · k
 
 
 @dataclass(frozen=True)
 class SparseConfig:
     """How the training-time sparse heads choose their keys (paper: 30%, 128 sink, 256 recent)."""
 
-    ratio: float = 0.3
+    ratio: float = 0.3  # the fraction kept (the official sparse_radio_train 0.7 is 1 - ratio)
     sink: int = 128
     recent: int = 256
-    granularity: str = "kv_group"  # "kv_group" (q̄ · k per KV head) or "query_head" (each query head's q · k)
+    granularity: str = "query_head"  # "query_head" (each query head's q · k, official) or "kv_group" (q̄ · k)
 
     def __post_init__(self) -> None:
         if not 0.0 < self.ratio <= 1.0:
             raise ValueError(f"sparse ratio {self.ratio} must be in (0, 1]")
         if self.sink < 0 or self.recent < 1:
             raise ValueError(f"sink={self.sink}, recent={self.recent}: need sink >= 0 and recent >= 1")
-        if self.granularity not in ("kv_group", "query_head"):
-            raise ValueError(f"granularity {self.granularity!r}: use 'kv_group' or 'query_head'")
+        if self.granularity not in SELECTION_SCORES:
+            raise ValueError(f"granularity {self.granularity!r}: use one of {', '.join(SELECTION_SCORES)}")
 
     def describe(self) -> dict[str, Any]:
         return {**asdict(self), "scores_from": "previous layer, raw logits before softmax"}
@@ -67,13 +77,13 @@ def _row_budgets(positions: torch.Tensor, config: SparseConfig) -> tuple[torch.T
     """(always, extra) per query row at absolute position p: how many of its p + 1 visible keys are sink or recent
     keys, and how many more its budget floor(ratio (p + 1)) allows (at most its other visible keys).
 
-    Elementwise in float32 like the device computation, so the host evaluates the same numbers without reading
-    anything back from the device.
+    Elementwise in float64 on host and device alike (the official truncation, `ratio_keep_factor`), so the host
+    evaluates the same numbers without reading anything back from the device.
     """
     seen = positions + 1
     between = ((positions - config.recent + 1).clamp(min=0) - seen.clamp(max=config.sink)).clamp(min=0)
     always = seen - between
-    budget = torch.floor(config.ratio * seen.float()).long()
+    budget = torch.floor(seen.double() * ratio_keep_factor(config.ratio)).long()
     return always, (budget - always).clamp(min=0)
 
 

@@ -1,7 +1,9 @@
 """`run`'s decode step against stock transformers `generate`, on the same model, inputs and batch (issue 14).
 
     python -m lychee_bench.tasks.latency.versus_transformers --model smollm2-135m --rope-scaling yarn:16 \
-        --ctx 131072 --batch 2 --methods full,lychee --out runs/versus
+        --ctx 131072 --batch 2 --methods 'full,lychee[granularity=block]' --out runs/versus
+
+The default methods time lychee's block path (the fast kernel), as before plain `lychee` became token granularity.
 
 Inputs: RULER niah_single_1 prompts at the context, formatted as `run` formats them (chat template, no decode
 exercise), each cut to the shortest one's length from the front, so every row has the same length and stock
@@ -144,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rope-scaling", default=None)
     parser.add_argument("--ctx", type=int, nargs="+", required=True)
     parser.add_argument("--batch", type=int, nargs="+", required=True, help="one per --ctx")
-    parser.add_argument("--methods", default="full,lychee")
+    parser.add_argument("--methods", default="full,lychee[granularity=block]")
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--out", type=Path, required=True)
