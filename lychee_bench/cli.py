@@ -510,6 +510,18 @@ def suite(
     raise typer.Exit(code)
 
 
+@app.command(
+    "lm-eval",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []},
+)
+def lm_eval_cmd(ctx: typer.Context) -> None:
+    """lm-evaluation-harness's own CLI with `--model lychee-bench` registered; every argument goes to lm-eval
+    (e.g. --model lychee-bench --model_args pretrained=smollm2-135m,method=lychee --tasks ... --device cpu)."""
+    from lychee_bench.integrations.lm_eval_cli import main as lm_eval_main
+
+    lm_eval_main(list(ctx.args))
+
+
 def main() -> None:
     sys.exit(app())
 

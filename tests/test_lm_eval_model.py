@@ -24,7 +24,7 @@ from lychee_bench.integrations.lm_eval_model import (
     exercise_tokens,
     generation_settings,
 )
-from tests.conftest import tiny_config
+from tests.conftest import cli, tiny_config
 
 ROOT = Path(__file__).parents[1]
 PROMPTS = [
@@ -254,3 +254,26 @@ def test_lm_eval_command_line_with_the_model(model_folder, tmp_path, monkeypatch
     saved = json.loads(result.read_text())
     assert set(saved["results"]) == set(tasks)
     assert saved["config"]["lychee_bench"]["method"]["granularity"] == "token"
+
+
+def test_command_line_reports_bad_model_args_without_a_traceback(monkeypatch, capsys):
+    """lm-eval's CLI builds the model from --model_args (stood in here, to skip indexing its task catalogue)."""
+    import lm_eval.__main__
+
+    from lychee_bench.integrations.lm_eval_cli import EXIT_BAD_INPUT, main
+
+    def cli_evaluate():
+        import sys
+
+        arguments = sys.argv[sys.argv.index("--model_args") + 1]
+        get_model(sys.argv[sys.argv.index("--model") + 1]).create_from_arg_string(arguments, {"device": "cpu"})
+
+    monkeypatch.setattr(lm_eval.__main__, "cli_evaluate", cli_evaluate)
+    with pytest.raises(SystemExit) as raised:
+        main(["--model", "lychee-bench", "--model_args", "pretrained=smollm2-135m,method=lychee,budgit=64"])
+    assert raised.value.code == EXIT_BAD_INPUT
+    error = capsys.readouterr().err
+    assert error.startswith("error: lychee-bench model_args:") and "budgit: neither an option of method lychee" in error
+    assert "Traceback" not in error
+    result = cli("lm-eval", "--model", "lychee-bench", "--model_args", "pretrained=smollm2-135m,method=nosuch")
+    assert result.exit_code == EXIT_BAD_INPUT and "method" in result.output and "nosuch" in result.output

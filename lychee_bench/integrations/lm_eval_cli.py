@@ -15,16 +15,22 @@ from __future__ import annotations
 
 import sys
 
+EXIT_BAD_INPUT = 2  # as `lychee-bench` for bad input
+
 
 def main(argv: list[str] | None = None) -> None:
     """Run lm-eval's CLI on `argv` (default: this process's arguments) with lychee-bench's model registered."""
     from lm_eval.__main__ import cli_evaluate
 
-    import lychee_bench.integrations.lm_eval_model  # noqa: F401  (registers --model lychee-bench)
+    from lychee_bench.integrations.lm_eval_model import LycheeBenchArgumentError  # registers --model lychee-bench
 
     args = sys.argv[1:] if argv is None else list(argv)
     sys.argv = ["lm-eval", *args]
-    cli_evaluate()
+    try:
+        cli_evaluate()
+    except LycheeBenchArgumentError as error:  # bad --model_args: the reasons, not a traceback
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(EXIT_BAD_INPUT) from None
 
 
 if __name__ == "__main__":
