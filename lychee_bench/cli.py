@@ -60,8 +60,8 @@ def list_cmd() -> None:
     for entry in TASKS.entries():
         typer.echo(f"  {entry.name:<14} {entry.description}")
         try:
-            subtasks = entry.load()().subtasks()
-            typer.echo(f"  {'':<14} subtasks ({entry.name}/<name>): {', '.join(subtasks)}")
+            for line in _task_lines(entry.name, entry.load()()):
+                typer.echo(f"  {'':<14} {line}")
         except Exception as error:  # a broken plugin must not hide the rest of the list
             typer.echo(f"  {'':<14} (cannot list subtasks: {error})")
     typer.echo("models:")
@@ -71,6 +71,26 @@ def list_cmd() -> None:
         typer.echo(f"  {name:<{width}} {model.description}{default}")
     typer.echo(f"  {'<folder>':<{width}} any local transformers causal-LM folder (llama, qwen2, qwen3)")
     typer.echo(f"  {'<owner/name>':<{width}} a hub id (needs network or a filled local hub cache)")
+
+
+def _task_lines(name: str, task: object) -> list[str]:
+    """A task's options (`name[key=;...]`, one line each) and its subtasks, one line each where the task describes
+    them (its optional `option_descriptions` and `subtask_descriptions`, harness/task.py)."""
+    options = getattr(task, "option_descriptions", dict)()
+    lines = [f"options: {name}[{';'.join(f'{key}=' for key in options)}]"] if options else []
+    lines += [f"  {key:<16} {text}" for key, text in options.items()]
+    subtasks = task.subtasks()
+    default = set(getattr(task, "default_subtasks", task.subtasks)())
+    marked = default != set(subtasks)  # then * marks what a bare `--task NAME` runs
+    names = [f"{('* ' if subtask in default else '  ') if marked else ''}{name}/{subtask}" for subtask in subtasks]
+    runs = f"; * = what a bare {name} runs" if marked else ""
+    described = getattr(task, "subtask_descriptions", dict)()
+    if not described:
+        return [*lines, f"subtasks ({name}/<name>{runs}): {', '.join(names)}"]
+    width = max(map(len, names))
+    lines.append(f"subtasks ({name}/<name>{runs}):")
+    rows = zip(names, subtasks, strict=True)
+    return lines + [f"  {shown:<{width}}  {described.get(subtask, '')}".rstrip() for shown, subtask in rows]
 
 
 @app.command()
@@ -132,11 +152,10 @@ def run(
     "Several GPUs")."""
     from lychee_bench.harness.distributed import ranks_from_env, shown_by_another_rank
     from lychee_bench.harness.models import ModelError
-    from lychee_bench.harness.records import average_rows
     from lychee_bench.harness.registry import UnknownNameError
     from lychee_bench.harness.runner import PlanError, RunPlan, split_methods
     from lychee_bench.harness.runner import run as run_plan
-    from lychee_bench.harness.tables import score_table
+    from lychee_bench.report.summaries import run_summary
 
     options = _method_options(option, budget, roles)
     try:
@@ -168,7 +187,7 @@ def run(
     except ValueError as error:
         _fail(str(error))
     if ranks_from_env().main:  # under torchrun, rank 0 prints the summary of every rank's work
-        typer.echo(score_table(rows + average_rows(rows)))
+        typer.echo(run_summary(rows))
 
 
 @app.command("train-heads")
@@ -381,10 +400,11 @@ def report(
         Path | None, typer.Option("--html", help="also write one self-contained HTML page (tables, plots, provenance)")
     ] = None,
 ) -> None:
-    """Summarise results: per-subtask scores with the average (table or markdown), a bench folder's latency
-    table, or machine-readable rows (json)."""
+    """Summarise results: per-subtask scores with the average (table or markdown) and each task's own tables
+    (AIME pass@1 per problem, LongBench averages and length buckets), a bench folder's latency table, or
+    machine-readable rows (json; a task table's rows carry a `summary` field)."""
     from lychee_bench.harness.records import average_rows, read_records, summarize
-    from lychee_bench.harness.tables import score_markdown, score_table
+    from lychee_bench.report.summaries import blocks_of, json_rows, score_text
 
     if format not in ("table", "markdown", "json"):
         _fail(f"unknown --format {format!r}; use table, markdown or json")
@@ -412,18 +432,20 @@ def report(
             f"--html {html} cannot be written (it is a folder, or a file stands where a folder is needed); "
             "pass a new .html path"
         )
+    blocks = blocks_of(path) if rows else []
+    for block in blocks:
+        if block.problem:
+            typer.echo(f"warning: {block.problem}", err=True)
     if format == "json":
-        found = rows + average_rows(rows) + latency
+        found = rows + average_rows(rows) + latency + json_rows(blocks)
         clean = [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()} for r in found]
         typer.echo(json.dumps(clean, indent=1))
     elif latency and not rows:  # a bench folder: the table `bench` prints
         from lychee_bench.tasks.latency.plot import latency_table
 
         typer.echo(latency_table(latency))
-    elif format == "markdown":
-        typer.echo(score_markdown(rows + average_rows(rows)))
     else:
-        typer.echo(score_table(rows + average_rows(rows)))
+        typer.echo(score_text(rows, blocks, markdown=format == "markdown"))
     if html is not None:
         from lychee_bench.regress.sources import ResultsError
         from lychee_bench.report.html import write_html

@@ -5,6 +5,7 @@ Chromium is required (never skipped): install it with `apt-get install -y chromi
 
 from __future__ import annotations
 
+import html
 import json
 import re
 import shutil
@@ -193,3 +194,63 @@ def test_report_with_no_plot_data_lists_every_plot_as_absent(tmp_path):
     assert images == 0
     for name in ("latency vs context", "speedup", "quality vs budget", "quality vs speed"):
         assert f"<b>{name}</b>" in text
+
+
+def rendered_dom(page: Path, tmp_path: Path) -> str:
+    """The page's DOM after Chromium has loaded and laid it out."""
+    command = [browser(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+               "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom", page.as_uri()]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert "</table>" in done.stdout, f"Chromium did not render it (exit {done.returncode}): {done.stderr[-2000:]}"
+    return done.stdout
+
+
+def table_cells(dom: str, caption_part: str) -> list[list[str]]:
+    """The rows (header included) of the rendered table whose caption contains `caption_part`."""
+    for table in re.findall(r"<table[^>]*>(.*?)</table>", dom, flags=re.S):
+        caption = re.search(r"<caption>(.*?)</caption>", table, flags=re.S)
+        if caption and caption_part in html.unescape(re.sub(r"<[^>]+>", "", caption.group(1))):
+            rows = re.findall(r"<tr>(.*?)</tr>", table, flags=re.S)
+            return [[html.unescape(c) for c in re.findall(r"<t[hd]>(.*?)</t[hd]>", row, flags=re.S)] for row in rows]
+    raise AssertionError(f"no rendered table captioned {caption_part!r}")
+
+
+@pytest.mark.slow  # Chromium: about 6 s
+def test_aime_records_render_pass_at_1_and_the_per_problem_table(tmp_path):
+    from tests.test_task_summaries import aime_folder, needs_aime
+
+    if needs_aime.args[0]:
+        pytest.skip(needs_aime.kwargs["reason"])
+    folder = aime_folder(tmp_path / "runs" / "aime")
+    out, _, problems = write_html([folder], tmp_path / "report.html")
+    text = out.read_text(encoding="utf-8")
+    assert not problems
+    assert_self_contained(text)
+    dom = rendered_dom(out, tmp_path)
+    passes = table_cells(dom, "pass@1, avg@8")
+    assert passes[0][:3] == ["method", "pass@1", "± se"]
+    assert ["full", "50.00", "28.87"] == passes[1][:3] and ["lychee", "37.50", "19.09"] == passes[2][:3]
+    per_problem = table_cells(dom, "per problem: right draws out of 8")
+    assert per_problem[0] == ["problem", "answer", "full", "lychee"]
+    assert per_problem[1] == ["2024-I-1", "204", "8/8", "6/8"] and len(per_problem) == 4
+    assert "source S1" in html.unescape(re.sub(r"<[^>]+>", "", dom))
+    assert "boxed_integer_match" not in text  # the generic per-metric table is replaced by the task's
+
+
+@pytest.mark.slow  # Chromium: about 6 s
+def test_longbench_records_render_datasets_averages_and_buckets(tmp_path):
+    from tests.test_task_summaries import longbench_folder
+
+    folder = longbench_folder(tmp_path / "longbench")
+    out, _, problems = write_html([folder], tmp_path / "report.html")
+    assert not problems
+    assert_self_contained(out.read_text(encoding="utf-8"))
+    dom = rendered_dom(out, tmp_path)
+    datasets = table_cells(dom, "per dataset (eval.py")
+    assert datasets[0] == ["dataset", "category", "metric", "n", "full", "lychee"]
+    assert ["lcc", "Code Completion", "code_sim_score (Edit Sim)", "2", "50.00 ± 50.00", "100.00 ± 0.00"] in datasets
+    averages = {row[0]: row[1:] for row in table_cells(dom, "averages")[1:]}
+    assert averages["English Avg"] == ["50.00", "58.33"] and averages["8-task average"] == ["50.00", "50.00"]
+    buckets = table_cells(dom, "LongBench-E by length")
+    assert buckets[0][3:6] == ["full 0-4k", "full 4-8k", "full 8k+"]
+    assert ["hotpotqa_e", "qa_f1_score (F1)", "2/2/0", "50.00", "100.00", "-", "50.00", "100.00", "-"] in buckets

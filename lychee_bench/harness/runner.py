@@ -793,13 +793,15 @@ def execute(
 
 def summarise(checked: CheckedRun, setting: RunSetting, writer: records.RecordWriter) -> list[dict[str, Any]]:
     """The summary rows of this plan's (method, task, subtask) at its context, over every sample the folder
-    records (earlier runs' included); each is appended as a summary record and returned."""
+    records (earlier runs' included); each is appended as a summary record and returned with its folder (`out`),
+    from whose records the report makes each task's own tables (report/summaries.py)."""
     rows = records.summarize(records.read_run(setting.out))
     wanted = {(m.label, n, s) for m in checked.methods for n, subs in checked.task_list for s in subs}
     rows = [r for r in rows if (r["method"], r["task"], r["subtask"]) in wanted and r["ctx"] == checked.plan.ctx]
     for row in rows:
         summary = {"provenance": setting.provenance, "model_info": setting.model_info, "out": str(setting.out)}
         writer.append({"kind": "summary", **row, **summary})
+        row["out"] = summary["out"]
     return rows
 
 

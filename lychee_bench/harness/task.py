@@ -32,7 +32,19 @@ class Sample:
 
 
 class Task(Protocol):
-    """A task family (RULER, LongBench, ...). Subtasks are addressed as `family/subtask`."""
+    """A task family (RULER, LongBench, ...). Subtasks are addressed as `family/subtask`.
+
+    Optional members, looked up with getattr (a task without them gets the generic behaviour):
+    - `default_subtasks()`: what a bare `--task NAME` runs (else every subtask);
+    - `generation_defaults()`: its sampling protocol (temperature, top_p, samples, ...);
+    - `subtask_descriptions()`: one line per subtask, and `option_descriptions()`: one line per option of
+      `NAME[key=value;...]`, both for `lychee-bench list`;
+    - `summary_tables(records, config)`, a classmethod or staticmethod (a report has records, not a task
+      instance): the task's own tables of one (task, ctx, model) group of sample records, `config` being the
+      task config the run folder recorded (`{}` when none is known). A task that returns tables (SummaryTable)
+      replaces the generic subtasks-by-methods table for that group in `run`, `report` and the HTML page;
+      returning [] keeps the generic one.
+    """
 
     name: str
     description: str
@@ -54,6 +66,30 @@ class Task(Protocol):
     def config(self) -> dict[str, Any]:
         """Task configuration recorded in every result (generator version, templates version, ...)."""
         ...
+
+
+@dataclass
+class SummaryTable:
+    """One table a task makes of its records (AIME's pass@1 and per-problem table, LongBench's averages and
+    length buckets): cells already formatted the way the benchmark reports them, notes to print under it, and
+    the same numbers as plain rows for `report --format json` (each row a summary row: method, subtask, metric,
+    value, stderr, samples, plus whatever else the table knows)."""
+
+    name: str  # short and stable, e.g. "aime24 pass@1"; JSON rows carry it as "summary"
+    title: str
+    columns: list[str]
+    cells: list[list[Any]]
+    notes: list[str] = field(default_factory=list)
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+
+SummaryHook = Callable[[list[dict[str, Any]], dict[str, Any]], list[SummaryTable]]
+
+
+def summary_hook(task_class: Any) -> SummaryHook | None:
+    """The task class's `summary_tables`, or None when it has none."""
+    hook = getattr(task_class, "summary_tables", None)
+    return hook if callable(hook) else None
 
 
 def mean(values: Sequence[float]) -> float:

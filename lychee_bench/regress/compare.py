@@ -20,8 +20,10 @@ z defaults to 2. `--tol NAME=VALUE` overrides the tolerance of one metric (NAME 
 (NAME one of the kinds above); a metric override wins over a kind override.
 
 Paired samples. When both sides hold the per-sample records of a quality row (run folders do), its samples are
-matched on (index, input length): the same prompts. The row is then judged on those pairs: a regression when the
-mean paired difference drops by more than tol points (default 0). Decoding is reproducible per sample (greedy, or
+matched on (index, input length, gold answers): the same prompts. The gold answers keep apart samples that share an
+index but not a question (AIME's index is problem * k + draw, so runs of another k number problems differently).
+The row is then judged on those pairs: a regression when the mean paired difference drops by more than tol points
+(default 0). Decoding is reproducible per sample (greedy, or
 sampling seeded per sample), so the same prompt going from right to wrong is a change in what the method computes,
 not noise: at 2 samples a drop from 100 to 50 fails, which the unpaired rule above lets through. `down` / `up`
 count the samples that got worse / better.
@@ -231,12 +233,14 @@ def _index(rows: list[dict[str, Any]], side: str, notes: list[str]) -> dict[tupl
 
 
 def sample_scores(sample_records: list[dict[str, Any]]) -> dict[tuple, dict[tuple, float]]:
-    """Row key (GROUP_FIELDS) -> {(index, input tokens): score} from sample records (the latest of a sample)."""
+    """Row key (GROUP_FIELDS) -> {(index, input tokens, gold answers): score} from sample records (the latest of a
+    sample)."""
     latest = {records.sample_key(r): r for r in records.iter_sample_records(sample_records)}
     scores: dict[tuple, dict[tuple, float]] = {}
     for record in latest.values():
         key = tuple(records.label_of(record) if f == "method" else record.get(f) for f in GROUP_FIELDS)
-        scores.setdefault(key, {})[(record.get("index"), record.get("input_tokens"))] = float(record["value"])
+        sample = (record.get("index"), record.get("input_tokens"), tuple(map(str, record.get("references") or ())))
+        scores.setdefault(key, {})[sample] = float(record["value"])
     return scores
 
 

@@ -15,8 +15,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from lychee_bench.harness.task import SummaryTable
 from lychee_bench.regress.sources import KERNEL_BENCH_TASK, ResultSet, load_results
 from lychee_bench.report.plots import build_plots
+from lychee_bench.report.summaries import covered, task_blocks
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; padding: 0 1em; }
@@ -28,6 +30,8 @@ figure { margin: 1em 0 2em; } figcaption { font-size: 0.85em; color: #555; }
 img { max-width: 100%; border: 1px solid #eee; }
 pre { background: #f7f7f7; padding: 0.6em; overflow-x: auto; font-size: 0.8em; }
 .absent { color: #8a4b00; }
+table.summary td:first-child { text-align: left; }
+ul.notes { font-size: 0.8em; color: #555; margin-top: -1em; }
 """
 
 
@@ -51,8 +55,9 @@ def _cell(value: float, stderr: float, samples: Any) -> str:
     return f"{text} (n={samples})"
 
 
-def score_tables(result_set: ResultSet) -> str:
-    """Subtasks down, methods across; one table per (task, ctx, model, metric) of a run set."""
+def score_tables(result_set: ResultSet, skip: set[tuple] | frozenset = frozenset()) -> str:
+    """Subtasks down, methods across; one table per (task, ctx, model, metric) of a run set, but for the (task,
+    ctx, model) groups in `skip` (those a task's own tables show)."""
     import pandas as pd
 
     if not result_set.rows:
@@ -60,6 +65,8 @@ def score_tables(result_set: ResultSet) -> str:
     frame = pd.DataFrame(result_set.rows)
     parts = []
     for (task, ctx, model, metric), group in frame.groupby(["task", "ctx", "model", "metric"], sort=True, dropna=False):
+        if (task, ctx, model) in skip:
+            continue
         group = group.sort_values("samples").drop_duplicates(["method", "subtask"], keep="last")
         cells = group.assign(
             cell=[_cell(v, e, n) for v, e, n in zip(group["value"], group["stderr"], group["samples"], strict=True)]
@@ -96,6 +103,30 @@ def bench_tables(result_set: ResultSet) -> str:
         f"source {_link(result_set.label)}"
     )
     return _table_html(table, caption)
+
+
+def run_tables(result_set: ResultSet) -> str:
+    """A run set's tables: each task's own (AIME pass@1 and per problem, LongBench averages and length buckets,
+    report/summaries.py), and the generic table for every group no task table covers."""
+    blocks = task_blocks([result_set])
+    parts = [score_tables(result_set, covered(blocks))]
+    for block in blocks:
+        if block.problem:
+            parts.append(f"<p class='absent'>{_esc(block.problem)}</p>")
+        parts += [summary_table_html(table, block.heading, result_set.label) for table in block.tables]
+    return "\n".join(part for part in parts if part)
+
+
+def summary_table_html(table: SummaryTable, heading: str, source: str) -> str:
+    """A task's table: its cells as the task formatted them, its notes under it, the source linked."""
+    head = "".join(f"<th>{_esc(column)}</th>" for column in table.columns)
+    body = "".join("<tr>" + "".join(f"<td>{_esc(cell)}</td>" for cell in line) + "</tr>" for line in table.cells)
+    notes = "".join(f"<li>{_esc(note)}</li>" for note in table.notes)
+    caption = f"{_esc(heading)} · {_esc(table.title)} — source {_link(source)}"
+    return (
+        f"<table class='summary'><caption>{caption}</caption><thead><tr>{head}</tr></thead><tbody>{body}</tbody>"
+        f"</table>" + (f"<ul class='notes'>{notes}</ul>" if notes else "")
+    )
 
 
 def _table_html(table, caption: str) -> str:
@@ -165,7 +196,7 @@ def render(sets: list[ResultSet], title: str = "lychee-bench report", problems: 
         parts.append("</ul>")
     parts.append("<h2>Tables</h2>")
     for result_set in sets:
-        parts.append(score_tables(result_set) if result_set.kind == "run" else bench_tables(result_set))
+        parts.append(run_tables(result_set) if result_set.kind == "run" else bench_tables(result_set))
     parts.append("<h2>Provenance</h2>")
     parts += [provenance_html(s) for s in sets]
     parts.append("</body></html>")

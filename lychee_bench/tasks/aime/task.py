@@ -17,11 +17,11 @@ N in file order, 1..30); each gives k rows.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from lychee_bench.harness.task import Sample, TokenCounter
-from lychee_bench.tasks.aime import answers, problems
+from lychee_bench.harness.task import Sample, SummaryTable, TokenCounter
+from lychee_bench.tasks.aime import answers, problems, summary
 from lychee_bench.tasks.aime.passk import PassAt1, pass_at_1_from_records
 
 TASK_NAME = "aime24"
@@ -78,6 +78,21 @@ class AimeTask:
     def subtasks(self) -> list[str]:
         return [SUBTASK]
 
+    def subtask_descriptions(self) -> dict[str, str]:
+        return {SUBTASK: f"the {problems.NUM_PROBLEMS} problems of AIME 2024 I and II, k sampled answers each"}
+
+    @staticmethod
+    def option_descriptions() -> dict[str, str]:
+        return {
+            "k": f"sampled answers per problem (avg@k; >= {MIN_K}, default {DEFAULT_K})",
+            "max_new_tokens": f"generation budget per answer (default {DEFAULT_MAX_NEW_TOKENS})",
+        }
+
+    @staticmethod
+    def summary_tables(records: Sequence[Mapping[str, Any]], config: Mapping[str, Any]) -> list[SummaryTable]:
+        """pass@1 with its standard error per method, and the per-problem table (summary.py)."""
+        return summary.summary_tables(records, config)
+
     def check_assets(self) -> list[str]:
         return problems.missing_assets()
 
@@ -113,6 +128,7 @@ class AimeTask:
                             "position": problem.position,
                             "draw": draw,
                             "k": self.k,
+                            "max_new_tokens": self.max_new_tokens,
                             "seed": seed,
                             "temperature": TEMPERATURE,
                             "top_p": TOP_P,

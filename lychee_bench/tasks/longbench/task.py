@@ -19,10 +19,12 @@ LongBench-E breakdown (lengths.py).
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from lychee_bench.harness.task import Sample, TokenCounter
-from lychee_bench.tasks.longbench import data
+from lychee_bench.harness.task import Sample, SummaryTable, TokenCounter
+from lychee_bench.tasks.longbench import data, summary
+from lychee_bench.tasks.longbench.categories import describe
 from lychee_bench.tasks.longbench.lengths import length_bucket
 from lychee_bench.tasks.longbench.metrics import score_prediction
 from lychee_bench.tasks.longbench.prompts import (
@@ -134,6 +136,23 @@ class LongBenchTask:
             sample.meta.get("all_classes"),
             self.zh_tokenizer,
         )
+
+    @staticmethod
+    def summary_tables(records: Sequence[Mapping[str, Any]], config: Mapping[str, Any]) -> list[SummaryTable]:
+        """Per-dataset scores, the leaderboard and paper averages, LongBench-E's length buckets (summary.py)."""
+        return summary.summary_tables(records, config)
+
+    def subtask_descriptions(self) -> dict[str, str]:
+        described = {dataset: describe(dataset) for dataset in DATASETS}
+        length_e = "LongBench-E: {} resampled evenly over lengths, scored per 0-4k/4-8k/8k+"
+        return described | {f"{dataset}_e": length_e.format(dataset) for dataset in LONGBENCH_E}
+
+    @staticmethod
+    def option_descriptions() -> dict[str, str]:
+        return {
+            "data_dir": f"folder of the official <dataset>.jsonl files (else ${data.DATA_DIR_ENV}, else the hub)",
+            "zh_tokenizer": "Chinese word splitting for the zh metrics: jieba (official, default) or char",
+        }
 
     def config(self) -> dict[str, Any]:
         return {

@@ -44,6 +44,13 @@ class RulerTask:
     def subtasks(self) -> list[str]:
         return list(SUBTASKS)
 
+    def subtask_descriptions(self) -> dict[str, str]:
+        return {subtask: _describe(spec) for subtask, spec in SUBTASKS.items()}
+
+    @staticmethod
+    def option_descriptions() -> dict[str, str]:
+        return {"sizing": "nvidia (NVIDIA's haystack sizes, default; comparable with published RULER) or tight"}
+
     def check_assets(self) -> list[str]:
         return assets.missing_assets()
 
@@ -70,6 +77,31 @@ class RulerTask:
             "packages": assets.package_versions(),
             "asset_sha256": _asset_hashes(),
         }
+
+
+_HAYSTACKS = {"repeat": "noise haystack", "essay": "essay haystack", "needle": "haystack of distractor needles"}
+
+
+def _describe(spec: dict[str, Any]) -> str:
+    """One line for `lychee-bench list`, from the subtask's synthetic.yaml arguments."""
+    args, family = spec["args"], spec["task"]
+    if family == "niah":
+        key, value = args["type_needle_k"].removesuffix("s"), args["type_needle_v"].removesuffix("s")
+        counts = [
+            text.format(args[f"num_needle_{part}"])
+            for part, text in (("k", "{} keys inserted, 1 asked"), ("v", "{} values per key"), ("q", "{} keys asked"))
+            if args[f"num_needle_{part}"] > 1
+        ]
+        more = f"; {', '.join(counts)}" if counts else ""
+        return f"needle in a haystack: {_HAYSTACKS[args['type_haystack']]}, {key} key, {value} value{more}"
+    if family == "variable_tracking":
+        return f"variable tracking: {args['num_chains']} chain of {args['num_hops']} hops; name every variable"
+    if family == "common_words_extraction":
+        return f"common words: the {args['num_cw']} words that repeat most in a numbered list"
+    if family == "freq_words_extraction":
+        return f"frequent words: the 3 most frequent coded words (Zipf alpha {args['alpha']})"
+    source = {"squad": "SQuAD v2 dev", "hotpotqa": "HotpotQA dev"}[args["dataset"]]
+    return f"question answering over documents ({source}); scored string_match_part"
 
 
 def _asset_hashes() -> dict[str, str]:
