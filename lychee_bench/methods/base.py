@@ -256,6 +256,19 @@ class Method(ABC):
         registered method that has none). Helpers: methods/naive.py."""
         return None
 
+    def selected_positions(self, layer_idx: int, state: DecodeState) -> torch.Tensor | None:
+        """Read-only, for diagnosis (tools/needle_recall.py): after a decode step on the reference path, the cache
+        positions layer `layer_idx` attended to in that step, keep [B, Hkv or Hq, S] bool. None: not recorded
+        (an efficient path, or a method that records nothing). By default the mask the reference path recorded
+        through `attend_kept` (methods/efficient.py); a method that attends otherwise records its own."""
+        return state.layer_data.get(("keep", layer_idx))
+
+    def chosen_positions(self, layer_idx: int, state: DecodeState) -> dict[int, torch.Tensor]:
+        """Read-only, for diagnosis: the sets layer `layer_idx` chose in the last decode step for later layers to
+        read, {KV head: [B, S] bool}, where they differ from what the layer itself attended to (LycheeDecode's
+        retrieval heads attend to everything and pick for the sparse heads). Empty by default."""
+        return {}
+
     @classmethod
     def calibration_refusals(cls, request: CalibrationRequest) -> list[str]:
         """Reasons `lychee-bench calibrate` refuses this method for a model and options (none by default)."""

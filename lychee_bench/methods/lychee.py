@@ -267,13 +267,19 @@ class LycheeDecode(KernelPath, Method):
             for i, h in enumerate(retrieval_heads):
                 keep[:, h] = valid  # a retrieval head reads the whole cache, always
                 state.slots[h] = chosen[:, i]
+            state.layer_data[("chosen", layer_idx)] = dict(zip(retrieval_heads, chosen.unbind(1), strict=True))
         for h in range(num_kv_heads):
             if not retrieval[h]:
                 if h not in state.slots:
                     raise RuntimeError(f"sparse head {h} of layer {layer_idx} has an empty slot; layer 0 must fill it")
                 keep[:, h] = state.slots[h]
+        state.layer_data[("keep", layer_idx)] = keep  # what selected_positions reads (as attend_kept records)
         state.count("kv_tokens_read", keep.sum)
         return masked_decode_attention(query, key, value, keep, scaling)
+
+    def chosen_positions(self, layer_idx: int, state: DecodeState) -> dict[int, torch.Tensor]:
+        """The retrieval heads' picks of layer `layer_idx` in the last reference decode step, {KV head: [B, S]}."""
+        return dict(state.layer_data.get(("chosen", layer_idx), {}))
 
     def _head_index(self, layer_idx: int, heads: list[int], device: torch.device) -> torch.Tensor:
         """The layer's retrieval heads as a device index, made once (a copy per step would wait for the device)."""

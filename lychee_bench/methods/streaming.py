@@ -82,4 +82,5 @@ class StreamingAttention(KernelPath, Method):
             return attend(query, key, value, scaling, geometry, window[:, None, :].expand(-1, key.shape[1], -1))
         keep = sink_and_recent(valid, self.config.sink, self.config.recent)
         state.count("kv_tokens_read", lambda: keep.sum() * key.shape[1])
+        state.layer_data[("keep", layer_idx)] = keep[:, None, :]  # what selected_positions reads (every head's)
         return masked_decode_attention(query, key, value, keep[:, None, :].expand(-1, key.shape[1], -1), scaling)
