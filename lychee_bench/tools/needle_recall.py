@@ -178,9 +178,7 @@ def needle_sample(
     prompt, forced = ids[: len(ids) - exercise], ids[len(ids) - exercise :]
     first_recorded = max(exercise - 1, 0)
     total = first_recorded + steps
-    cache = StaticKVCache.for_config(
-        engine.model.config, 1, len(prompt) + total + 2, engine.dtype, engine.device, engine.stack.world
-    )
+    cache = StaticKVCache.for_config(engine.model.config, 1, len(prompt) + total + 2, engine.dtype, engine.device)
     logits = engine.prefill(cache, [prompt], len(prompt))
     needle_index = torch.tensor(needle, dtype=torch.long, device=engine.device)
     full, others = methods[0], methods[1:]
