@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -145,11 +146,19 @@ def run(
     out: Annotated[
         Path | None, typer.Option(help="run folder (default: runs/<methods>_<task>_<ctx>_<model>_s<seed>)")
     ] = None,
+    tensor_parallel: Annotated[
+        bool,
+        typer.Option(
+            "--tensor-parallel",
+            help="under torchrun, split the model's heads and MLP over the processes (a model too large for one "
+            "GPU) instead of dealing them the samples",
+        ),
+    ] = False,
 ) -> None:
     """Run methods over a task and print per-subtask scores. Re-running the same command resumes.
 
-    Data parallel over several GPUs or nodes: `torchrun --nproc-per-node N -m lychee_bench.cli run ...` (README,
-    "Several GPUs")."""
+    Data parallel over several GPUs or nodes: `torchrun --nproc-per-node N -m lychee_bench.cli run ...`; tensor
+    parallel for a model too large for one GPU: the same with --tensor-parallel (README, "Several GPUs")."""
     from lychee_bench.harness.distributed import ranks_from_env, shown_by_another_rank
     from lychee_bench.harness.models import ModelError
     from lychee_bench.harness.registry import UnknownNameError
@@ -178,6 +187,7 @@ def run(
             temperature=temperature,
             top_p=top_p,
             out=out,
+            tensor_parallel=tensor_parallel,
         )
         rows = run_plan(plan, log=lambda text: typer.echo(text, err=True))
     except PlanError as error:
@@ -328,6 +338,21 @@ def bench(
     full_budget: Annotated[
         bool, typer.Option("--full-budget", help="also run each sparse method with a budget of the longest context")
     ] = False,
+    tensor_parallel: Annotated[
+        bool,
+        typer.Option(
+            "--tensor-parallel",
+            help="split the model's heads and MLP over the processes torchrun starts (one GPU each): torchrun "
+            "--nproc-per-node N -m lychee_bench.cli bench --tensor-parallel ...; floors are per GPU",
+        ),
+    ] = False,
+    skip_unfit: Annotated[
+        bool,
+        typer.Option("--skip-unfit", help="record points that do not fit the GPUs as refused (with the arithmetic)"),
+    ] = False,
+    graphs: Annotated[
+        bool, typer.Option("--graphs/--no-graphs", help="time each step as a CUDA graph replay (default) or eagerly")
+    ] = True,
     device: str = "cuda",
     seed: int = 0,
     out: Annotated[Path, typer.Option(help="result folder")] = Path("runs/latency"),
@@ -364,6 +389,9 @@ def bench(
             compile=compile_blocks,
             profile=profile,
             full_budget=full_budget,
+            tensor_parallel=tensor_parallel,
+            skip_unfit=skip_unfit,
+            graphs=graphs,
             smoke=smoke,
             seed=seed,
             log=lambda text: typer.echo(text, err=True),
@@ -372,7 +400,8 @@ def bench(
         _fail("this bench cannot start:\n" + str(error))
     except (UnknownNameError, ValueError) as error:
         _fail(str(error))
-    typer.echo(latency_table(read_records(out)))
+    if os.environ.get("RANK", "0") == "0":  # under torchrun rank 0 writes the records and prints them
+        typer.echo(latency_table(read_records(out)))
 
 
 @app.command()

@@ -20,7 +20,9 @@ One batch, start to end:
    that every row has stopped one step late (a flag copied without blocking), so it never waits on the device
    between steps. Cache correction (LycheeDecode) recomputes the last T tail slots densely every T steps.
 
-The CPU path (CI) is the same code, eager and uncompiled.
+The CPU path (CI) is the same code, eager and uncompiled. Under tensor parallelism (harness/tensor_parallel.py)
+every process runs this same loop on its shard: its KV heads' cache, the methods on its heads, the same gathered
+logits and so the same tokens; memory is planned for the fullest process.
 """
 
 from __future__ import annotations
@@ -140,6 +142,8 @@ class Engine:
         self.compiled = on_cuda if compiled is None else compiled
         self.count = count
         self.stack = LayerStack(model, compiled=self.compiled)
+        parallel = self.stack.parallel  # tensor parallelism: this process's heads (None: all of them)
+        self.head_shard = None if parallel is None else parallel.head_shard(model.config.num_key_value_heads)
         self.stop_ids = _stop_token_ids(model, tokenizer)
         pad = getattr(tokenizer, "pad_token_id", None)
         self.pad_id = pad if pad is not None else min(self.stop_ids or {0})
@@ -157,17 +161,27 @@ class Engine:
         """The most rows (<= wanted) of `capacity` cache slots whose batch fits on the device now."""
         chunk = self.chunk_for(prefill_tokens)
         return largest_fitting_batch(
-            self.model.config, self.dtype, capacity, chunk, wanted, available_bytes(self.device)
+            self.model.config, self.dtype, capacity, chunk, wanted, self._available(), self.stack.world
         )
+
+    def _available(self) -> int | None:
+        """Free device memory for a batch; under tensor parallelism the least of every process's (they must agree
+        on the batch)."""
+        have = available_bytes(self.device)
+        parallel = self.stack.parallel
+        if parallel is None or have is None:
+            return have
+        return int(parallel.reduce(have, "min"))
 
     def check_fits(self, prompt_tokens: int, decode_steps: int) -> None:
         """Raise MemoryPlanError (numbers and fix) when one row of this size cannot run on the device."""
         capacity = prompt_tokens + decode_steps + 1
         if self.rows_that_fit(capacity, prompt_tokens, 1) >= 1:
             return
-        need = batch_memory(self.model.config, self.dtype, 1, capacity, self.chunk_for(prompt_tokens))
-        have = available_bytes(self.device) or 0
-        per_token = prefill_bytes_per_token(self.model.config, self.dtype)
+        world = self.stack.world
+        need = batch_memory(self.model.config, self.dtype, 1, capacity, self.chunk_for(prompt_tokens), world)
+        have = self._available() or 0
+        per_token = prefill_bytes_per_token(self.model.config, self.dtype, world)
         raise MemoryPlanError(
             f"one sequence of {capacity} tokens needs {need.describe()} but {self.device} has {have / GIB:.1f} GiB "
             f"free besides the model (prefill activations take {per_token / 2**20:.2f} MiB per token of a chunk). "
@@ -234,7 +248,9 @@ class Engine:
         on_cuda = self.device.type == "cuda"
         if on_cuda:
             torch.cuda.reset_peak_memory_stats(self.device)
-        cache = StaticKVCache.for_config(self.model.config, len(inputs), width + steps + 1, self.dtype, self.device)
+        cache = StaticKVCache.for_config(
+            self.model.config, len(inputs), width + steps + 1, self.dtype, self.device, self.stack.world
+        )
         began = time.perf_counter()
         logits = self.prefill(cache, prompts, width)
         if on_cuda:
@@ -292,6 +308,7 @@ class DecodeLoop:
     ):
         device = engine.device
         self.engine, self.cache, self.method, self.settings = engine, cache, method, settings
+        method.set_head_shard(engine.head_shard)  # under tensor parallelism the method works on this rank's heads
         batch = len(prompts)
         self.batch = batch
         self.width = max(len(ids) for ids in prompts)

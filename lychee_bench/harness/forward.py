@@ -13,6 +13,13 @@ break between them: ``project_qkv`` (fused QKV, head norms, rotary, and the cach
 (output projection, residual, norm, fused gate/up, activation, down projection, residual, and the next layer's
 input norm, so that residual and norm are one kernel). Prefill chunks and cache correction run the eager
 ``layer``. tests/test_forward.py checks the logits against the transformers model's own forward.
+
+Under tensor parallelism (harness/tensor_parallel.py) the stack holds this rank's shard: its query and KV heads
+(the cache and the attention see only those), its rows of gate/up and columns of the output and down projections,
+its rows of the embedding and the LM head. The output and down projections then give partial sums, all-reduced
+between three pieces (``project_out``, ``mlp_partial``, ``add_and_norm``) instead of one ``finish_and_norm``; the
+embedding's lookups are summed and the logits all-gathered, so every rank holds the whole hidden state and the
+same logits.
 """
 
 from __future__ import annotations
@@ -22,6 +29,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+from lychee_bench.harness.tensor_parallel import TensorParallel, is_sharded, parallel_of, shard_bounds
 
 SUPPORTED = ("llama", "qwen2", "qwen3")
 
@@ -160,6 +169,44 @@ def finish_and_norm(next_norm: torch.Tensor, *finish_args: Any) -> tuple[torch.T
     return hidden, rms_norm(hidden, next_norm, finish_args[-2])
 
 
+def project_out(attended: torch.Tensor, out_weight: torch.Tensor) -> torch.Tensor:
+    """Attention output [B, Hq, T, D] -> its output projection [B, T, hidden], bias left out: under tensor
+    parallelism the rank's heads' partial sum, which the caller all-reduces."""
+    batch, _, tokens, _ = attended.shape
+    return torch.nn.functional.linear(attended.transpose(1, 2).reshape(batch, tokens, -1), out_weight)
+
+
+def mlp_partial(
+    hidden: torch.Tensor,
+    projected: torch.Tensor,
+    out_bias: torch.Tensor | None,
+    norm: torch.Tensor,
+    gate_up_weight: torch.Tensor,
+    gate_up_bias: torch.Tensor | None,
+    down_weight: torch.Tensor,
+    eps: float,
+    activation: Callable[[torch.Tensor], torch.Tensor],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """After the reduced output projection: the residual (and the replicated output bias), the norm and the rank's
+    share of the MLP. (hidden, the down projection without its bias: a partial sum the caller all-reduces)."""
+    hidden = hidden + projected
+    if out_bias is not None:
+        hidden = hidden + out_bias
+    x = rms_norm(hidden, norm, eps)
+    gate, up = torch.nn.functional.linear(x, gate_up_weight, gate_up_bias).chunk(2, dim=-1)
+    return hidden, torch.nn.functional.linear(activation(gate) * up, down_weight)
+
+
+def add_and_norm(
+    hidden: torch.Tensor, reduced: torch.Tensor, bias: torch.Tensor | None, next_norm: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The layer's last residual (the reduced down projection and its replicated bias), then the next norm."""
+    hidden = hidden + reduced
+    if bias is not None:
+        hidden = hidden + bias
+    return hidden, rms_norm(hidden, next_norm, eps)
+
+
 def unsupported_reasons(config: object) -> list[str]:
     """Why the compact forward cannot run a model with this config (empty: it can)."""
     reasons = []
@@ -188,9 +235,18 @@ class LayerStack:
         inner = model.model
         self.model = model
         self.config = config
+        # Under tensor parallelism this rank's heads, rows and columns (harness/tensor_parallel.py).
+        self.parallel: TensorParallel | None = parallel_of(model)
+        if self.parallel is None and is_sharded(model):
+            raise ValueError(
+                "this model's parameters are DTensor shards (transformers' tp_plan); load it through "
+                "harness/tensor_parallel.load_model, which gives the engine this process's local shards"
+            )
+        self.world = 1 if self.parallel is None else self.parallel.world
         self.num_layers = config.num_hidden_layers
-        self.num_heads = config.num_attention_heads
-        self.num_kv_heads = config.num_key_value_heads
+        self.num_heads = config.num_attention_heads // self.world
+        self.num_kv_heads = config.num_key_value_heads // self.world
+        self.vocab_size = config.vocab_size
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
         self.eps = config.rms_norm_eps
         self.embedding = inner.embed_tokens
@@ -229,14 +285,35 @@ class LayerStack:
         # The decode step's pieces (decode_layers): compiled on request, one graph per piece for every layer.
         self._norm, self._project_qkv, self._finish_and_norm = rms_norm, project_qkv, finish_and_norm
         self._head = self._head_of_normed
+        self._project_out, self._mlp_partial, self._add_and_norm = project_out, mlp_partial, add_and_norm
         if compiled:
             self._norm = torch.compile(rms_norm, fullgraph=True)
             self._project_qkv = torch.compile(project_qkv, fullgraph=True)
             self._finish_and_norm = torch.compile(finish_and_norm, fullgraph=True)
             self._head = torch.compile(self._head_of_normed, fullgraph=True)
+            if self.parallel is not None:  # the all-reduces run between these, outside any graph torch compiles
+                self._project_out = torch.compile(project_out, fullgraph=True)
+                self._mlp_partial = torch.compile(mlp_partial, fullgraph=True)
+                self._add_and_norm = torch.compile(add_and_norm, fullgraph=True)
+        self.vocab_rows = (0, self.vocab_size)
+        if self.parallel is not None:
+            self.vocab_rows = shard_bounds(self.vocab_size, self.world, self.parallel.rank)
+            rows = self.vocab_rows[1] - self.vocab_rows[0]
+            if self.embedding.weight.shape[0] != rows or self.lm_head.weight.shape[0] != rows:
+                raise ValueError(
+                    f"rank {self.parallel.rank} should hold vocabulary rows {self.vocab_rows} of the embedding and "
+                    f"the LM head, but holds {self.embedding.weight.shape[0]} and {self.lm_head.weight.shape[0]}"
+                )
 
     def embed(self, token_ids: torch.Tensor) -> torch.Tensor:
-        return self.embedding(token_ids)
+        if self.parallel is None:
+            return self.embedding(token_ids)
+        # Vocabulary-parallel: the ids in this rank's rows are looked up here, the others give zeros; the sum over
+        # the ranks is every id's row (exactly: each id is non-zero on one rank only).
+        first, end = self.vocab_rows
+        inside = (token_ids >= first) & (token_ids < end)
+        rows = torch.nn.functional.embedding((token_ids - first).clamp(0, end - first - 1), self.embedding.weight)
+        return self.parallel.all_reduce_(rows * inside[..., None].to(rows.dtype))
 
     def rotary_tables(self, hidden: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """cos, sin [B, T, D] for positions [B, T] (the model's own rotary module: its scaling, e.g. YaRN)."""
@@ -257,6 +334,8 @@ class LayerStack:
             hidden, w.input_norm, self.eps, w.qkv, w.qkv_bias, w.q_norm, w.k_norm, cos, sin, *self._heads, self.eps
         )
         attended = attend(index, q, k, v)
+        if self.parallel is not None:
+            return self._finish_parallel(w, hidden, attended, None)[0]
         return finish_layer(hidden, attended, *self._finish_weights(w), self.eps, self.activation)
 
     def decode_layers(
@@ -280,10 +359,29 @@ class LayerStack:
             )
             attended = attend(index, q)
             following = weights[index + 1].input_norm if index + 1 < len(weights) else self.final_norm.weight
+            if self.parallel is not None:
+                hidden, normed = self._finish_parallel(w, hidden, attended, following)
+                continue
             hidden, normed = self._finish_and_norm(
                 following, hidden, attended, *self._finish_weights(w), self.eps, self.activation
             )
         return normed
+
+    def _finish_parallel(
+        self, w: LayerWeights, hidden: torch.Tensor, attended: torch.Tensor, next_norm: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """A layer's end under tensor parallelism: output projection, all-reduce, residual, norm, the rank's MLP
+        share, all-reduce, residual (and `next_norm` when given). (output, normed output or None)."""
+        assert self.parallel is not None
+        projected = self.parallel.all_reduce_(self._project_out(attended, w.out))
+        hidden, down = self._mlp_partial(
+            hidden, projected, w.out_bias, w.post_norm, w.gate_up, w.gate_up_bias, w.down, self.eps, self.activation
+        )
+        self.parallel.all_reduce_(down)
+        if next_norm is None:
+            hidden = hidden + down
+            return (hidden if w.down_bias is None else hidden + w.down_bias), None
+        return self._add_and_norm(hidden, down, w.down_bias, next_norm, self.eps)
 
     @property
     def _heads(self) -> tuple[int, int]:
@@ -295,14 +393,20 @@ class LayerStack:
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden [B, hidden] (the positions that need logits, before the final norm) -> float32 logits [B, V]."""
-        return self._logits(hidden)
+        return self._whole_vocabulary(self._logits(hidden))
 
     def logits_of_normed(self, normed: torch.Tensor) -> torch.Tensor:
         """normed [B, hidden] (after the final norm, as decode_layers returns) -> float32 logits [B, vocab]."""
-        return self._head(normed)
+        return self._whole_vocabulary(self._head(normed))
+
+    def _whole_vocabulary(self, logits: torch.Tensor) -> torch.Tensor:
+        """Under tensor parallelism every rank's vocabulary rows' logits, gathered (every rank gets all of them)."""
+        return logits if self.parallel is None else self.parallel.gather_last(logits, self.vocab_size)
 
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.lm_head(self.final_norm(hidden)).float()
+        return self._head_of_normed(self.final_norm(hidden))
 
     def _head_of_normed(self, normed: torch.Tensor) -> torch.Tensor:
-        return self.lm_head(normed).float()
+        # The LM head's weight, not its module: under tensor parallelism transformers' hooks on the module would
+        # gather through DTensors; the stack gathers itself.
+        return torch.nn.functional.linear(normed, self.lm_head.weight, self.lm_head.bias).float()

@@ -4,7 +4,8 @@ Layout per layer: [B, Hkv, S, D] for keys and for values. Row b's prompt is left
 prompt ends at the same slot W (the prefill width); decoding writes slot W + t at step t for every row, so one
 device index names the slot of a step and the positions never drift apart. Slots after the context are free
 space for the decode tail; what a method writes there is overwritten by the next method that decodes from the
-same prefill (nothing before slot W is ever written by a decode step).
+same prefill (nothing before slot W is ever written by a decode step). Under tensor parallelism each process's cache
+holds its own KV heads only (harness/tensor_parallel.py).
 """
 
 from __future__ import annotations
@@ -14,11 +15,12 @@ from typing import Any
 import torch
 
 
-def kv_bytes_per_token(config: Any, dtype: torch.dtype) -> int:
-    """Bytes of keys + values one token occupies in every layer of the cache."""
+def kv_bytes_per_token(config: Any, dtype: torch.dtype, tensor_parallel: int = 1) -> int:
+    """Bytes of keys + values one token occupies in every layer of the cache (of one process's share of the KV
+    heads under tensor parallelism over `tensor_parallel` processes)."""
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     element = torch.empty((), dtype=dtype).element_size()
-    return 2 * config.num_hidden_layers * config.num_key_value_heads * head_dim * element
+    return 2 * config.num_hidden_layers * (config.num_key_value_heads // tensor_parallel) * head_dim * element
 
 
 class StaticKVCache:
@@ -44,10 +46,19 @@ class StaticKVCache:
 
     @classmethod
     def for_config(
-        cls, config: Any, batch: int, capacity: int, dtype: torch.dtype, device: torch.device | str
+        cls,
+        config: Any,
+        batch: int,
+        capacity: int,
+        dtype: torch.dtype,
+        device: torch.device | str,
+        tensor_parallel: int = 1,
     ) -> StaticKVCache:
+        """The cache of a model with this config; under tensor parallelism over `tensor_parallel` processes, of one
+        process's KV heads (each holds Hkv / tensor_parallel of them)."""
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-        return cls(config.num_hidden_layers, batch, config.num_key_value_heads, head_dim, capacity, dtype, device)
+        kv_heads = config.num_key_value_heads // tensor_parallel
+        return cls(config.num_hidden_layers, batch, kv_heads, head_dim, capacity, dtype, device)
 
     def write(self, layer: int, slots: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> None:
         """Store key/value [B, Hkv, T, D] at cache slots `slots` [T] (a device tensor: no host value)."""

@@ -15,7 +15,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from lychee_bench.harness import distributed, models, provenance, records
+from lychee_bench.harness import distributed, models, provenance, records, tensor_parallel
 from lychee_bench.harness.catalog import METHODS, TASKS
 from lychee_bench.harness.engine import Engine, GenerationSettings
 from lychee_bench.harness.inputs import InputFormatter
@@ -55,6 +55,7 @@ class RunPlan:
     temperature: float | None = None  # None: the tasks' protocol (generation_defaults), else greedy
     top_p: float | None = None
     out: Path | None = None
+    tensor_parallel: bool = False  # split the model over the torchrun processes (harness/tensor_parallel.py)
 
 
 def resolve_device(device: str) -> str:
@@ -347,23 +348,30 @@ def _run(plan: RunPlan, ranks: distributed.Ranks, group: distributed.Group, log:
     launch_id = group.from_main(uuid.uuid4().hex[:12])
     processes = group.gather(distributed.this_process(checked.device, ranks))
     setting.parallel = distributed.describe(ranks, processes) | {"launch": launch_id}
+    # Tensor parallel: every rank runs every batch on its shard of the model and rank 0 alone writes the records.
+    split = plan.tensor_parallel and ranks.parallel
+    dealt = ranks.parallel and not split  # data parallel: the batches are dealt to the ranks, one shard each
+    if split:
+        setting.parallel |= tensor_parallel.layout_fields(ranks.world_size, checked.config)
     if ranks.parallel:
-        setting.rank_fields = {"parallel": {**distributed.rank_fields(ranks), "launch": launch_id}}
+        fields = distributed.rank_fields(ranks) | (tensor_parallel.layout_fields(ranks.world_size) if split else {})
+        setting.rank_fields = {"parallel": {**fields, "launch": launch_id}}
     lock = records.FolderLock(out, f"{distributed.holder(ranks)}, launch {launch_id}" if ranks.parallel else "")
     group.agree(lambda: _lock_folder(lock, ranks, out), PlanError)
     try:
         done = group.from_main(group.agree(lambda: _open_folder(checked, setting, ranks), PlanError))
-        gained = records.NewSamples(out) if ranks.main and ranks.parallel else None  # before any rank writes
+        gained = records.NewSamples(out) if ranks.main and dealt else None  # before any rank writes
         engine = group.agree(lambda: _rank_engine(checked, setting, work, log, ranks), PlanError)
-        shard = records.shard_file(ranks.rank, ranks.world_size) if ranks.parallel else records.RECORDS_FILE
-        writer = records.RecordWriter(out, shard)
+        shard = records.shard_file(ranks.rank, ranks.world_size) if dealt else records.RECORDS_FILE
+        writer = records.RecordWriter(out, shard) if ranks.main or not split else tensor_parallel.Unwritten()
         total = len(checked.methods) * sum(len(samples) for _, _, samples in work)
         bar = tqdm(total=total, desc="samples", unit="sample", dynamic_ncols=True, disable=not ranks.main)
         pending = pending_samples(checked, setting, work, done, bar)
         _check_same_work(group, pending)
         started, clock = datetime.now(UTC).isoformat(), time.perf_counter()
         progress = distributed.SharedProgress(bar, gained) if gained else bar
-        timed = execute(checked, setting, engine, rank_batches(checked, pending, ranks), writer, progress)
+        batches = rank_batches(checked, pending, ranks if dealt else distributed.Ranks())
+        timed = execute(checked, setting, engine, batches, writer, progress)
         if ranks.parallel:
             bar.set_postfix_str("waiting for the other ranks")
         seconds = round(time.perf_counter() - clock, 3)
@@ -378,7 +386,7 @@ def _run(plan: RunPlan, ranks: distributed.Ranks, group: distributed.Group, log:
     finally:
         if ranks.main:
             lock.__exit__()
-    if ranks.parallel:
+    if dealt:
         log(f"results: {out} ({records.RECORDS_FILE} and one records shard per rank, read as one run)")
     else:
         log(f"results: {out / records.RECORDS_FILE}")
@@ -445,7 +453,7 @@ def _open_folder(checked: CheckedRun, setting: RunSetting, ranks: distributed.Ra
 def _rank_engine(
     checked: CheckedRun, setting: RunSetting, work: list[tuple[str, str, list[Any]]], log: Any, ranks: distributed.Ranks
 ) -> Engine:
-    if ranks.parallel and not ranks.main:
+    if ranks.parallel and not ranks.main and not checked.plan.tensor_parallel:
         _check_shared_folder(setting.out, setting.parallel["launch"], ranks)
     return load_engine(checked, setting, work, log)
 
@@ -580,6 +588,10 @@ def check_run(plan: RunPlan) -> CheckedRun:
     shape = RunShape.from_config(config, dtype, device, batch_size, plan.ctx, source.name)
     for method in methods:
         reasons += method.check(shape)
+    if plan.tensor_parallel:  # the model split over the torchrun processes (harness/tensor_parallel.py)
+        world = distributed.ranks_from_env().world_size
+        reasons += tensor_parallel.run_refusals(config, world)
+        shape = dataclasses.replace(shape, tensor_parallel=world)
     if reasons:
         raise PlanError(reasons)
     return CheckedRun(plan, device, dtype, batch_size, methods, task_list, tasks, source, tokenizer_source, config)
@@ -694,7 +706,11 @@ def load_engine(checked: CheckedRun, setting: RunSetting, work: list[tuple[str, 
     (larger batches are split by the engine as memory allows); a row that cannot fit is a PlanError."""
     plan, source = checked.plan, checked.source
     log(f"loading {source.name} on {checked.device} ({checked.dtype}) ...")
-    model = models.load_model(source, checked.config, checked.device, checked.dtype, seed=plan.seed)
+    if plan.tensor_parallel and distributed.ranks_from_env().parallel:  # this rank's shard only
+        parallel = tensor_parallel.init_from_env(checked.device)
+        model = tensor_parallel.load_model(source, checked.config, checked.dtype, plan.seed, parallel)
+    else:
+        model = models.load_model(source, checked.config, checked.device, checked.dtype, seed=plan.seed)
     for method in checked.methods:
         method.prepare(model)
     engine = Engine(model, setting.tokenizer)

@@ -7,6 +7,7 @@ Building 8B parameters with transformers' own initialisation takes minutes on a 
 the ``meta`` device (no memory, no init), moved with ``to_empty`` straight onto the target device in the target
 dtype, and filled there: normal(0, 0.02) for matrices (activations stay finite through 32 layers), ones for the
 RMSNorm scales, zeros for biases. The rotary ``inv_freq`` buffer is recomputed (``to_empty`` leaves it garbage).
+Under tensor parallelism (``build_synthetic_shard``) each process builds only its own shard, on its own GPU.
 """
 
 from __future__ import annotations
@@ -36,6 +37,33 @@ def _llama3_8b() -> Any:
         intermediate_size=14336,
         num_hidden_layers=32,
         num_attention_heads=32,
+        num_key_value_heads=8,
+        head_dim=128,
+        max_position_embeddings=131072,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=False,
+        rope_parameters={
+            "rope_type": "llama3",
+            "rope_theta": 500000.0,
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 8192,
+        },
+    )
+
+
+def _llama3_70b() -> Any:
+    """Llama-3-70B's published shape (80 layers, 64 query / 8 KV heads): 141 GB of bf16 weights, more than fits one
+    GPU beside a long cache; the bench runs it under tensor parallelism (harness/tensor_parallel.py)."""
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=128256,
+        hidden_size=8192,
+        intermediate_size=28672,
+        num_hidden_layers=80,
+        num_attention_heads=64,
         num_key_value_heads=8,
         head_dim=128,
         max_position_embeddings=131072,
@@ -103,6 +131,11 @@ SYNTHETIC_MODELS: dict[str, SyntheticModel] = {
     for m in (
         SyntheticModel("llama3-8b-synthetic", "Llama-3-8B shape (32 layers, 32/8 heads, d 128)", _llama3_8b),
         SyntheticModel("qwen3-8b-synthetic", "Qwen3-8B shape (36 layers, 32/8 heads, d 128)", _qwen3_8b),
+        SyntheticModel(
+            "llama3-70b-synthetic",
+            "Llama-3-70B shape (80 layers, 64/8 heads, d 128, 141 GB in bf16; --tensor-parallel)",
+            _llama3_70b,
+        ),
         SyntheticModel("tiny-llama-synthetic", "tiny Llama (4 layers, 4/2 heads, d 32) for CPU tests", _tiny_llama),
         SyntheticModel("tiny-qwen3-synthetic", "tiny Qwen3 (4 layers, 4/2 heads, d 32) for CPU tests", _tiny_qwen3),
     )
@@ -146,6 +179,65 @@ def build_synthetic(
     return model.eval()
 
 
+def shard_seed(seed: int, rank: int) -> int:
+    """The seed of rank `rank`'s sharded weights (replicated ones use `seed` itself, so every rank agrees)."""
+    return seed + 1_000_003 * (rank + 1)
+
+
+@torch.no_grad()
+def build_synthetic_shard(
+    name: str,
+    device: str | torch.device,
+    dtype: torch.dtype,
+    seed: int,
+    rank: int,
+    world: int,
+    config: Any = None,
+) -> torch.nn.Module:
+    """Rank `rank`'s shard of the named synthetic model under tensor parallelism over `world` processes, built on
+    `device` directly: every parameter transformers' plan shards (`model._tp_plan`, harness/tensor_parallel.py)
+    gets only this rank's rows or columns, so no process ever holds the whole model (Llama-3-70B: 141 GB in bf16).
+    Sharded weights are drawn from a generator seeded per shard (`shard_seed`), replicated ones (norms: ones,
+    biases: zeros) are the same on every rank: the weights are random either way, and differ from
+    `build_synthetic`'s for the same seed. The model is marked as a built shard for `tensor_parallel.localize`."""
+    from transformers import AutoModelForCausalLM
+
+    from lychee_bench.harness.tensor_parallel import BUILT_SHARD, parameter_shard_dim, shard_bounds
+
+    config = synthetic_config(name) if config is None else config
+    config._name_or_path = name
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    plan = getattr(model, "_tp_plan", None) or {}
+    own = torch.Generator(device=device).manual_seed(shard_seed(seed, rank))
+    shared = torch.Generator(device=device).manual_seed(seed)
+    made: dict[int, torch.nn.Parameter] = {}  # tied parameters (one object in several modules) stay one
+    for module_name, module in model.named_modules():
+        for leaf, param in list(module.named_parameters(recurse=False)):
+            if id(param) not in made:
+                full_name = f"{module_name}.{leaf}" if module_name else leaf
+                dim = parameter_shard_dim(plan, full_name, param.dim())
+                shape = list(param.shape)
+                if dim is not None:
+                    start, end = shard_bounds(shape[dim], world, rank)
+                    shape[dim] = end - start
+                tensor = torch.empty(shape, dtype=dtype, device=device)
+                if tensor.dim() >= 2:
+                    tensor.normal_(0.0, WEIGHT_STD, generator=own if dim is not None else shared)
+                elif "norm" in full_name:
+                    tensor.fill_(1.0)
+                else:
+                    tensor.zero_()
+                made[id(param)] = torch.nn.Parameter(tensor, requires_grad=False)
+            module._parameters[leaf] = made[id(param)]
+    _rebuild_rotary(model, device)
+    left = [n for n, t in (*model.named_parameters(), *model.named_buffers()) if t.device.type == "meta"]
+    if left:
+        raise RuntimeError(f"synthetic shard of {name}: {', '.join(left)} left unbuilt")
+    model.__dict__[BUILT_SHARD] = (rank, world)
+    return model.eval()
+
+
 def _rebuild_rotary(model: torch.nn.Module, device: str | torch.device) -> None:
     """Recompute every rotary-embedding module's buffers (they were left uninitialised by ``to_empty``)."""
     for module_name, module in list(model.named_modules()):
@@ -157,6 +249,9 @@ def _rebuild_rotary(model: torch.nn.Module, device: str | torch.device) -> None:
         setattr(parent, attr, fresh)
 
 
-def describe_synthetic(name: str, seed: int) -> dict[str, Any]:
-    """What every result from a synthetic model records about its weights."""
-    return {"weights": "synthetic", "init": f"normal(0, {WEIGHT_STD}), norms 1, seed {seed}", "shape_of": name}
+def describe_synthetic(name: str, seed: int, world: int = 1) -> dict[str, Any]:
+    """What every result from a synthetic model records about its weights (`world` > 1: built shard by shard)."""
+    init = f"normal(0, {WEIGHT_STD}), norms 1, seed {seed}"
+    if world > 1:
+        init += f", each of {world} tensor-parallel shards seeded on its own (shard_seed)"
+    return {"weights": "synthetic", "init": init, "shape_of": name}

@@ -7,11 +7,14 @@ import importlib
 import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
 from lychee_bench.methods.state import DecodeState
+
+if TYPE_CHECKING:
+    from lychee_bench.methods.head_shard import HeadShard
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,7 @@ class RunShape:
     batch_size: int
     ctx: int
     model_name: str = ""
+    tensor_parallel: int = 1  # processes the heads are split over (harness/tensor_parallel.py)
 
     @classmethod
     def from_config(
@@ -133,6 +137,11 @@ class Method(ABC):
     is_dense_baseline: ClassVar[bool] = False
     # How `lychee-bench calibrate` calibrates this method; None: it has nothing to calibrate.
     calibration: ClassVar[Calibration | None] = None
+    # How it runs under tensor parallelism, where each process holds a slice of the KV heads (methods/head_shard.py):
+    # what, if anything, it gathers from the other processes. None: undeclared, and a tensor-parallel run refuses it.
+    tensor_parallel: ClassVar[str | None] = None
+    # The KV heads this process holds (None: all of them); set by the harness through `set_head_shard`.
+    head_shard: HeadShard | None = None
 
     def __init__(self, config: Any = None):
         self.config = config if config is not None else self.Config()
@@ -174,7 +183,17 @@ class Method(ABC):
             reasons.append(f"{self.name} runs one sequence at a time; use --batch-size 1")
         if caps.needs_gpu and not shape.device.startswith("cuda"):
             reasons.append(f"{self.name} needs a CUDA GPU (device is {shape.device!r})")
+        if shape.tensor_parallel > 1 and self.tensor_parallel is None:
+            reasons.append(
+                f"{self.name} does not declare how it runs with its KV heads split over processes (its class's "
+                "`tensor_parallel`); run it without --tensor-parallel"
+            )
         return reasons + self.check_config(shape)
+
+    def set_head_shard(self, shard: HeadShard | None) -> None:
+        """The KV heads this process holds from now on (None: all). A method that caches per-head tables on the
+        device clears them here."""
+        self.head_shard = shard
 
     def check_config(self, shape: RunShape) -> list[str]:
         """Method-specific reasons to refuse; override where needed."""

@@ -17,6 +17,7 @@ import torch
 from lychee_bench.methods.base import Method, RunShape
 from lychee_bench.methods.common import sink_and_recent, streaming_window
 from lychee_bench.methods.efficient import KernelPath, attend, check_path, step_geometry, step_window
+from lychee_bench.methods.head_shard import HeadShard, local_heads
 from lychee_bench.methods.naive import naive_rows, sink_recent_positions
 from lychee_bench.methods.roles import (
     HeadRoles,
@@ -70,12 +71,20 @@ class DuoAttention(KernelPath, Method):
     description: ClassVar[str] = "DuoAttention: retrieval heads full, streaming heads 128 sink + 256 recent"
     Config: ClassVar[type] = DuoConfig
     graph_safe: ClassVar[bool] = True
+    tensor_parallel: ClassVar[str] = (
+        "nothing gathered: each KV head's role (the roles table sliced to the process's KV heads) decides alone"
+    )
 
     def __init__(self, config: DuoConfig | None = None):
         super().__init__(config)
         self.roles: HeadRoles | None = None
         self._device_roles: dict[str, torch.Tensor] = {}  # the roles table on each device, copied once
         self._patterns: dict[int, tuple[bool, ...]] = {}  # each layer's roles as host flags (efficient path)
+
+    def set_head_shard(self, shard: HeadShard | None) -> None:
+        super().set_head_shard(shard)
+        self._device_roles.clear()
+        self._patterns.clear()
 
     def check_config(self, shape: RunShape) -> list[str]:
         self._device_roles.clear()
@@ -113,7 +122,7 @@ class DuoAttention(KernelPath, Method):
         """Retrieval heads all tokens, streaming heads sink + recent (None before the roles are loaded)."""
         if self.roles is None:
             return None
-        retrieval = int(self.roles.retrieval.sum())
+        retrieval = int(local_heads(self.roles.retrieval, self.head_shard).sum())  # this process's heads
         streaming = shape.num_layers * shape.num_kv_heads - retrieval
         window = min(ctx, self.config.sink + self.config.recent)
         return head_tokens_bytes(shape, retrieval * ctx + streaming * window, batch)
@@ -152,7 +161,7 @@ class DuoAttention(KernelPath, Method):
         assert self.roles is not None, "prepare() loads the roles before decoding"
         device = str(key.device)
         if device not in self._device_roles:  # a copy per layer would wait for the device's queued work
-            self._device_roles[device] = self.roles.retrieval.to(key.device)
+            self._device_roles[device] = local_heads(self.roles.retrieval, self.head_shard).to(key.device)
         retrieval = self._device_roles[device][layer_idx]  # [Hkv]
         window = sink_and_recent(valid, self.config.sink, self.config.recent)
         return torch.where(retrieval[None, :, None], valid[:, None, :], window[:, None, :])
@@ -172,7 +181,8 @@ class DuoAttention(KernelPath, Method):
         window = step_window(state, geometry, self.config.sink, self.config.recent)  # every streaming head's
         pattern = self._patterns.get(layer_idx)
         if pattern is None:  # host flags per layer, read once
-            pattern = self._patterns[layer_idx] = tuple(self.roles.retrieval[layer_idx].tolist())
+            roles = local_heads(self.roles.retrieval[layer_idx], self.head_shard)  # this process's heads
+            pattern = self._patterns[layer_idx] = tuple(roles.tolist())
         retrieval = sum(pattern)
         state.count(
             "kv_tokens_read",

@@ -44,6 +44,7 @@ class FullAttention(KernelPath, Method):
     graph_safe: ClassVar[bool] = True
     decode_only: ClassVar[bool] = False
     is_dense_baseline: ClassVar[bool] = True
+    tensor_parallel: ClassVar[str] = "nothing gathered: dense attention over the process's own KV heads"
 
     def check_config(self, shape: RunShape) -> list[str]:
         return self.resolve_path(shape.device, shape.head_dim)

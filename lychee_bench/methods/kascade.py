@@ -33,6 +33,7 @@ from lychee_bench.methods.artifacts import (
 )
 from lychee_bench.methods.base import Calibration, CalibrationRequest, Method, RunShape
 from lychee_bench.methods.efficient import KernelPath, attend, check_path, rows_read, step_geometry, top_index
+from lychee_bench.methods.head_shard import HeadShard, gather_heads, local_heads
 from lychee_bench.methods.naive import naive_rows, top_positions
 from lychee_bench.methods.selection import select_tokens
 from lychee_bench.methods.state import DecodeState
@@ -109,6 +110,12 @@ class Kascade(KernelPath, Method):
     description: ClassVar[str] = "Kascade: anchor layers pick top-k by post-softmax mass, others reuse via a head map"
     Config: ClassVar[type] = KascadeConfig
     graph_safe: ClassVar[bool] = True
+    tensor_parallel: ClassVar[str] = (
+        "anchor layers select per KV head (probabilities summed over the head's own group: nothing gathered); "
+        "when the head map sends a reuse head to an anchor head another process holds, every anchor layer's sets "
+        "are all-gathered over the processes (identity maps, e.g. the published presets, gather nothing); the "
+        "head map is sliced to the process's KV heads"
+    )
     calibration: ClassVar[Calibration] = Calibration(
         chooser="lychee_bench.calibration.kascade:calibrate_kascade",
         sets=CALIBRATION_SETS,
@@ -125,6 +132,26 @@ class Kascade(KernelPath, Method):
     def _load(self, model: TargetModel) -> None:
         self.anchors = resolve_kascade(self.config.anchors, model)
         self._head_map = {}
+
+    def set_head_shard(self, shard: HeadShard | None) -> None:
+        super().set_head_shard(shard)
+        self._head_map = {}
+
+    def gathers(self) -> bool:
+        """Under tensor parallelism: whether some reuse head reads an anchor head another process holds, so the
+        anchors' sets are all-gathered. Decided from the whole head map, so every process decides the same."""
+        shard = self.head_shard
+        if shard is None or shard.world == 1 or self.anchors is None:
+            return False
+        return any(
+            anchor // shard.count != head // shard.count
+            for row in self.anchors.head_map
+            for head, anchor in enumerate(row)
+        )
+
+    def _store_sets(self, state: DecodeState, sets: torch.Tensor) -> None:
+        """An anchor's sets [B, Hkv here, ...] into the slot, gathered over the processes when `gathers()`."""
+        state.slots[SLOT] = gather_heads(sets, self.head_shard) if self.gathers() else sets
 
     def check_config(self, shape: RunShape) -> list[str]:
         target = TargetModel(shape.model_name, shape.model_type, shape.num_layers, shape.num_heads, shape.num_kv_heads)
@@ -207,10 +234,15 @@ class Kascade(KernelPath, Method):
         return out
 
     def head_map(self, device: torch.device) -> torch.Tensor:
-        """[num_layers, num_kv_heads] long on `device` (built once per device: no per-step copy)."""
+        """[num_layers, num_kv_heads] long on `device` (built once per device: no per-step copy). Under tensor
+        parallelism the rows of this process's KV heads, pointing into the stored sets: every process's heads when
+        they are gathered, else this process's own."""
         assert self.anchors is not None, "prepare() loads the anchors before decoding"
         if device not in self._head_map:
-            self._head_map[device] = torch.tensor(self.anchors.head_map, dtype=torch.long, device=device)
+            table = local_heads(torch.tensor(self.anchors.head_map, dtype=torch.long), self.head_shard)
+            if self.head_shard is not None and not self.gathers():
+                table = table - self.head_shard.first
+            self._head_map[device] = table.to(device)
         return self._head_map[device]
 
     def token_budget(self, valid: torch.Tensor) -> torch.Tensor:
@@ -260,7 +292,7 @@ class Kascade(KernelPath, Method):
         assert self.anchors is not None, "prepare() loads the anchors before decoding"
         if layer_idx in self.anchors.anchors:
             keep = self.select(query, key, valid, scaling, state.host_lengths(valid))
-            state.slots[SLOT] = keep
+            self._store_sets(state, keep)
             return valid[:, None, :].expand(-1, key.shape[1], -1) if layer_idx == 0 else keep
         if SLOT not in state.slots:
             raise RuntimeError(f"kascade layer {layer_idx} reuses a set, but no anchor layer has run this step")
@@ -290,7 +322,7 @@ class Kascade(KernelPath, Method):
         geometry = step_geometry(valid, state)
         if layer_idx in self.anchors.anchors:
             index = self.select_index(query, key, valid, scaling, geometry)
-            state.slots[SLOT] = index
+            self._store_sets(state, index)
             state.count("kv_tokens_read", lambda: geometry.lengths.sum() * key.shape[1])  # the anchor scores every key
             return attend(query, key, value, scaling, geometry, None if layer_idx == 0 else index)
         if SLOT not in state.slots:

@@ -29,6 +29,7 @@ from lychee_bench.methods.efficient import (
     step_geometry,
     step_window,
 )
+from lychee_bench.methods.head_shard import HeadShard, local_heads
 from lychee_bench.methods.naive import naive_rows, sink_recent_positions, top_positions
 from lychee_bench.methods.roles import HeadRoles, RolesError, resolve_roles, synthetic_roles_spec
 from lychee_bench.methods.selection import select_blocks, select_tokens
@@ -110,12 +111,27 @@ class LycheeDecode(KernelPath, Method):
     )
     Config: ClassVar[type] = LycheeConfig
     graph_safe: ClassVar[bool] = True
+    tensor_parallel: ClassVar[str] = (
+        "nothing gathered: a retrieval head scores with its own group's mean query and fills slot h of its own KV "
+        "head, and the sparse heads reading slot h are that same KV head in later layers, on the same process; "
+        "the roles table is sliced to the process's KV heads"
+    )
 
     def __init__(self, config: LycheeConfig | None = None):
         super().__init__(config)
         self.roles: HeadRoles | None = None
         self._head_indices: dict[tuple[int, str], torch.Tensor] = {}
         self._sparse_masks: dict[tuple[int, str], torch.Tensor] = {}
+
+    def set_head_shard(self, shard: HeadShard | None) -> None:
+        super().set_head_shard(shard)
+        self._head_indices.clear()
+        self._sparse_masks.clear()
+
+    def _retrieval(self, layer_idx: int) -> torch.Tensor:
+        """The layer's roles [Hkv] of the KV heads this process holds (all of them without tensor parallelism)."""
+        assert self.roles is not None, "prepare() loads the roles before decoding"
+        return local_heads(self.roles.retrieval[layer_idx], self.head_shard)
 
     def check_config(self, shape: RunShape) -> list[str]:
         reasons = []
@@ -171,10 +187,11 @@ class LycheeDecode(KernelPath, Method):
 
     def bytes_read_per_step(self, shape: RunShape, ctx: int, batch: int) -> int | None:
         """Retrieval heads all ``ctx`` tokens, sparse heads their budget, summed over the role table (None
-        before the roles are loaded)."""
+        before the roles are loaded); under tensor parallelism over this process's KV heads (and `shape` is then
+        the process's own, methods/head_shard.local_shape)."""
         if self.roles is None:
             return None
-        retrieval = int(self.roles.retrieval.sum())
+        retrieval = int(local_heads(self.roles.retrieval, self.head_shard).sum())
         sparse = shape.num_layers * shape.num_kv_heads - retrieval
         return head_tokens_bytes(shape, retrieval * ctx + sparse * self.sparse_tokens(ctx), batch)
 
@@ -255,7 +272,7 @@ class LycheeDecode(KernelPath, Method):
             return self._decode_triton(layer_idx, query, key, value, valid, scaling, state)
         batch, num_heads, _, head_dim = query.shape
         num_kv_heads = key.shape[1]
-        retrieval = self.roles.retrieval[layer_idx].tolist()
+        retrieval = self._retrieval(layer_idx).tolist()
         keep = torch.empty(batch, num_kv_heads, key.shape[2], dtype=torch.bool, device=key.device)
         retrieval_heads = [h for h in range(num_kv_heads) if retrieval[h]]
         if retrieval_heads:
@@ -313,7 +330,7 @@ class LycheeDecode(KernelPath, Method):
             kept = {"lengths_max": geometry.lengths_max, "plans": {}, "buffers": {}, "slots": None}
             kept["budget_blocks"] = self.config.host_budget_blocks(geometry.longest)
             state.persistent["lychee"] = kept
-        roles = self.roles.retrieval[layer_idx]
+        roles = self._retrieval(layer_idx)
         pattern = tuple(roles.tolist())
         q = query[:, :, 0]
         if pattern not in kept["plans"]:
@@ -363,7 +380,7 @@ class LycheeDecode(KernelPath, Method):
         exactly the reference's sets."""
         cfg = self.config
         geometry = step_geometry(valid, state)
-        pattern = tuple(self.roles.retrieval[layer_idx].tolist())
+        pattern = tuple(self._retrieval(layer_idx).tolist())
         batch, num_kv_heads, cache_len = query.shape[0], key.shape[1], key.shape[2]
         step = state.layer_data.get("lychee_token")
         if step is None:  # once per decode step: the forced window and the per-sequence top-k sizes

@@ -85,6 +85,9 @@ class QuestAttention(KernelPath, Method):
     description: ClassVar[str] = "Quest: pages of 16 tokens ranked by a min/max key bound; top pages per head"
     Config: ClassVar[type] = QuestConfig
     graph_safe: ClassVar[bool] = True
+    tensor_parallel: ClassVar[str] = (
+        "nothing gathered: page bounds per KV head, pages chosen per query head from its own KV head's bounds"
+    )
 
     def check_config(self, shape: RunShape) -> list[str]:
         return self.resolve_path(shape.device, shape.head_dim)

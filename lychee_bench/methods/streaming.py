@@ -39,6 +39,7 @@ class StreamingAttention(KernelPath, Method):
     description: ClassVar[str] = "StreamingLLM: every head sees 128 sink + 256 recent tokens only"
     Config: ClassVar[type] = StreamingConfig
     graph_safe: ClassVar[bool] = True
+    tensor_parallel: ClassVar[str] = "nothing gathered: the same sink and recent window in every head"
 
     def check_config(self, shape: RunShape) -> list[str]:
         return self.resolve_path(shape.device, shape.head_dim)

@@ -73,6 +73,10 @@ class TidalDecode(KernelPath, Method):
     description: ClassVar[str] = "TidalDecode: layer 2 and one re-selection layer pick top-k tokens, others reuse"
     Config: ClassVar[type] = TidalConfig
     graph_safe: ClassVar[bool] = True
+    tensor_parallel: ClassVar[str] = (
+        "nothing gathered: the selection and re-selection layers choose per query head (or per KV head with the "
+        "group's mean query, per_kv_head), never across heads, and a head's later layers read its own set"
+    )
     calibration: ClassVar[Calibration] = Calibration(
         chooser="lychee_bench.calibration.tidal:choose_reselect_layer",
         sets=CALIBRATION_SETS,

@@ -6,6 +6,15 @@ in a CUDA graph and replayed (CUDA events, median and spread after a warm-up), i
 the same way, and the peak memory is read. The floor of a point is the bytes the step must read (weights +
 the K/V the method reads) over the copy bandwidth measured at the start of the same run (an SM elementwise
 copy: ``torch.mul(src, 1, out=dst)`` on 2 GiB, read + write counted). SPEC §6; issue #5.
+
+Tensor parallel (`--tensor-parallel`, launched by torchrun; harness/tensor_parallel.py): every process builds its
+shard of the model (a synthetic shape shard by shard on its own GPU) and its KV heads' cache, and times the same
+steps in lockstep (the collectives join them). Floors are per GPU: the bytes the fullest process reads (its shard
+of the weights and the K/V of its heads, as each method states for those heads) over that GPU's copy bandwidth,
+the largest over the processes. The all-reduces and the logits' gather of one step are timed alone beside it.
+Before anything is loaded every point is checked against the GPUs' memory (harness/memory.py
+`device_fit_refusal`); a point that does not fit refuses the bench with the arithmetic, or with `skip_unfit` is
+recorded as refused and the others run. Only rank 0 writes records and logs.
 """
 
 from __future__ import annotations
@@ -22,9 +31,10 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from lychee_bench.harness import provenance, records
+from lychee_bench.harness import provenance, records, tensor_parallel
 from lychee_bench.harness.engine import Engine
 from lychee_bench.harness.kv_cache import StaticKVCache
+from lychee_bench.harness.memory import HEADROOM, device_fit_refusal
 from lychee_bench.harness.synthetic_models import (
     SYNTHETIC_MODELS,
     TINY_MODELS,
@@ -34,6 +44,7 @@ from lychee_bench.harness.synthetic_models import (
 )
 from lychee_bench.kernels.timing import Timing, capture_graph, time_cuda, time_wall
 from lychee_bench.methods.base import Method, RunShape
+from lychee_bench.methods.head_shard import local_shape
 from lychee_bench.methods.kascade import KASCADE_PRESET_FOR_SHAPE  # noqa: F401  (tests and scripts read it here)
 from lychee_bench.methods.state import DecodeState
 from lychee_bench.tasks.latency.fixed_step import FixedContextStep
@@ -100,6 +111,9 @@ class BenchPlan:
     matmul: bool = True  # measure the bf16 matrix-product rate (the prefill's FLOP floor)
     profile: int = 0  # also profile this many steps per point (tasks/latency/profile.py)
     full_budget: bool = False  # also run each sparse method with a budget holding the longest context (SPEC §4)
+    tensor_parallel: bool = False  # split the model over the processes torchrun started (harness/tensor_parallel.py)
+    skip_unfit: bool = False  # record the points that do not fit the GPUs as refused and run the others
+    graphs: bool = True  # capture each decode step in a CUDA graph (off: time eager steps)
 
 
 def run_bench(
@@ -135,6 +149,9 @@ class Bench:
         self.device = torch.device("cpu" if plan.smoke else plan.device)
         self.dtype_name = "float32" if plan.smoke else plan.dtype
         self.dtype = TORCH_DTYPES[self.dtype_name]
+        self.parallel: tensor_parallel.TensorParallel | None = None  # set in run() under --tensor-parallel
+        self.world = (tensor_parallel.launched_world() or 1) if plan.tensor_parallel else 1
+        self.unfit: dict[tuple[int, int], str] = {}  # (batch, ctx) -> why it does not fit (skip_unfit)
 
     # ---- checks, before anything is loaded -------------------------------------------------------------
     def _refuse_early(self) -> None:
@@ -161,6 +178,17 @@ class Bench:
             reasons.append("give at least one method, one context and one batch size")
         if any(c < 2 for c in plan.contexts) or any(b < 1 for b in plan.batches):
             reasons.append(f"contexts must be >= 2 and batches >= 1, got {plan.contexts} and {plan.batches}")
+        world = tensor_parallel.launched_world()
+        if plan.tensor_parallel and world is None:
+            reasons.append(
+                "--tensor-parallel splits the model over the processes torchrun starts; launch with "
+                f"{tensor_parallel.LAUNCH_HINT}"
+            )
+        elif not plan.tensor_parallel and (world or 1) > 1:
+            reasons.append(
+                f"bench was started as {world} processes (torchrun) without --tensor-parallel; add --tensor-parallel "
+                "to split the model over them, or run one process"
+            )
         if reasons:
             raise BenchError(reasons)
 
@@ -199,7 +227,17 @@ class Bench:
         return entries
 
     def _shape(self, config: Any, batch: int, ctx: int) -> RunShape:
-        return RunShape.from_config(config, self.dtype_name, str(self.device), batch, ctx, self.plan.model)
+        shape = RunShape.from_config(config, self.dtype_name, str(self.device), batch, ctx, self.plan.model)
+        return dataclasses.replace(shape, tensor_parallel=self.world)
+
+    def _local_shape(self, config: Any, batch: int, ctx: int) -> RunShape:
+        """This process's shape: its share of the heads (the whole shape in one process)."""
+        return local_shape(self._shape(config, batch, ctx), self.world)
+
+    def _say(self, text: str) -> None:
+        """Log from rank 0 only (every process runs the same bench)."""
+        if self.parallel is None or self.parallel.is_main:
+            self.log(text)
 
     # ---- the run ---------------------------------------------------------------------------------------
     def run(self) -> list[dict[str, Any]]:
@@ -210,6 +248,8 @@ class Bench:
         limit = int(config.max_position_embeddings)
         if max(plan.contexts) > limit:
             reasons.append(f"context {max(plan.contexts)} exceeds {plan.model}'s limit of {limit} tokens")
+        if plan.tensor_parallel:
+            reasons += tensor_parallel.tensor_parallel_refusals(config, self.world)
         for method in methods:
             for batch in plan.batches:
                 for ctx in plan.contexts:
@@ -217,41 +257,91 @@ class Bench:
                         reasons.append(f"{method.label} at ctx {ctx}, batch {batch}: {reason}")
         if reasons:
             raise BenchError(sorted(set(reasons), key=reasons.index))
+        if plan.tensor_parallel and self.world > 1:  # one process under torchrun: nothing to split
+            self.parallel = tensor_parallel.init_from_env(str(self.device))
+            self.device = self.parallel.device
+            if plan.model in SYNTHETIC_MODELS:  # built shard by shard: the record says how
+                model_info = {**model_info, **describe_synthetic(plan.model, plan.seed, self.world)}
+        try:
+            return self._load_and_run(config, model_info, methods)
+        finally:
+            if self.parallel is not None:
+                self.parallel.close()
 
+    def _load_and_run(self, config: Any, model_info: dict[str, Any], methods: list[Method]) -> list[dict[str, Any]]:
+        plan = self.plan
+        self.unfit = self._memory_plan(config)
         started = datetime.now(UTC).isoformat()
-        self.log(f"building {plan.model} on {self.device} ({self.dtype_name})")
+        where = f"{self.world} processes ({self.device.type}), tensor parallel" if self.parallel else str(self.device)
+        self._say(f"building {plan.model} on {where} ({self.dtype_name})")
         t0 = time.perf_counter()
         model = self._load_model(config)
-        self.log(f"model ready in {time.perf_counter() - t0:.1f} s")
+        self._say(f"model ready in {time.perf_counter() - t0:.1f} s")
         for method in methods:
             method.prepare(model)
         compile_blocks = (not plan.smoke) if plan.compile is None else plan.compile
         engine = Engine(model, None, graphs=False, compiled=compile_blocks, prefill_chunk=plan.prefill_chunk or None)
+        for method in methods:
+            method.set_head_shard(engine.head_shard)  # this process's KV heads (None: all of them)
         compiled = ["norm", "project_qkv", "finish_and_norm", "logits"] if compile_blocks else []
+        if self.parallel is not None and compile_blocks:
+            compiled = ["norm", "project_qkv", "project_out", "mlp_partial", "add_and_norm", "logits"]
         return self._run_points(plan, config, model_info, engine, methods, started, compiled)
+
+    def _memory_plan(self, config: Any) -> dict[tuple[int, int], str]:
+        """Every point against the GPUs' free memory before anything is loaded (harness/memory.py): the points that
+        do not fit, with the arithmetic. They refuse the bench, unless `skip_unfit` records them and runs the rest.
+        Under tensor parallelism the least free memory of any process counts (every process decides the same)."""
+        if self.device.type != "cuda":
+            return {}
+        free, _ = torch.cuda.mem_get_info(self.device)
+        available = max(0, free - HEADROOM)
+        if self.parallel is not None:
+            available = int(self.parallel.reduce(available, "min"))
+        unfit = {}
+        for batch in self.plan.batches:
+            for ctx in self.plan.contexts:
+                reason = device_fit_refusal(config, self.dtype, batch, ctx, available, self.world)
+                if reason:
+                    unfit[(batch, ctx)] = reason
+        if unfit and not self.plan.skip_unfit:
+            fix = "or pass --skip-unfit to record these points as refused and run the rest"
+            raise BenchError([*unfit.values(), fix])
+        for reason in unfit.values():
+            self._say(f"skipped: {reason}")
+        if len(unfit) == len(self.plan.batches) * len(self.plan.contexts):
+            raise BenchError([*unfit.values(), "no point of this bench fits; nothing to run"])
+        return unfit
 
     def _run_points(self, plan, config, model_info, engine, methods, started, compiled) -> list[dict[str, Any]]:
         prov = provenance.collect(str(self.device))
         copy = self._copy_bandwidth()
-        self.log(f"copy bandwidth {copy['copy_bw_bytes_per_s'] / 1e12:.3f} TB/s ({copy['copy_method']})")
+        self._say(f"copy bandwidth {copy['copy_bw_bytes_per_s'] / 1e12:.3f} TB/s ({copy['copy_method']})")
         if plan.matmul and not plan.smoke:
             copy.update(self._matmul_rate())
-            self.log(f"bf16 matmul rate {copy['matmul_flops_per_s'] / 1e12:.1f} TFLOP/s")
+            self._say(f"bf16 matmul rate {copy['matmul_flops_per_s'] / 1e12:.1f} TFLOP/s")
+        layout = tensor_parallel.layout(self.parallel, config, getattr(engine.model, "_tp_plan", None))
+        main = self.parallel is None or self.parallel.is_main
+        if self.parallel is not None:
+            started = self.parallel.gather_objects(started)[0]  # one run key for every process
+            copy["copy_bw_bytes_per_s_ranks"] = self.parallel.gather_objects(copy["copy_bw_bytes_per_s"])
         run_key = records.config_hash({**dataclasses.asdict(plan), "out": None, "started": started})
-        writer = records.RecordWriter(plan.out)
-        records.write_manifest(
-            plan.out,
-            {
-                "kind": "latency",
-                "started": started,
-                "run_key": run_key,
-                "plan": {**dataclasses.asdict(plan), "out": str(plan.out)},
-                "model": model_info,
-                "provenance": prov,
-                "timing": self._timing_mode(),
-            },
-        )
-        writer.append({"kind": "latency-copy", "run_key": run_key, **copy, "timing_mode": self._timing_mode()})
+        writer = records.RecordWriter(plan.out) if main else None
+        if writer is not None:
+            records.write_manifest(
+                plan.out,
+                {
+                    "kind": "latency",
+                    "started": started,
+                    "run_key": run_key,
+                    "plan": {**dataclasses.asdict(plan), "out": str(plan.out)},
+                    "model": model_info,
+                    "provenance": prov,
+                    "timing": self._timing_mode(),
+                    "parallel": layout,
+                },
+            )
+            writer.append({"kind": "latency-copy", "run_key": run_key, **copy, "timing_mode": self._timing_mode()})
 
         common = {
             "kind": "latency",
@@ -268,11 +358,19 @@ class Bench:
             "label": SMOKE_LABEL if plan.smoke else model_info.get("weights") + " weights",
             "copy_bw_bytes_per_s": copy["copy_bw_bytes_per_s"],
             "provenance": prov,
+            "parallel": layout,
+            "floor_per": "gpu" if self.parallel is not None else "device",
         }
         results: list[dict[str, Any]] = []
         points = [(b, c) for b in plan.batches for c in plan.contexts]
-        for batch, ctx in tqdm(points, desc="latency points", disable=plan.smoke):
-            rows = self._point(engine, config, methods, batch, ctx, copy)
+        for batch, ctx in tqdm(points, desc="latency points", disable=plan.smoke or not main):
+            if (batch, ctx) in self.unfit:
+                rows = [
+                    {"ctx": ctx, "batch": batch, "method": m.label, "error": self.unfit[(batch, ctx)], "refused": True}
+                    for m in methods
+                ]
+            else:
+                rows = self._point(engine, config, methods, batch, ctx, copy)
             full = _fastest_full(rows)
             for row in rows:
                 if full and row.get("decode_ms"):
@@ -281,9 +379,10 @@ class Bench:
                 else:
                     row["speedup_vs_full"] = None
                 record = {**common, **row}
-                writer.append(record)
+                if writer is not None:
+                    writer.append(record)
                 results.append(record)
-                self.log(_one_line(record))
+                self._say(_one_line(record))
         return results
 
     def _timing_mode(self) -> str:
@@ -292,6 +391,11 @@ class Bench:
         return "CUDA graph replay of one whole decode step, CUDA events, median over reps after warm-up"
 
     def _load_model(self, config: Any) -> torch.nn.Module:
+        if self.parallel is not None:  # this process's shard only (a synthetic shape built shard by shard)
+            from lychee_bench.harness import models
+
+            source = models.resolve_model(self.plan.model)
+            return tensor_parallel.load_model(source, config, self.dtype_name, self.plan.seed, self.parallel)
         if self.plan.model in SYNTHETIC_MODELS:
             return build_synthetic(self.plan.model, self.device, self.dtype, self.plan.seed)
         from lychee_bench.harness import models
@@ -353,7 +457,7 @@ class Bench:
         copy_bw = copy["copy_bw_bytes_per_s"]
         rows = []
         try:
-            cache = StaticKVCache.for_config(config, batch, ctx, self.dtype, self.device)
+            cache = StaticKVCache.for_config(config, batch, ctx, self.dtype, self.device, self.world)
         except torch.OutOfMemoryError as error:
             self._empty_cache()
             return [
@@ -363,9 +467,12 @@ class Bench:
         if self.plan.prefill:
             fill = self._prefill(engine, cache, batch, ctx, config, copy)
         else:
-            cache.fill_random(ctx - 1, seed=self.plan.seed)
-        weights = weight_bytes_read(engine.model, batch)
+            rank = 0 if self.parallel is None else self.parallel.rank
+            cache.fill_random(ctx - 1, seed=self.plan.seed + 7919 * rank)  # each process its own heads' K/V
+        weights = weight_bytes_read(engine.model, batch)  # this process's shard under tensor parallelism
         full_kv = full_kv_bytes(self._shape(config, batch, ctx), ctx, batch)  # what the stock step reads
+        if self.parallel is not None:
+            base.update(self._collectives(config, batch))
         for method in methods:
             row = {**base, **fill, "method": method.label, "method_config": method.describe(), "path": method.path}
             row["graph_safe"] = method.graph_refusal() is None
@@ -374,10 +481,10 @@ class Bench:
                 row.update(self._measure(engine, cache, method, batch, ctx, config))
             except (RuntimeError, torch.OutOfMemoryError) as error:
                 row["error"] = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
-            kv = kv_bytes_read(method, self._shape(config, batch, ctx), ctx, batch)
-            rows.append(_with_floor(row, kv, weights, copy_bw))
+            kv = kv_bytes_read(method, self._local_shape(config, batch, ctx), ctx, batch)
+            rows.append(self._floor(row, kv, weights, copy_bw))
             self._empty_cache()
-        if self.plan.stock and not self.plan.smoke:
+        if self.plan.stock and not self.plan.smoke and self.parallel is None:
             row = {**base, **fill, "method": STOCK_LABEL, "path": "transformers DynamicCache + sdpa, eager"}
             row.update(weights)
             try:
@@ -388,6 +495,54 @@ class Bench:
         del cache
         self._empty_cache()
         return rows
+
+    def _floor(self, row: dict[str, Any], kv: int | None, weights: dict[str, int], copy_bw: float) -> dict[str, Any]:
+        """The row's floor; under tensor parallelism per GPU: the largest over the processes of each one's bytes
+        (its weights and its heads' K/V) over its own copy bandwidth, and the timings of every process."""
+        row = _with_floor(row, kv, weights, copy_bw)
+        parallel = self.parallel
+        if parallel is None:
+            return row
+        mine = (row.get("floor_ms"), row.get("bytes_per_step"), kv, row.get("decode_ms"))
+        ranks = parallel.gather_objects(mine)
+        row["floor_ms_per_rank"] = [r[0] for r in ranks]
+        row["bytes_per_step_per_rank"] = [r[1] for r in ranks]
+        row["decode_ms_per_rank"] = [r[3] for r in ranks]
+        if all(r[2] is not None for r in ranks):
+            row["kv_bytes_read_all_gpus"] = sum(r[2] for r in ranks)
+        if all(r[0] is not None for r in ranks):
+            slowest = max(range(len(ranks)), key=lambda r: ranks[r][0])
+            row.update(floor_ms=ranks[slowest][0], bytes_per_step=ranks[slowest][1], kv_bytes_read=ranks[slowest][2])
+            decode = row.get("decode_ms")
+            row["time_over_floor"] = decode / row["floor_ms"] if decode and row["floor_ms"] else None
+            row["achieved_bw_fraction"] = row["floor_ms"] / decode if decode and row["floor_ms"] else None
+        return row
+
+    @torch.no_grad()
+    def _collectives(self, config: Any, batch: int) -> dict[str, Any]:
+        """The collectives of one decode step alone: an all-reduce of [batch, 1, hidden] after every o_proj and
+        down_proj and after the embedding, and the logits' gather; timed as the step runs them (in one graph)."""
+        parallel = self.parallel
+        assert parallel is not None
+        hidden = torch.zeros(batch, 1, config.hidden_size, dtype=self.dtype, device=self.device)
+        logits = torch.zeros(batch, -(-config.vocab_size // parallel.world), device=self.device)
+        count = 2 * config.num_hidden_layers + 1
+
+        def step() -> None:
+            for _ in range(count):
+                parallel.all_reduce_(hidden)
+            parallel.gather_last(logits, config.vocab_size)
+
+        if self.plan.smoke or not self.plan.graphs:
+            timing = self._time(step)
+        else:
+            graph = capture_graph(step, warmup=self.plan.warmup)
+            timing = self._time(graph.replay)
+            del graph
+        return {
+            "collectives_ms_per_step": timing.median_ms,
+            "collectives_per_step": f"{count} all-reduces of [{batch}, 1, {config.hidden_size}] + 1 logits all-gather",
+        }
 
     def _prefill(self, engine, cache, batch: int, ctx: int, config: Any, copy: dict[str, Any]) -> dict[str, Any]:
         """A real, timed prefill of C-1 random tokens per row (the engine's: one row at a time, chunked), with its
@@ -418,9 +573,11 @@ class Bench:
             torch.cuda.reset_peak_memory_stats()
         decoder = FixedContextStep(engine, cache, method)
         keys_before = cache.keys[0][:, :, : ctx - 1].sum(dtype=torch.float32).item()
-        if smoke:
+        if smoke or not self.plan.graphs:
             timing = self._time(decoder.step)
             result["captured"] = False
+            if not smoke:
+                result["capture_error"] = "graphs turned off (--no-graphs)"
         else:
             try:
                 decoder.capture(warmup=self.plan.warmup)
@@ -475,9 +632,8 @@ class Bench:
         batch = decoder.batch
         head_dim = cache.keys[0].shape[-1]
         generator = torch.Generator(device=self.device).manual_seed(self.plan.seed + 1)
-        query = torch.randn(
-            batch, config.num_attention_heads, 1, head_dim, generator=generator, device=self.device, dtype=self.dtype
-        )
+        heads = config.num_attention_heads // self.world  # this process's query heads
+        query = torch.randn(batch, heads, 1, head_dim, generator=generator, device=self.device, dtype=self.dtype)
         state = DecodeState(method=method, counting=False, geometry=decoder.geometry)
         scaling = head_dim**-0.5
 
@@ -489,7 +645,7 @@ class Bench:
                 )
 
         with torch.inference_mode():
-            if self.plan.smoke:
+            if self.plan.smoke or not self.plan.graphs:
                 return self._time(attention_pass)
             graph = capture_graph(attention_pass, warmup=self.plan.warmup)
             timing = self._time(graph.replay)
