@@ -335,7 +335,7 @@ class LayerStack:
         )
         attended = attend(index, q, k, v)
         if self.parallel is not None:
-            return self._finish_parallel(w, hidden, attended, None)[0]
+            return self._finish_parallel(w, hidden, attended, None, eager=True)[0]
         return finish_layer(hidden, attended, *self._finish_weights(w), self.eps, self.activation)
 
     def decode_layers(
@@ -368,13 +368,20 @@ class LayerStack:
         return normed
 
     def _finish_parallel(
-        self, w: LayerWeights, hidden: torch.Tensor, attended: torch.Tensor, next_norm: torch.Tensor | None
+        self,
+        w: LayerWeights,
+        hidden: torch.Tensor,
+        attended: torch.Tensor,
+        next_norm: torch.Tensor | None,
+        eager: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """A layer's end under tensor parallelism: output projection, all-reduce, residual, norm, the rank's MLP
-        share, all-reduce, residual (and `next_norm` when given). (output, normed output or None)."""
+        share, all-reduce, residual (and `next_norm` when given). (output, normed output or None). `eager`: the
+        uncompiled pieces (prefill chunks, whose shapes vary)."""
         assert self.parallel is not None
-        projected = self.parallel.all_reduce_(self._project_out(attended, w.out))
-        hidden, down = self._mlp_partial(
+        out_piece, mlp_piece = (project_out, mlp_partial) if eager else (self._project_out, self._mlp_partial)
+        projected = self.parallel.all_reduce_(out_piece(attended, w.out))
+        hidden, down = mlp_piece(
             hidden, projected, w.out_bias, w.post_norm, w.gate_up, w.gate_up_bias, w.down, self.eps, self.activation
         )
         self.parallel.all_reduce_(down)
