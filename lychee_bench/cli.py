@@ -410,12 +410,16 @@ def plot(
     out: Annotated[Path | None, typer.Option(help="folder for the PNGs (default: <path>/plots)")] = None,
 ) -> None:
     """Latency, speedup over full and time/floor against context, as PNG files."""
+    from lychee_bench.harness.paths import unwritable_reason
     from lychee_bench.tasks.latency.plot import plot_latency
 
     if not path.exists():
         _fail(f"{path} does not exist; give a bench run folder (see `bench --out`)")
+    folder = out or (path if path.is_dir() else path.parent) / "plots"
+    if (unwritable := unwritable_reason(folder, "--out" if out else "the plots folder")) is not None:
+        _fail(unwritable)
     try:
-        for written in plot_latency(path, out or (path if path.is_dir() else path.parent) / "plots"):
+        for written in plot_latency(path, folder):
             typer.echo(str(written))
     except ValueError as error:
         _fail(str(error))
@@ -483,6 +487,8 @@ def report(
             written, plots, _ = write_html([path], html)
         except ResultsError as error:
             _fail(str(error))
+        except OSError as error:  # e.g. a folder that cannot be created there
+            _fail(f"--html {html} cannot be written ({error}); pass a path in a folder you can write")
         typer.echo(f"html report: {written} ({plots} plots)", err=True)
 
 

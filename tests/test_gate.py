@@ -9,7 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from lychee_bench.regress.compare import EXIT_OK, EXIT_REGRESSION, Rules, compare_command, compare_paths
+from lychee_bench.regress.compare import (
+    EXIT_BAD_INPUT,
+    EXIT_OK,
+    EXIT_REGRESSION,
+    Rules,
+    compare_command,
+    compare_paths,
+)
 
 SMOKE = Path(__file__).resolve().parents[1] / "results" / "smoke"
 
@@ -44,8 +51,8 @@ def test_nothing_compared_fails_unless_allowed(tmp_path):
     base = _folder(tmp_path / "a", [_sample("full", "vt", 0, 100.0)])
     new = _folder(tmp_path / "b", [_sample("lychee", "qa_1", 0, 100.0)])
     said: list[str] = []
-    assert compare_command(base, new, [], echo=said.append, echo_err=said.append) == EXIT_REGRESSION
-    assert "nothing compared" in said[-1] and "--allow-empty" in said[-1]
+    assert compare_command(base, new, [], echo=said.append, echo_err=said.append) == EXIT_BAD_INPUT
+    assert "nothing compared" in said[-1] and "--allow-empty" in said[-1] and str(new) in said[-1]
     assert compare_command(base, new, [], allow_empty=True, echo=said.append, echo_err=said.append) == EXIT_OK
 
 

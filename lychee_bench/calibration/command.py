@@ -9,6 +9,7 @@ from typing import Any
 
 from lychee_bench.calibration.collect import collect_statistics
 from lychee_bench.calibration.data import CalibrationSet, calibration_prompts
+from lychee_bench.harness.paths import unwritable_reason
 from lychee_bench.methods.artifacts import write_json
 from lychee_bench.methods.base import Calibration, CalibrationRequest, Method
 from lychee_bench.methods.kascade import KascadeConfig
@@ -80,6 +81,9 @@ def run_calibrate(
     if importance and "importance" not in calibration_spec.options:
         reasons.append(f"--importance weights Kascade's anchor choice; it does not apply to --method {method}")
     reasons += cls.calibration_refusals(request)
+    target = out or default_out(method, source.name)
+    if (unwritable := unwritable_reason(target, "--out", kind="file")) is not None:
+        reasons.append(unwritable)
     if reasons:
         raise models.ModelError("; ".join(reasons))
     tokenizer = models.load_tokenizer(source)
@@ -107,5 +111,5 @@ def run_calibrate(
     }
     data = cls.calibration_artifact(stats, request, model_block, calibration)
     calibration["seconds"] = round(time.perf_counter() - started, 1)  # the artifact holds this dict
-    path = write_json(out or default_out(method, source.name), data)
+    path = write_json(target, data)
     return path, data

@@ -435,8 +435,10 @@ def _lock_folder(lock: records.FolderLock, ranks: distributed.Ranks, out: Path) 
         return
     try:
         lock.__enter__()
-    except (records.RunFolderError, OSError) as error:
+    except records.RunFolderError as error:
         raise PlanError([f"--out {out}: {error}"]) from None
+    except OSError as error:  # e.g. a folder that cannot be created there
+        raise PlanError([f"--out {out} cannot be written ({error}); pass a folder you can write"]) from None
 
 
 def _open_folder(checked: CheckedRun, setting: RunSetting, ranks: distributed.Ranks) -> set | None:

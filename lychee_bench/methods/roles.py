@@ -164,7 +164,7 @@ def resolve_roles(spec: str | None, num_layers: int, num_kv_heads: int, model_na
         roles = HeadRoles(table, spec, roles_checksum(num_layers, num_kv_heads, _as_lists(table)))
     elif (path := shipped_roles_path(spec)) is not None:
         roles = load_roles_file(path, f"shipped:{spec}")
-    elif Path(spec).expanduser().is_file():
+    elif Path(spec).expanduser().exists():  # a folder too: the reader names it as one
         roles = load_roles_file(Path(spec).expanduser(), str(Path(spec).expanduser().resolve()))
     else:
         raise RolesError(f"roles {spec!r} is neither uniform:N, all, a shipped roles name, nor an existing file")

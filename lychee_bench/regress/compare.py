@@ -29,8 +29,8 @@ not noise: at 2 samples a drop from 100 to 50 fails, which the unpaired rule abo
 count the samples that got worse / better.
 
 Rows only in NEW are listed as `new` (never a failure); rows only in BASE as `missing` (a warning, or a
-failure with `fail_on_missing`). A comparison in which no row of NEW matches a row of BASE fails (nothing was
-checked) unless `allow_empty` is set.
+failure with `fail_on_missing`). A comparison in which no row of NEW matches a row of BASE fails as bad input (exit
+2: nothing was checked, the two sides are not results of the same runs) unless `allow_empty` is set.
 """
 
 from __future__ import annotations
@@ -76,12 +76,25 @@ def parse_tolerances(pairs: list[str]) -> dict[str, float]:
             if not sep or not name.strip():
                 raise ValueError
             found[name.strip()] = float(value)
+            if not math.isfinite(found[name.strip()]) or found[name.strip()] < 0:
+                raise ValueError
         except ValueError:
             raise ValueError(
                 f"bad --tol {pair!r}: write NAME=NUMBER, NAME a metric (e.g. median_ms=0.05) or a kind "
-                f"({', '.join(KINDS)})"
+                f"({', '.join(KINDS)}), NUMBER a finite tolerance >= 0"
             ) from None
     return found
+
+
+def check_tolerance_names(tolerances: dict[str, float], metrics: set[str]) -> None:
+    """ValueError naming each --tol NAME that is neither a kind nor a metric of the results (a typo would otherwise
+    leave the default tolerance in force, unnoticed)."""
+    unknown = sorted(name for name in tolerances if name not in KINDS and name not in metrics)
+    if unknown:
+        raise ValueError(
+            f"--tol {', '.join(unknown)}: not a kind ({', '.join(KINDS)}) nor a metric of these results "
+            f"({', '.join(sorted(metrics)) or 'none'}); fix the name"
+        )
 
 
 @dataclass
@@ -180,8 +193,9 @@ class Comparison:
     @property
     def exit_code(self) -> int:
         failing = self.count("REGRESSION") + (self.count("missing") if self.rules.fail_on_missing else 0)
-        empty = self.compared == 0 and not self.rules.allow_empty
-        return EXIT_REGRESSION if failing or empty else EXIT_OK
+        if self.compared == 0 and not self.rules.allow_empty:  # nothing checked: the inputs do not match
+            return EXIT_BAD_INPUT
+        return EXIT_REGRESSION if failing else EXIT_OK
 
     def summary(self) -> str:
         parts = [
@@ -294,6 +308,8 @@ def compare_paths(base: Path, new: Path, rules: Rules | None = None) -> Comparis
     new_sets = load_results(new, problems, first_label=len(base_sets) + 1)
     base_samples = sample_scores([r for result_set in base_sets for r in result_set.samples])
     new_samples = sample_scores([r for result_set in new_sets for r in result_set.samples])
+    metrics = {str(row.get("metric")) for row in all_rows(base_sets) + all_rows(new_sets)}
+    check_tolerance_names((rules or Rules()).tolerances, metrics)
     comparison = compare_rows(all_rows(base_sets), all_rows(new_sets), rules, base_samples, new_samples)
     comparison.warnings = [f"unreadable: {p}" for p in problems] + comparison.warnings
     return comparison
@@ -333,4 +349,9 @@ def compare_command(
     else:
         echo(comparison.table(only_changes=changes_only))
         echo(comparison.summary())
+    if comparison.exit_code == EXIT_BAD_INPUT:
+        echo_err(
+            f"error: nothing compared: no row of {new} matches a row of {base} (rows match on "
+            f"{', '.join(GROUP_FIELDS)}); compare results of the same runs or suite, or pass --allow-empty"
+        )
     return comparison.exit_code

@@ -113,7 +113,13 @@ def load_results(path: Path, problems: list[str] | None = None, first_label: int
                 sets.append(_bench_set(file, bench))
     sets = [s for s in sets if s.rows]
     if not sets:
-        raise ResultsError(f"{path} holds no result records (no records.jsonl with samples, no kernel-bench .json)")
+        unreadable = f"; unreadable: {problems[0]}" if problems else ""
+        if len(problems) > 1:
+            unreadable += f" (and {len(problems) - 1} more)"
+        raise ResultsError(
+            f"{path} holds no result records (no records.jsonl with samples, no kernel-bench .json); give a folder "
+            f"that `lychee-bench run`, `bench` or `suite` wrote, or its records .jsonl{unreadable}"
+        )
     sets.sort(key=lambda s: str(s.path))
     for number, result_set in enumerate(sets, start=first_label):
         result_set.label = f"S{number}"

@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from lychee_bench.harness import provenance, records
-from lychee_bench.harness.runner import RunPlan
+from lychee_bench.harness.paths import unwritable_reason
+from lychee_bench.harness.runner import PlanError, RunPlan
 
 KERNEL_TASK = "kernel-correctness"
 KERNEL_METHOD = "lychee-triton"
@@ -112,6 +113,8 @@ def _check_fresh(out: Path) -> None:
     """A suite writes a fresh run: refuse a folder that already holds one (nothing is deleted, ever)."""
     if out.exists() and not out.is_dir():
         raise SuiteFolderError(f"--out {out} is a file; pass a folder that does not exist yet")
+    if (unwritable := unwritable_reason(out, "--out")) is not None:
+        raise SuiteFolderError(unwritable)
     held = [name for name in RUN_FILES if (out / name).exists()]
     if held:
         raise SuiteFolderError(
@@ -327,6 +330,9 @@ def suite_command(
             f"create it with `lychee-bench suite {name} --update-baseline`"
         )
         return EXIT_BAD_INPUT
+    if compare_with is not None and (problem := _baseline_problem(compare_with, tol, name)) is not None:
+        echo_err(f"error: {problem}")  # found before the suite runs, not minutes later
+        return EXIT_BAD_INPUT
     began = time.perf_counter()
     try:
         if update:
@@ -335,7 +341,7 @@ def suite_command(
             return 0
         folder = out or default_out(name)
         run_suite(suite, folder, log=echo_err)  # refuses a folder that holds a run before anything runs
-    except SuiteFolderError as error:
+    except (SuiteFolderError, PlanError) as error:
         echo_err(f"error: {error}")
         return EXIT_BAD_INPUT
     echo_err(f"suite {name}: {time.perf_counter() - began:.0f} s; results in {folder}")
@@ -349,6 +355,23 @@ def suite_command(
     if changed:
         echo_err(f"note: {changed} of {total} sample predictions differ from the baseline (scores judged below)")
     return compare_command(compare_with, folder, tol, z, echo=echo, echo_err=echo_err, changes_only=False)
+
+
+def _baseline_problem(baseline: Path, tol: list[str], name: str) -> str | None:
+    """Why the baseline (results) or the --tol values (their form, their names) cannot serve the comparison after
+    the run, or None."""
+    from lychee_bench.regress.compare import check_tolerance_names, parse_tolerances
+    from lychee_bench.regress.sources import ResultsError, all_rows, load_results
+
+    try:
+        tolerances = parse_tolerances(tol)
+        rows = all_rows(load_results(baseline))
+        check_tolerance_names(tolerances, {str(row.get("metric")) for row in rows})
+    except ResultsError as error:
+        return f"baseline {error}; compare with the suite's baseline (results/{name}) or another suite run"
+    except ValueError as error:
+        return str(error)
+    return None
 
 
 def changed_predictions(base: Path, new: Path) -> tuple[int, int]:

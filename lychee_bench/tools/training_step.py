@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", default=None, help="embedded model name, a local folder or a hub id")
     parser.add_argument("--steps", type=int, default=10, help="measured steps (after 2 warm-up steps)")
     parser.add_argument("--ctx-min", type=int, default=1000)
-    parser.add_argument("--ctx-max", type=int, default=7000)
+    parser.add_argument("--ctx-max", type=int, default=10000)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--profile", type=int, default=0, metavar="N", help="also profile the steps: top N ops")
     args = parser.parse_args(argv)

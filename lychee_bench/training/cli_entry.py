@@ -44,6 +44,7 @@ def run_train_heads_cli(
     and `selection_scores` (query_head or kv_group) override those fields of `data` and `sparse`.
     """
     from lychee_bench.harness import models
+    from lychee_bench.harness.paths import unwritable_reason
     from lychee_bench.training.corpus import CORPORA, CorpusError, corpus_files
     from lychee_bench.training.gates import GATES
     from lychee_bench.training.hybrid import SELECTION_SCORES
@@ -78,6 +79,8 @@ def run_train_heads_cli(
         problems.append(f"--selection-scores {selection_scores!r}: use one of {', '.join(SELECTION_SCORES)}")
     elif selection_scores is not None:
         sparse = replace(sparse or SparseConfig(), granularity=selection_scores)
+    if (unwritable := unwritable_reason(out, "--out")) is not None:
+        problems.append(unwritable)
     if problems:
         raise ValueError("; ".join(problems))
     source = models.resolve_model(model_name)
@@ -92,6 +95,10 @@ def run_train_heads_cli(
     reasons = models.check_context(config, longest, source.name)
     if reasons:
         raise models.ModelError(f"context {ctx_max} plus the answer segment: " + "; ".join(reasons))
+    try:  # the shortest context must hold the passkeys: refused here, before the weights load or a log is written
+        PasskeyData(tokenizer, replace(data, ctx_min=ctx_min, ctx_max=ctx_min)).sample(0)
+    except ValueError as error:
+        raise ValueError(f"--ctx-min {ctx_min}: {error}") from None
     info = {"name": source.name, "fingerprint": source.fingerprint}
     if rope_scaling:
         info["rope_scaling"] = rope_scaling

@@ -35,6 +35,7 @@ from lychee_bench.harness import provenance, records, tensor_parallel
 from lychee_bench.harness.engine import Engine
 from lychee_bench.harness.kv_cache import StaticKVCache
 from lychee_bench.harness.memory import HEADROOM, device_fit_refusal
+from lychee_bench.harness.paths import unwritable_reason
 from lychee_bench.harness.synthetic_models import (
     SYNTHETIC_MODELS,
     TINY_MODELS,
@@ -178,6 +179,13 @@ class Bench:
             reasons.append("give at least one method, one context and one batch size")
         if any(c < 2 for c in plan.contexts) or any(b < 1 for b in plan.batches):
             reasons.append(f"contexts must be >= 2 and batches >= 1, got {plan.contexts} and {plan.batches}")
+        if (unwritable := unwritable_reason(plan.out, "--out")) is not None:
+            reasons.append(unwritable)
+        if plan.rope_scaling and plan.model in SYNTHETIC_MODELS:
+            reasons.append(
+                f"--rope-scaling {plan.rope_scaling} extends a real model's context, and {plan.model} is a synthetic "
+                "shape timed at its published configuration; drop --rope-scaling (or bench a real model)"
+            )
         world = tensor_parallel.launched_world()
         if plan.tensor_parallel and world is None:
             reasons.append(
