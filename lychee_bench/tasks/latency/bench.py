@@ -285,6 +285,8 @@ class Bench:
         t0 = time.perf_counter()
         model = self._load_model(config)
         self._say(f"model ready in {time.perf_counter() - t0:.1f} s")
+        if self.parallel is not None and plan.stock and not plan.smoke:
+            self._say("stock transformers' step is not timed under tensor parallelism (the engine's step is)")
         for method in methods:
             method.prepare(model)
         compile_blocks = (not plan.smoke) if plan.compile is None else plan.compile
@@ -293,8 +295,6 @@ class Bench:
             method.set_head_shard(engine.head_shard)  # this process's KV heads (None: all of them)
         compiled = ["norm", "project_qkv", "finish_and_norm", "logits"] if compile_blocks else []
         if self.parallel is not None and compile_blocks:
-        if self.parallel is not None and plan.stock and not plan.smoke:
-            self._say("stock transformers' step is not timed under tensor parallelism (the engine's step is)")
             compiled = ["norm", "project_qkv", "project_out", "mlp_partial", "add_and_norm", "logits"]
         return self._run_points(plan, config, model_info, engine, methods, started, compiled)
 
