@@ -60,10 +60,6 @@ def run_train_heads_cli(
         problems.append(f"--gate {gate!r} is not a gate; use one of {', '.join(sorted(GATES))}")
     if not 0 < ctx_min <= ctx_max:
         problems.append(f"--ctx-min {ctx_min} and --ctx-max {ctx_max}: need 0 < ctx-min <= ctx-max")
-    folder = Path(out)
-    blocking = next((f for f in (folder, *folder.parents) if f.exists() and not f.is_dir()), None)
-    if blocking is not None:
-        problems.append(f"--out {out}: {blocking} is a file, not a folder; pass a folder path (it may not exist yet)")
     if time_limit is not None and not time_limit > 0:
         problems.append(f"--time-limit {time_limit}: give the minutes the command may take, > 0 (e.g. 8)")
     data = data or PasskeyConfig()
