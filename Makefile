@@ -28,10 +28,10 @@ demo: setup
 	$(BIN)/lychee-bench run --method full,lychee,tidal --budget 512 --task ruler --ctx 2048 \
 		--samples 1 --out runs/demo
 
-# Every test, the slow ones included (CI runs this target).
+# Every test, the slow ones included (CI runs this target), spread over the machine's cores (pytest-xdist).
 test: setup chromium
 	$(BIN)/ruff check lychee_bench tests
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto
 
 # For the edit-test loop: leaves out the tests marked slow (whole runs and generations on the CPU). Not for CI.
 test-fast: setup chromium

@@ -61,3 +61,21 @@ def test_manifest_keeps_history(tmp_path):
     write_manifest(tmp_path, {"plan": 2})
     data = json.loads((tmp_path / "manifest.json").read_text())
     assert [r["plan"] for r in data["runs"]] == [1, 2] and data["schema"] == 1
+
+
+def test_compressed_records_of_a_committed_run_read_as_the_plain_file(tmp_path):
+    import gzip
+
+    from lychee_bench.harness.records import read_run
+    from lychee_bench.regress.sources import load_results
+
+    plain = tmp_path / "plain"
+    writer = RecordWriter(plain)
+    for index in range(3):
+        writer.append(sample_record(index, float(index)))
+    packed = tmp_path / "packed"
+    packed.mkdir()
+    (packed / "records.jsonl.gz").write_bytes(gzip.compress((plain / "records.jsonl").read_bytes()))
+    assert read_run(packed) == read_run(plain) and len(read_run(packed)) == 3
+    assert read_records(packed) == read_records(plain)
+    assert len(load_results(packed)) == 1

@@ -9,10 +9,15 @@ A data-parallel run (torchrun, several ranks) writes one shard per rank beside i
 `records.rank-<r>-of-<n>.jsonl`, and its summary into `records.jsonl`. `read_run` reads the folder's
 records.jsonl and every shard, of any world size, as one run, in a fixed order (records.jsonl, then the shards
 by world size and rank), so a sample recorded twice resolves the same way every time.
+
+A finished run committed as a result may keep its records gzip-compressed, `records.jsonl.gz` and
+`records.rank-<r>-of-<n>.jsonl.gz` (the same lines; `gzip -d` gives the plain files back): every reader takes them
+as the run's records files, each compressed file read just before its plain namesake would be.
 """
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import math
@@ -26,8 +31,9 @@ from typing import Any
 
 SCHEMA_VERSION = 1
 RECORDS_FILE = "records.jsonl"
+ARCHIVED_FILE = "records.jsonl.gz"  # a committed run's records, compressed (read only)
 MANIFEST_FILE = "manifest.json"
-SHARD_FILE = re.compile(r"records\.rank-(?P<rank>\d+)-of-(?P<world>\d+)\.jsonl")
+SHARD_FILE = re.compile(r"records\.rank-(?P<rank>\d+)-of-(?P<world>\d+)\.jsonl(\.gz)?")
 
 
 def shard_file(rank: int, world_size: int) -> str:
@@ -36,10 +42,12 @@ def shard_file(rank: int, world_size: int) -> str:
 
 
 def _file_order(path: Path) -> tuple:
-    """records.jsonl first, then shards by (world size, rank), then any other file by name; per folder."""
+    """records.jsonl.gz, records.jsonl, then shards by (world size, rank), then any other file by name; per folder."""
     shard = SHARD_FILE.fullmatch(path.name)
-    if path.name == RECORDS_FILE:
+    if path.name == ARCHIVED_FILE:
         rank = (0, 0, 0, "")
+    elif path.name == RECORDS_FILE:
+        rank = (0, 1, 0, "")
     elif shard:
         rank = (1, int(shard["world"]), int(shard["rank"]), "")
     else:
@@ -51,12 +59,12 @@ def run_files(folder: Path) -> list[Path]:
     """The records files of one run folder (records.jsonl and every rank's shard) in reading order."""
     if not folder.is_dir():
         return []
-    found = [p for p in folder.iterdir() if p.is_file() and (p.name == RECORDS_FILE or SHARD_FILE.fullmatch(p.name))]
+    found = [p for p in folder.iterdir() if p.is_file() and is_run_file(p)]
     return sorted(found, key=_file_order)
 
 
 def is_run_file(path: Path) -> bool:
-    return path.name == RECORDS_FILE or SHARD_FILE.fullmatch(path.name) is not None
+    return path.name in (RECORDS_FILE, ARCHIVED_FILE) or SHARD_FILE.fullmatch(path.name) is not None
 
 
 def read_run(folder: Path, problems: list[BadLine] | None = None) -> list[dict[str, Any]]:
@@ -84,10 +92,14 @@ class BadLine:
 
 def read_records(path: Path, problems: list[BadLine] | None = None) -> list[dict[str, Any]]:
     """All records of a file, or of every records file under a folder. Bad lines are reported, not fatal."""
-    files = [path] if path.is_file() else sorted(path.rglob("*.jsonl"), key=_file_order)
+    if path.is_file():
+        files = [path]
+    else:
+        files = sorted([*path.rglob("*.jsonl"), *path.rglob("records*.jsonl.gz")], key=_file_order)
     records: list[dict[str, Any]] = []
     for file in files:
-        with open(file, encoding="utf-8", errors="replace") as handle:
+        opener = gzip.open if file.name.endswith(".gz") else open
+        with opener(file, "rt", encoding="utf-8", errors="replace") as handle:
             for number, line in enumerate(handle, start=1):
                 if not line.strip():
                     continue

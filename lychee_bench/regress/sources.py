@@ -102,7 +102,7 @@ def load_results(path: Path, problems: list[str] | None = None, first_label: int
     else:
         # Only run folders' record files (records.jsonl and a data-parallel run's rank shards, read as one run):
         # other JSONL logs (a training log) are not result records.
-        folders = sorted({file.parent for file in path.rglob("records*.jsonl") if records.is_run_file(file)})
+        folders = sorted({file.parent for file in path.rglob("records*.jsonl*") if records.is_run_file(file)})
         for folder in folders:
             sets.append(_run_set(folder, records.run_files(folder), problems))
         for file in sorted(path.rglob("*.json")):
