@@ -22,8 +22,14 @@ import torch
 from lychee_bench.harness import records, tensor_parallel
 from lychee_bench.harness.catalog import METHODS
 from lychee_bench.harness.memory import GB, device_fit_refusal, weight_bytes
-from lychee_bench.harness.synthetic_models import build_synthetic_shard, synthetic_config
-from lychee_bench.harness.tensor_parallel import parameter_shard_dim, shard_bounds, tensor_parallel_refusals
+from lychee_bench.harness.synthetic_models import build_synthetic, build_synthetic_shard, synthetic_config
+from lychee_bench.harness.tensor_parallel import (
+    TensorParallel,
+    engine_shard_dim,
+    localize,
+    shard_bounds,
+    tensor_parallel_refusals,
+)
 from lychee_bench.methods.base import RunShape
 from lychee_bench.methods.head_shard import HeadShard, gather_heads, local_heads, local_shape
 from lychee_bench.methods.streaming import StreamingAttention
@@ -40,24 +46,85 @@ def test_shard_bounds_follow_dtensor_chunks():
     assert [shard_bounds(5, 4, r) for r in range(4)] == [(0, 2), (2, 4), (4, 5), (5, 5)]
 
 
-def test_the_plan_names_each_parameters_sharded_dimension():
-    plan = {"model.layers.*.self_attn.q_proj": "colwise", "model.layers.*.mlp.down_proj": "rowwise"}
-    plan |= {"lm_head": "colwise_gather_output", "model.layers.*.self_attn.q_norm": "replicated_with_grad_allreduce"}
-    assert parameter_shard_dim(plan, "model.layers.12.self_attn.q_proj.weight", 2) == 0
-    assert parameter_shard_dim(plan, "model.layers.3.self_attn.q_proj.bias", 1) == 0
-    assert parameter_shard_dim(plan, "model.layers.3.mlp.down_proj.weight", 2) == 1
-    assert parameter_shard_dim(plan, "model.layers.3.mlp.down_proj.bias", 1) is None  # added once, after the sum
-    assert parameter_shard_dim(plan, "model.layers.3.self_attn.q_norm.weight", 1) is None
-    assert parameter_shard_dim(plan, "model.norm.weight", 1) is None
-    assert parameter_shard_dim(plan, "lm_head.weight", 2) == 0
-    with pytest.raises(tensor_parallel.TensorParallelError, match="'packed_colwise'"):
-        parameter_shard_dim({"model.layers.*.mlp.gate_up": "packed_colwise"}, "model.layers.0.mlp.gate_up.weight", 2)
+def test_the_engines_layout_names_each_parameters_sharded_dimension():
+    assert engine_shard_dim("model.layers.12.self_attn.q_proj.weight", 2) == 0
+    assert engine_shard_dim("model.layers.3.self_attn.q_proj.bias", 1) == 0
+    assert engine_shard_dim("model.layers.3.mlp.up_proj.weight", 2) == 0
+    assert engine_shard_dim("model.layers.3.mlp.down_proj.weight", 2) == 1
+    assert engine_shard_dim("model.layers.3.mlp.down_proj.bias", 1) is None  # added once, after the sum
+    assert engine_shard_dim("model.layers.3.self_attn.q_norm.weight", 1) is None
+    assert engine_shard_dim("model.norm.weight", 1) is None
+    # The vocabulary rows, whatever transformers' plan says (5.17 leaves an untied embedding whole, 5.24 shards it).
+    assert engine_shard_dim("model.embed_tokens.weight", 2) == 0
+    assert engine_shard_dim("lm_head.weight", 2) == 0
+
+
+def test_localize_takes_each_ranks_part_of_parameters_left_whole():
+    # A whole model, as transformers 5.17's plan leaves an untied embedding: localize slices every rank's part.
+    whole = build_synthetic("tiny-llama-synthetic", "cpu", torch.float32, seed=0)
+    named = {name: param.clone() for name, param in whole.named_parameters()}
+    rows = {}
+    for rank in (0, 1):
+        shard = localize(
+            build_synthetic("tiny-llama-synthetic", "cpu", torch.float32), TensorParallel(rank, 2, 0, "gloo")
+        )
+        params = dict(shard.named_parameters())
+        assert tuple(params["model.embed_tokens.weight"].shape) == (256, 128)
+        assert tuple(params["lm_head.weight"].shape) == (256, 128)
+        assert tuple(params["model.layers.0.self_attn.k_proj.weight"].shape) == (32, 128)
+        assert tuple(params["model.layers.0.self_attn.o_proj.weight"].shape) == (128, 64)
+        assert tuple(params["model.layers.0.mlp.down_proj.weight"].shape) == (128, 128)
+        assert torch.equal(params["model.norm.weight"], named["model.norm.weight"])
+        rows[rank] = params
+    for name in ("model.embed_tokens.weight", "lm_head.weight", "model.layers.1.self_attn.q_proj.weight"):
+        assert torch.equal(torch.cat([rows[0][name], rows[1][name]]), named[name])
+    down = "model.layers.2.mlp.down_proj.weight"
+    assert torch.equal(torch.cat([rows[0][down], rows[1][down]], dim=1), named[down])
+    assert not any(p.requires_grad for p in rows[0].values())
+
+
+def test_localize_refuses_a_part_of_the_wrong_shape_and_says_which():
+    model = build_synthetic("tiny-llama-synthetic", "cpu", torch.float32)
+    model.model.embed_tokens.weight = torch.nn.Parameter(torch.zeros(300, 128))  # neither whole (512) nor half
+    with pytest.raises(
+        tensor_parallel.TensorParallelError,
+        match=r"model.embed_tokens.weight: rank 1 of 2 holds "
+        r"\(300, 128\), but the engine's layout gives it \(256, 128\) of \(512, 128\)",
+    ):
+        localize(model, TensorParallel(1, 2, 0, "gloo"))
+    shard = build_synthetic_shard("tiny-llama-synthetic", "cpu", torch.float32, 0, 0, 2)
+    with pytest.raises(tensor_parallel.TensorParallelError, match="built as shard"):
+        localize(shard, TensorParallel(1, 2, 0, "gloo"))
+
+
+def test_localize_slices_a_replicated_dtensor_and_refuses_a_shard_along_the_wrong_dimension():
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import DeviceMesh
+    from torch.distributed.tensor import DTensor, Replicate, Shard
+
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        mesh = DeviceMesh("cpu", [0])
+        model = build_synthetic("tiny-llama-synthetic", "cpu", torch.float32)
+        embedding = model.model.embed_tokens.weight.detach().clone()
+        model.model.embed_tokens.weight = torch.nn.Parameter(DTensor.from_local(embedding, mesh, [Replicate()]))
+        localize(model, TensorParallel(1, 2, 0, "gloo"))
+        assert torch.equal(model.model.embed_tokens.weight, embedding[256:])
+        assert not isinstance(model.model.embed_tokens.weight, DTensor)
+
+        model = build_synthetic("tiny-llama-synthetic", "cpu", torch.float32)
+        wrong = DTensor.from_local(model.lm_head.weight.detach()[:, :64].clone(), mesh, [Shard(1)])
+        model.lm_head.weight = torch.nn.Parameter(wrong)
+        with pytest.raises(tensor_parallel.TensorParallelError, match="sharded lm_head.weight along dimension 1"):
+            localize(model, TensorParallel(0, 2, 0, "gloo"))
+    finally:
+        dist.destroy_process_group()
 
 
 def test_synthetic_shards_are_built_per_rank_and_never_whole():
     config = synthetic_config("tiny-llama-synthetic")  # 4 query / 2 KV heads of 32, hidden 128, MLP 256, vocab 512
     shards = [build_synthetic_shard("tiny-llama-synthetic", "cpu", torch.float32, 0, rank, 2) for rank in (0, 1)]
-    for shard in shards:
+    for rank, shard in enumerate(shards):
         attention, mlp = shard.model.layers[0].self_attn, shard.model.layers[0].mlp
         assert tuple(attention.q_proj.weight.shape) == (64, 128)  # 2 query heads
         assert tuple(attention.k_proj.weight.shape) == (32, 128)  # 1 KV head
@@ -67,6 +134,7 @@ def test_synthetic_shards_are_built_per_rank_and_never_whole():
         assert tuple(shard.lm_head.weight.shape) == (256, 128)
         assert bool((shard.model.norm.weight == 1).all())
         assert shard.__dict__[tensor_parallel.BUILT_SHARD][1] == 2
+        assert localize(shard, TensorParallel(rank, 2, 0, "gloo")) is shard  # checks every shape
     # Each rank's weights are its own draw; the same rank and seed build the same shard again.
     first, second = (s.model.layers[0].self_attn.q_proj.weight for s in shards)
     assert not torch.equal(first, second)
@@ -210,7 +278,8 @@ def test_two_processes_give_one_process_tokens_for_every_method_run_and_bench(tm
         "run": [*RUN, *model, "--tensor-parallel", "--out", str(tmp_path / "run-tp")],
         "bench": [*BENCH, "--out", str(tmp_path / "bench-tp")],
     }
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "LYCHEE_BENCH_DIST_TIMEOUT_MIN": "5"}
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)  # keeps a chosen transformers
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path, "LYCHEE_BENCH_DIST_TIMEOUT_MIN": "5"}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
     command += [str(ROOT / "tests" / "tensor_parallel_worker.py"), json.dumps(arguments)]
     launch = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -195,46 +195,49 @@ def build_synthetic_shard(
     config: Any = None,
 ) -> torch.nn.Module:
     """Rank `rank`'s shard of the named synthetic model under tensor parallelism over `world` processes, built on
-    `device` directly: every parameter transformers' plan shards (`model._tp_plan`, harness/tensor_parallel.py)
-    gets only this rank's rows or columns, so no process ever holds the whole model (Llama-3-70B: 141 GB in bf16).
+    `device` directly: every parameter the engine's layout shards (harness/tensor_parallel.py ENGINE_LAYOUT; not
+    transformers' plan, which differs between its versions) gets only this rank's rows or columns, so no process
+    ever holds the whole model (Llama-3-70B: 141 GB in bf16).
     Sharded weights are drawn from a generator seeded per shard (`shard_seed`), replicated ones (norms: ones,
     biases: zeros) are the same on every rank: the weights are random either way, and differ from
     `build_synthetic`'s for the same seed. The model is marked as a built shard for `tensor_parallel.localize`."""
     from transformers import AutoModelForCausalLM
 
-    from lychee_bench.harness.tensor_parallel import BUILT_SHARD, parameter_shard_dim, shard_bounds
+    from lychee_bench.harness.tensor_parallel import (
+        BUILT_SHARD,
+        WHOLE_SHAPES,
+        engine_shard_dim,
+        local_shape,
+        named_parameter_slots,
+    )
 
     config = synthetic_config(name) if config is None else config
     config._name_or_path = name
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-    plan = getattr(model, "_tp_plan", None) or {}
     own = torch.Generator(device=device).manual_seed(shard_seed(seed, rank))
     shared = torch.Generator(device=device).manual_seed(seed)
     made: dict[int, torch.nn.Parameter] = {}  # tied parameters (one object in several modules) stay one
-    for module_name, module in model.named_modules():
-        for leaf, param in list(module.named_parameters(recurse=False)):
-            if id(param) not in made:
-                full_name = f"{module_name}.{leaf}" if module_name else leaf
-                dim = parameter_shard_dim(plan, full_name, param.dim())
-                shape = list(param.shape)
-                if dim is not None:
-                    start, end = shard_bounds(shape[dim], world, rank)
-                    shape[dim] = end - start
-                tensor = torch.empty(shape, dtype=dtype, device=device)
-                if tensor.dim() >= 2:
-                    tensor.normal_(0.0, WEIGHT_STD, generator=own if dim is not None else shared)
-                elif "norm" in full_name:
-                    tensor.fill_(1.0)
-                else:
-                    tensor.zero_()
-                made[id(param)] = torch.nn.Parameter(tensor, requires_grad=False)
-            module._parameters[leaf] = made[id(param)]
+    wholes: dict[str, tuple[int, ...]] = {}
+    for module, leaf, full_name, param in named_parameter_slots(model):
+        wholes[full_name] = tuple(param.shape)
+        if id(param) not in made:
+            dim = engine_shard_dim(full_name, param.dim())
+            tensor = torch.empty(local_shape(tuple(param.shape), dim, world, rank), dtype=dtype, device=device)
+            if tensor.dim() >= 2:
+                tensor.normal_(0.0, WEIGHT_STD, generator=own if dim is not None else shared)
+            elif "norm" in full_name:
+                tensor.fill_(1.0)
+            else:
+                tensor.zero_()
+            made[id(param)] = torch.nn.Parameter(tensor, requires_grad=False)
+        module._parameters[leaf] = made[id(param)]
     _rebuild_rotary(model, device)
     left = [n for n, t in (*model.named_parameters(), *model.named_buffers()) if t.device.type == "meta"]
     if left:
         raise RuntimeError(f"synthetic shard of {name}: {', '.join(left)} left unbuilt")
     model.__dict__[BUILT_SHARD] = (rank, world)
+    model.__dict__[WHOLE_SHAPES] = wholes  # tensor_parallel.localize checks each shard against these
     return model.eval()
 
 

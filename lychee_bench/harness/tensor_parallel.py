@@ -1,10 +1,9 @@
-"""Tensor parallelism for models that do not fit one GPU: transformers' plan, the engine's own forward.
+"""Tensor parallelism for models that do not fit one GPU: the engine's own layout and forward.
 
 Launch every process with torchrun, e.g. `torchrun --nproc-per-node 2 -m lychee_bench.cli bench --tensor-parallel
 ...`; every process of the torchrun world is one tensor-parallel group of W = WORLD_SIZE processes, joined through
-harness/distributed.py (NCCL on CUDA, one GPU per process; gloo on the CPU). Each process holds the shard
-transformers' tensor-parallel plan (`model._tp_plan`, the architecture's `base_model_tp_plan` plus the model class's
-own rules) gives it:
+harness/distributed.py (NCCL on CUDA, one GPU per process; gloo on the CPU). Each process holds the shard the
+engine's layout (`ENGINE_LAYOUT`, transformers' style names) gives it:
 
 - q_proj, k_proj, v_proj: colwise (output rows): rank r holds KV heads [r Hkv/W, (r+1) Hkv/W) and the query heads
   of their groups, so attention, the KV cache and every method's per-head state are the rank's own heads.
@@ -15,16 +14,19 @@ own rules) gives it:
   same logits and chooses the same next token.
 
 The engine reads weights directly (harness/forward.py), so the model is loaded sharded and then `localize`d: a real
-model through `from_pretrained(..., distributed_config=DistributedConfig(tp_plan="auto"))`, whose DTensor
-parameters are swapped for their local shards (plain tensors; transformers' own forward is not used after that),
-and a synthetic shape (harness/synthetic_models.py) built shard by shard on each rank's device, never whole.
+model through `from_pretrained(..., distributed_config=DistributedConfig(tp_plan="auto"))`, whose parameters are
+swapped for this rank's part as plain tensors (transformers' own forward is not used after that), and a synthetic
+shape (harness/synthetic_models.py) built shard by shard on each rank's device, never whole, from the engine's
+layout alone. transformers' plan differs between its versions (5.17 shards an embedding only when it is tied to
+the LM head; 5.24 always), so `localize` takes the rank's rows or columns itself from any parameter the plan left
+whole, and checks every parameter's final shape against the engine's layout.
 A run whose KV heads do not split evenly over W processes is refused before anything is loaded.
 """
 
 from __future__ import annotations
 
+import copy
 import os
-import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,9 +37,21 @@ from lychee_bench.methods.head_shard import HeadShard
 
 ATTRIBUTE = "_lychee_bench_tensor_parallel"  # where a localized model keeps its TensorParallel
 BUILT_SHARD = "_lychee_bench_built_shard"  # (rank, world) of a model built shard by shard (synthetic shapes)
+WHOLE_SHAPES = "_lychee_bench_whole_shapes"  # {parameter name: whole shape} of a model built shard by shard
 SHARDED_ROWS = ("colwise", "colwise_gather_output", "embedding_rowwise")  # shard dim 0 (output rows / vocabulary)
 SHARDED_COLUMNS = ("rowwise",)  # weight shards its input columns; a bias is replicated (added after the sum)
-REPLICATED = ("replicated_with_grad_allreduce", "replicate")
+# What each rank holds, by a module's own (last) name; every other parameter (norms, rotary) is replicated.
+ENGINE_LAYOUT = {
+    "embed_tokens": "embedding_rowwise",
+    "q_proj": "colwise",
+    "k_proj": "colwise",
+    "v_proj": "colwise",
+    "o_proj": "rowwise",
+    "gate_proj": "colwise",
+    "up_proj": "colwise",
+    "down_proj": "rowwise",
+    "lm_head": "colwise_gather_output",
+}
 LAUNCH_HINT = "torchrun --nproc-per-node 2 -m lychee_bench.cli bench --tensor-parallel ..."
 COLLECTIVES = (
     "all-reduce (sum) after o_proj and after down_proj in every layer and after the vocabulary-parallel embedding; "
@@ -64,28 +78,33 @@ def shard_bounds(size: int, world: int, rank: int) -> tuple[int, int]:
     return start, min(start + chunk, size)
 
 
-def _style_of(plan: dict[str, str], module_name: str) -> str | None:
-    for pattern, style in plan.items():
-        if re.fullmatch(re.escape(pattern).replace(r"\*", r"\d+"), module_name):
-            return style
-    return None
-
-
-def parameter_shard_dim(plan: dict[str, str], parameter_name: str, ndim: int) -> int | None:
-    """The dimension of `parameter_name` (e.g. model.layers.3.self_attn.q_proj.weight) the plan shards (None:
-    replicated). Styles this engine does not run are refused with the style's name."""
+def engine_shard_dim(parameter_name: str, ndim: int) -> int | None:
+    """The dimension of `parameter_name` (e.g. model.layers.3.self_attn.q_proj.weight) the engine's layout shards
+    (None: every rank holds it whole)."""
     module_name, _, leaf = parameter_name.rpartition(".")
-    style = _style_of(plan, module_name)
-    if style is None or style in REPLICATED:
-        return None
+    style = ENGINE_LAYOUT.get(module_name.rpartition(".")[2])
     if style in SHARDED_ROWS:
         return 0
     if style in SHARDED_COLUMNS:
         return None if leaf == "bias" else ndim - 1
-    raise TensorParallelError(
-        f"transformers' plan shards {module_name} as {style!r}, which the engine does not run under tensor "
-        f"parallelism (it runs {', '.join(SHARDED_ROWS + SHARDED_COLUMNS + REPLICATED)})"
-    )
+    return None
+
+
+def local_shape(whole: tuple[int, ...], dim: int | None, world: int, rank: int) -> tuple[int, ...]:
+    """The shape rank `rank` holds of a parameter of shape `whole` sharded along `dim` (None: whole)."""
+    if dim is None:
+        return tuple(whole)
+    start, end = shard_bounds(whole[dim], world, rank)
+    return (*whole[:dim], end - start, *whole[dim + 1 :])
+
+
+def named_parameter_slots(model: torch.nn.Module) -> list[tuple[torch.nn.Module, str, str, torch.nn.Parameter]]:
+    """(module, leaf, full name, parameter) of every parameter slot, tied ones (one object, two modules) in each."""
+    return [
+        (module, leaf, f"{module_name}.{leaf}" if module_name else leaf, param)
+        for module_name, module in model.named_modules()
+        for leaf, param in module.named_parameters(recurse=False)
+    ]
 
 
 def tensor_parallel_refusals(config: Any, world: int) -> list[str]:
@@ -246,40 +265,87 @@ def parallel_of(model: torch.nn.Module) -> TensorParallel | None:
     return model.__dict__.get(ATTRIBUTE)
 
 
-@torch.no_grad()
-def localize(model: torch.nn.Module, parallel: TensorParallel) -> torch.nn.Module:
-    """Swap every DTensor parameter of a model transformers sharded for its local shard (a plain tensor), check
-    each against the plan, and mark the model as this rank's shard. transformers' own forward is not for use
-    afterwards: the engine's forward (harness/forward.py) runs it. A model built as a shard
-    (synthetic_models.build_synthetic_shard) already holds plain local tensors."""
+def whole_shapes(model: torch.nn.Module) -> dict[str, tuple[int, ...]]:
+    """Every parameter's whole shape: recorded by a model built shard by shard, else from a copy of the model built
+    on the meta device from its config (no memory, no weights)."""
+    known = model.__dict__.get(WHOLE_SHAPES)
+    if known is not None:
+        return known
+    with torch.device("meta"):
+        reference = type(model)(copy.deepcopy(model.config))
+    return {name: tuple(param.shape) for _, _, name, param in named_parameter_slots(reference)}
+
+
+def _transformers_version() -> str:
+    import transformers
+
+    return transformers.__version__
+
+
+def _rank_part(
+    name: str, param: torch.Tensor, dim: int | None, whole: tuple[int, ...], parallel: TensorParallel
+) -> torch.Tensor:
+    """The part of `param` rank `parallel.rank` keeps as a plain tensor: a DTensor's local shard, or this rank's rows
+    or columns of a parameter left whole (replicated by transformers' plan, or a plain whole tensor)."""
     from torch.distributed.tensor import DTensor
 
+    if isinstance(param, DTensor):
+        placement, *more = param.placements
+        if more:
+            raise TensorParallelError(
+                f"{name} is spread over a {len(param.placements)}-dimensional device mesh; "
+                "tensor parallelism here runs one process group (torchrun's world)"
+            )
+        if placement.is_shard():
+            held = placement.dim % param.dim()
+            if held != dim:
+                wanted = "holds it whole" if dim is None else f"shards dimension {dim}"
+                raise TensorParallelError(
+                    f"transformers {_transformers_version()} sharded {name} along dimension {held}, where the "
+                    f"engine's layout {wanted} (harness/tensor_parallel.py ENGINE_LAYOUT)"
+                )
+            return param.to_local()
+        if not placement.is_replicate():
+            raise TensorParallelError(
+                f"transformers {_transformers_version()} left {name} as {placement}; the engine takes shards "
+                "(Shard) or whole parameters (Replicate) only"
+            )
+        tensor = param.to_local()
+    else:
+        tensor = param.detach()
+    if dim is None or tuple(tensor.shape) != tuple(whole):
+        return tensor  # replicated, or already this rank's part (the caller checks the shape)
+    start, end = shard_bounds(whole[dim], parallel.world, parallel.rank)
+    return tensor.narrow(dim, start, end - start).clone()  # a copy: the whole tensor is freed once replaced
+
+
+@torch.no_grad()
+def localize(model: torch.nn.Module, parallel: TensorParallel) -> torch.nn.Module:
+    """Replace every parameter by the part of it this rank holds under the engine's layout (`ENGINE_LAYOUT`), as a
+    plain tensor: a DTensor's local shard, this rank's rows or columns of a parameter transformers' plan left whole
+    (its plan differs between versions), a shard built as such (synthetic_models.build_synthetic_shard) as it is.
+    Every final shape is checked against the layout; the model is marked as this rank's shard. transformers' own
+    forward is not for use afterwards: the engine's forward (harness/forward.py) runs it."""
     built = model.__dict__.get(BUILT_SHARD)
     if built is not None and built != (parallel.rank, parallel.world):
         raise TensorParallelError(f"this model was built as shard {built} (rank, world), not for rank {parallel.rank}")
-    plan = getattr(model, "_tp_plan", None) or {}
-    for module_name, module in model.named_modules():
-        for leaf, param in list(module.named_parameters(recurse=False)):
-            name = f"{module_name}.{leaf}" if module_name else leaf
-            dim = parameter_shard_dim(plan, name, param.dim())
-            if not isinstance(param, DTensor):
-                if dim is not None and built is None:
-                    raise TensorParallelError(
-                        f"{name} is a whole tensor where transformers' plan shards it: load the model with "
-                        "tensor_parallel.load_model (tp_plan='auto')"
-                    )
-                continue
-            local = param.to_local()
-            expected = list(param.shape)
-            if dim is not None:
-                start, end = shard_bounds(expected[dim], parallel.world, parallel.rank)
-                expected[dim] = end - start
-            if list(local.shape) != expected:
+    wholes = whole_shapes(model)
+    done: dict[int, torch.nn.Parameter] = {}  # tied parameters (one object in several modules) stay one
+    for module, leaf, name, param in named_parameter_slots(model):
+        if id(param) not in done:
+            if name not in wholes:
+                raise TensorParallelError(f"{name} is not a parameter of {type(model).__name__} built from its config")
+            dim = engine_shard_dim(name, param.dim())
+            local = _rank_part(name, param, dim, wholes[name], parallel)
+            expected = local_shape(wholes[name], dim, parallel.world, parallel.rank)
+            if tuple(local.shape) != expected:
                 raise TensorParallelError(
-                    f"{name}: rank {parallel.rank} holds {tuple(local.shape)}, but the plan gives it {tuple(expected)} "
-                    f"of {tuple(param.shape)}"
+                    f"{name}: rank {parallel.rank} of {parallel.world} holds {tuple(local.shape)}, but the engine's "
+                    f"layout gives it {expected} of {wholes[name]} (transformers {_transformers_version()}); load "
+                    "the model through tensor_parallel.load_model, or run it on one GPU without --tensor-parallel"
                 )
-            module._parameters[leaf] = torch.nn.Parameter(local, requires_grad=False)
+            done[id(param)] = torch.nn.Parameter(local, requires_grad=False)
+        module._parameters[leaf] = done[id(param)]
     model.__dict__[ATTRIBUTE] = parallel
     return model
 
@@ -313,7 +379,8 @@ def load_model(source: Any, config: Any, dtype: str, seed: int, parallel: Tensor
 
 
 def layout(parallel: TensorParallel | None, config: Any, plan: dict[str, str] | None = None) -> dict[str, Any]:
-    """What a result records about the parallel layout (one process: world size 1, no plan)."""
+    """What a result records about the parallel layout (one process: world size 1, no plan); `plan`: transformers'
+    plan of the loaded model (`model._tp_plan`)."""
     if parallel is None:
         return {"parallel": "none", "world_size": 1}
     return {
@@ -322,6 +389,7 @@ def layout(parallel: TensorParallel | None, config: Any, plan: dict[str, str] | 
         "backend": parallel.backend,
         "kv_heads_per_rank": config.num_key_value_heads // parallel.world,
         "query_heads_per_rank": config.num_attention_heads // parallel.world,
-        "plan": dict(plan or {}),
+        "plan": dict(ENGINE_LAYOUT),  # what every rank holds (localize checks it)
+        "transformers_plan": dict(plan or {}),  # transformers' own plan, as loaded (it differs between versions)
         "collectives": COLLECTIVES,
     }
