@@ -588,12 +588,12 @@ def check_run(plan: RunPlan) -> CheckedRun:
     reasons += models.check_context(config, plan.ctx, source.name)
     batch_size = plan.batch_size or (8 if device.startswith("cuda") else 1)
     shape = RunShape.from_config(config, dtype, device, batch_size, plan.ctx, source.name)
-    for method in methods:
-        reasons += method.check(shape)
     if plan.tensor_parallel:  # the model split over the torchrun processes (harness/tensor_parallel.py)
         world = distributed.ranks_from_env().world_size
         reasons += tensor_parallel.run_refusals(config, world)
         shape = dataclasses.replace(shape, tensor_parallel=world)
+    for method in methods:
+        reasons += method.check(shape)
     if reasons:
         raise PlanError(reasons)
     return CheckedRun(plan, device, dtype, batch_size, methods, task_list, tasks, source, tokenizer_source, config)
