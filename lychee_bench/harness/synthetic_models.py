@@ -28,15 +28,16 @@ class SyntheticModel:
     make_config: Callable[[], Any]
 
 
-def _llama3_8b() -> Any:
+def _llama3(hidden: int, intermediate: int, layers: int, heads: int) -> Any:
+    """A Llama-3 shape: 8 KV heads of dim 128, 128K vocabulary, llama3 RoPE scaling to 131072 tokens."""
     from transformers import LlamaConfig
 
     return LlamaConfig(
         vocab_size=128256,
-        hidden_size=4096,
-        intermediate_size=14336,
-        num_hidden_layers=32,
-        num_attention_heads=32,
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
         num_key_value_heads=8,
         head_dim=128,
         max_position_embeddings=131072,
@@ -51,33 +52,16 @@ def _llama3_8b() -> Any:
             "original_max_position_embeddings": 8192,
         },
     )
+
+
+def _llama3_8b() -> Any:
+    return _llama3(hidden=4096, intermediate=14336, layers=32, heads=32)
 
 
 def _llama3_70b() -> Any:
     """Llama-3-70B's published shape (80 layers, 64 query / 8 KV heads): 141 GB of bf16 weights, more than fits one
     GPU beside a long cache; the bench runs it under tensor parallelism (harness/tensor_parallel.py)."""
-    from transformers import LlamaConfig
-
-    return LlamaConfig(
-        vocab_size=128256,
-        hidden_size=8192,
-        intermediate_size=28672,
-        num_hidden_layers=80,
-        num_attention_heads=64,
-        num_key_value_heads=8,
-        head_dim=128,
-        max_position_embeddings=131072,
-        rms_norm_eps=1e-5,
-        tie_word_embeddings=False,
-        rope_parameters={
-            "rope_type": "llama3",
-            "rope_theta": 500000.0,
-            "factor": 8.0,
-            "low_freq_factor": 1.0,
-            "high_freq_factor": 4.0,
-            "original_max_position_embeddings": 8192,
-        },
-    )
+    return _llama3(hidden=8192, intermediate=28672, layers=80, heads=64)
 
 
 def _qwen3_8b() -> Any:
