@@ -18,6 +18,14 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
+from lychee_bench.harness.plot_style import (
+    METHOD_STYLES,
+    context_axis,
+    context_label,
+    figure_styles,
+    legend_outside,
+    records_title,
+)
 from lychee_bench.regress.compare import metric_kind
 from lychee_bench.regress.sources import ResultSet
 
@@ -48,7 +56,7 @@ def _png(fig) -> bytes:
 
     buffer = io.BytesIO()
     fig.tight_layout()
-    fig.savefig(buffer, format="png", dpi=90)
+    fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
     plt.close(fig)
     return buffer.getvalue()
 
@@ -70,27 +78,35 @@ def _timing_rows(result_set: ResultSet, which: int) -> list[dict[str, Any]]:
 def _timing_plot(result_set: ResultSet, rows: list[dict[str, Any]], which: int) -> Plot:
     batches = sorted({r["batch"] for r in rows}, key=str)
     fig, axes = _figure(len(batches))
+
+    def label(row: dict[str, Any]) -> str:
+        return str(row["method"]) + ("" if row["subtask"] == "-" else f" ({row['subtask']})")
+
+    styles = figure_styles(label(row) for row in rows)
     for axis, batch in zip(axes, batches, strict=True):
         lines = defaultdict(list)
         for row in rows:
             if row["batch"] == batch:
-                label = row["method"] + ("" if row["subtask"] == "-" else f" ({row['subtask']})")
-                lines[label].append((row["ctx"], row["value"]))
-        for label, points in sorted(lines.items()):
+                lines[label(row)].append((row["ctx"], row["value"]))
+        for name, points in sorted(lines.items()):
             points.sort()
-            axis.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
-        axis.set_xscale("log", base=2)
+            axis.plot([p[0] for p in points], [p[1] for p in points], **styles[name])
+        context_axis(axis, [row["ctx"] for row in rows])
         if which == 0:
             axis.set(yscale="log", ylabel=f"{rows[0]['metric']} (median)")
         else:
             axis.axhline(1.0, color="grey", linestyle="--", linewidth=1)
             axis.set(ylabel=f"{rows[0]['metric']} (×)")
-        axis.set(xlabel="context (tokens)", title=f"batch {batch}")
+        axis.set(title=f"batch {batch}")
         axis.grid(alpha=0.3)
-    axes[0].legend(fontsize=6)
+    legend_outside(fig, list(axes))
     what = TIMING_WHAT[result_set.kind][which]
     models = ", ".join(sorted({str(r["model"]) for r in rows}))
     title = ("Latency vs context" if which == 0 else "Speedup vs context") + f" ({result_set.label})"
+    # Run folders: model, batch, budget and hardware from the latency records; the kernel bench's model name
+    # already states its device, shape and budget.
+    timed = [t for t in result_set.timings if t.get("method") in {r["method"] for r in rows}]
+    fig.suptitle(records_title(what, timed) if timed else f"{what}: {models}", fontsize=8)
     return Plot(title, f"{what}; {models}.", [result_set.label], _png(fig))
 
 
@@ -147,17 +163,23 @@ def quality_vs_budget(sets: list[ResultSet]) -> tuple[list[Plot], str | None]:
             samples, lambda s: (s.get("ctx"), s.get("model")) if _dense_baseline(s.get("method")) else None
         )
         panels = sorted({(ctx, model) for (_, ctx, model, _) in sparse}, key=str)
+        styles = figure_styles(m for (m, _, _, _) in sparse)
         fig, axes = _figure(len(panels))
         for axis, (ctx, model) in zip(axes, panels, strict=True):
             for method in sorted({m for (m, c, mo, _) in sparse if (c, mo) == (ctx, model)}):
                 points = sorted((b, v) for (m, c, mo, b), v in sparse.items() if (m, c, mo) == (method, ctx, model))
-                axis.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=method)
+                axis.plot([p[0] for p in points], [p[1] for p in points], **styles[method])
             if (ctx, model) in full:
-                axis.axhline(full[(ctx, model)], color="black", linestyle="--", linewidth=1, label="full")
-            axis.set(xlabel="budget (tokens)", ylabel="mean score over subtasks", title=f"{model}, ctx {ctx}")
+                colour = METHOD_STYLES["full"][0]
+                axis.axhline(full[(ctx, model)], color=colour, linestyle="--", linewidth=1, label="full (dense)")
+            context_axis(axis, [b for (_, c, mo, b) in sparse if (c, mo) == (ctx, model)], "budget (tokens)")
+            axis.set(ylabel="mean score over subtasks", title=f"{model}, ctx {_k(ctx)}")
             axis.set_ylim(-2, 102)
             axis.grid(alpha=0.3)
-            axis.legend(fontsize=7)
+        legend_outside(fig, list(axes))
+        batches = sorted({s.get("batch") for s in samples if s.get("batch") is not None}, key=str)
+        if batches:
+            fig.suptitle("batch " + ", ".join(map(str, batches)), fontsize=8)
         plots.append(
             Plot(
                 f"Quality vs budget ({result_set.label})",
@@ -189,16 +211,25 @@ def quality_vs_speed(sets: list[ResultSet]) -> tuple[list[Plot], str | None]:
     if not joined:
         return [], "no method has both quality scores and a per-method latency metric at the same context and model"
     fig, axes = _figure(1)
+    styles = figure_styles(str(key[0]) for key in joined)
     for key in joined:
         latency, metric, _ = speeds[key]
-        axes[0].scatter([latency], [scores[key][0]])
-        axes[0].annotate(f"{key[0]} @{key[1]}", (latency, scores[key][0]), fontsize=7)
+        axes[0].plot([latency], [scores[key][0]], **{**styles[str(key[0])], "linestyle": "none"})
+        axes[0].annotate(f"{_k(key[1])}", (latency, scores[key][0]), fontsize=6, xytext=(3, 3),
+                         textcoords="offset points")  # fmt: skip
+    legend_outside(fig, list(axes))
+    models = sorted({str(key[2]) for key in joined})
+    fig.suptitle("model " + ", ".join(models) + " · labels: context", fontsize=8)
     metrics = sorted({speeds[k][1] for k in joined})
     axes[0].set(xlabel=" / ".join(metrics) + " (lower is faster)", ylabel="mean score over subtasks")
     axes[0].grid(alpha=0.3)
     sources = sorted({scores[k][1] for k in joined} | {speeds[k][2] for k in joined})
     caption = "Each point: one method at one context and model; score and latency matched on method, ctx, model."
     return [Plot("Quality vs speed", caption, sources, _png(fig))], None
+
+
+def _k(ctx: Any) -> str:
+    return context_label(ctx) if isinstance(ctx, int | float) else str(ctx)
 
 
 BUILDERS = (

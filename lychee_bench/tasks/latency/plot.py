@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from lychee_bench.harness.plot_style import context_axis, figure_styles, legend_outside, records_title
 from lychee_bench.harness.records import read_records
 
 PLOTS = {
@@ -39,27 +40,27 @@ def plot_latency(records_path: Path | str, out_dir: Path | str) -> list[Path]:
     batches = sorted({p["batch"] for p in points})
     methods = sorted({p["method"] for p in points}, key=lambda m: (m != "full", m))
     labels = sorted({str(p.get("label", "")) for p in points})
+    styles = figure_styles(methods)
     written = []
     for filename, (field, ylabel) in PLOTS.items():
-        fig, axes = plt.subplots(1, len(batches), figsize=(5 * len(batches), 4), squeeze=False)
+        fig, axes = plt.subplots(1, len(batches), figsize=(4.6 * len(batches), 3.8), squeeze=False)
         for axis, batch in zip(axes[0], batches, strict=True):
             for method in methods:
                 series = [p for p in points if p["batch"] == batch and p["method"] == method and _ok(p.get(field))]
                 if series:
-                    axis.plot([p["ctx"] for p in series], [p[field] for p in series], marker="o", label=method)
+                    axis.plot([p["ctx"] for p in series], [p[field] for p in series], **styles[method])
             if field != "decode_ms":
                 axis.axhline(1.0, color="grey", linewidth=0.8, linestyle="--")
-            axis.set_xscale("log", base=2)
-            axis.set_xlabel("context (tokens)")
+            context_axis(axis, [p["ctx"] for p in points])
             axis.set_ylabel(ylabel)
             axis.set_title(f"batch {batch}")
             axis.grid(True, alpha=0.3)
-            axis.legend()
-        models = ", ".join(sorted({str(p.get("model")) for p in points}))
-        fig.suptitle(f"{models} ({'; '.join(labels)})", fontsize=9)
+        legend_outside(fig, list(axes[0]))
+        title = records_title(ylabel.split(" (")[0], points)
+        fig.suptitle(title + (f" ({'; '.join(labels)})" if any(labels) else ""), fontsize=9)
         fig.tight_layout()
         path = out / filename
-        fig.savefig(path, dpi=120)
+        fig.savefig(path, dpi=120, bbox_inches="tight")
         plt.close(fig)
         written.append(path)
     return written
