@@ -209,7 +209,10 @@ def train_heads_cmd(
     density: Annotated[float | None, typer.Option(help="target density over layers 1.. (instead of N)")] = None,
     steps: Annotated[int, typer.Option(min=1)] = 3000,
     ctx_min: Annotated[int, typer.Option(help="shortest training context (tokens)")] = 1000,
-    ctx_max: Annotated[int, typer.Option(help="longest training context (tokens)")] = 10000,
+    ctx_max: Annotated[
+        int | None,
+        typer.Option(help="longest training context (tokens); default 10000 (the recipe's) or what the model holds"),
+    ] = None,
     gate: Annotated[str, typer.Option(help="hardkuma (default), hardconcrete or continuous")] = "hardkuma",
     threshold_rule: Annotated[str | None, typer.Option(help="final rule; default: the gate's own")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N")] = "auto",

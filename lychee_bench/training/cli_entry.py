@@ -10,6 +10,8 @@ from lychee_bench.training.data import PasskeyConfig, PasskeyData
 from lychee_bench.training.hybrid import SparseConfig
 from lychee_bench.training.trainer import TrainResult
 
+DEFAULT_CTX_MAX = 10000  # the official recipe's longest training context (tokens)
+
 
 def run_train_heads_cli(
     model_name: str | None,
@@ -17,7 +19,7 @@ def run_train_heads_cli(
     density: float | None,
     steps: int,
     ctx_min: int,
-    ctx_max: int,
+    ctx_max: int | None,
     gate: str,
     out: str | Path,
     device: str = "cpu",
@@ -58,7 +60,7 @@ def run_train_heads_cli(
         problems.append("give exactly one of --retrieval-heads N (layer 0's KV heads included) and --density D")
     if gate not in GATES:
         problems.append(f"--gate {gate!r} is not a gate; use one of {', '.join(sorted(GATES))}")
-    if not 0 < ctx_min <= ctx_max:
+    if ctx_min <= 0 or (ctx_max is not None and ctx_min > ctx_max):
         problems.append(f"--ctx-min {ctx_min} and --ctx-max {ctx_max}: need 0 < ctx-min <= ctx-max")
     if time_limit is not None and not time_limit > 0:
         problems.append(f"--time-limit {time_limit}: give the minutes the command may take, > 0 (e.g. 8)")
@@ -81,13 +83,26 @@ def run_train_heads_cli(
         raise ValueError("; ".join(problems))
     source = models.resolve_model(model_name)
     config = models.load_config(source, rope_scaling)
-    reasons = models.check_architecture(config) + models.check_context(config, ctx_max, source.name)
+    reasons = models.check_architecture(config)
+    if ctx_max is not None:
+        reasons += models.check_context(config, ctx_max, source.name)
     if reasons:
         raise models.ModelError("; ".join(reasons))
     tokenizer = models.load_tokenizer(source)
     # The answer segment follows the context: its positions must fit too (a 25% margin over one sample's).
     probe = PasskeyData(tokenizer, replace(data, ctx_min=1, ctx_max=1))
-    longest = ctx_max + int(1.25 * len(probe.segment_ids(0)))
+    segment = int(1.25 * len(probe.segment_ids(0)))
+    if ctx_max is None:  # the recipe's 10000, or what the model holds beside the answer segment
+        ctx_max = min(DEFAULT_CTX_MAX, models.context_limit(config) - segment)
+        if ctx_max < DEFAULT_CTX_MAX:
+            limit = models.context_limit(config)
+            print(f"--ctx-max {ctx_max}: {source.name} holds {limit} tokens, the answer segment included")
+        if ctx_min > ctx_max:
+            raise ValueError(
+                f"--ctx-min {ctx_min} is above the longest context {source.name} holds ({ctx_max}): give "
+                f"--ctx-min {ctx_max} or less, or extend the context with --rope-scaling"
+            )
+    longest = ctx_max + segment
     reasons = models.check_context(config, longest, source.name)
     if reasons:
         raise models.ModelError(f"context {ctx_max} plus the answer segment: " + "; ".join(reasons))
