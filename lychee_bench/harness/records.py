@@ -42,16 +42,16 @@ def shard_file(rank: int, world_size: int) -> str:
 
 
 def _file_order(path: Path) -> tuple:
-    """records.jsonl.gz, records.jsonl, then shards by (world size, rank), then any other file by name; per folder."""
+    """records.jsonl(.gz), then shards by (world size, rank), then any other file by name; per folder; each
+    compressed file before its plain namesake."""
     shard = SHARD_FILE.fullmatch(path.name)
-    if path.name == ARCHIVED_FILE:
-        rank = (0, 0, 0, "")
-    elif path.name == RECORDS_FILE:
-        rank = (0, 1, 0, "")
+    plain = 0 if path.name.endswith(".gz") else 1  # a compressed file just before its plain namesake
+    if path.name in (ARCHIVED_FILE, RECORDS_FILE):
+        rank = (0, 0, 0, plain, "")
     elif shard:
-        rank = (1, int(shard["world"]), int(shard["rank"]), "")
+        rank = (1, int(shard["world"]), int(shard["rank"]), plain, "")
     else:
-        rank = (2, 0, 0, path.name)
+        rank = (2, 0, 0, plain, path.name)
     return (str(path.parent), *rank)
 
 
