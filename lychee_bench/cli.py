@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -35,6 +36,27 @@ def _parse_options(pairs: list[str]) -> dict[str, str]:
             _fail(f"bad --option {pair!r}: write key=value, e.g. --option sink=64")
         options[key.strip().replace("-", "_")] = value.strip()
     return options
+
+
+TagOption = Annotated[
+    list[str],
+    typer.Option(
+        "--tag",
+        help="what this run is, recorded in its manifest (repeatable); tuning, superseded, check or ablation "
+        "put it in the report's appendix",
+    ),
+]
+
+
+def _tags(tags: list[str]) -> list[str]:
+    """`--tag` values: letters, digits, '-', '_' and '.', each at most 40 characters; all bad ones named at once."""
+    bad = [t for t in tags if not re.fullmatch(r"[A-Za-z0-9_.-]{1,40}", t)]
+    if bad:
+        _fail(
+            f"--tag {', '.join(repr(t) for t in bad)}: a tag is 1-40 letters, digits, '-', '_' or '.' "
+            "(e.g. --tag tuning, --tag paper-v1)"
+        )
+    return sorted(set(tags))
 
 
 def _method_options(pairs: list[str], budget: int | None, roles: str | None) -> dict[str, str]:
@@ -154,6 +176,7 @@ def run(
             "GPU) instead of dealing them the samples",
         ),
     ] = False,
+    tag: TagOption = [],  # noqa: B006
 ) -> None:
     """Run methods over a task and print per-subtask scores. Re-running the same command resumes.
 
@@ -167,6 +190,7 @@ def run(
     from lychee_bench.report.summaries import run_summary
 
     options = _method_options(option, budget, roles)
+    tags = _tags(tag)
     try:
         plan = RunPlan(
             methods=split_methods(method),
@@ -188,6 +212,7 @@ def run(
             top_p=top_p,
             out=out,
             tensor_parallel=tensor_parallel,
+            tags=tags,
         )
         rows = run_plan(plan, log=lambda text: typer.echo(text, err=True))
     except PlanError as error:
@@ -359,6 +384,7 @@ def bench(
     device: str = "cuda",
     seed: int = 0,
     out: Annotated[Path, typer.Option(help="result folder")] = Path("runs/latency"),
+    tag: TagOption = [],  # noqa: B006
 ) -> None:
     """End-to-end decode latency per method x context x batch against the byte floor (SPEC §6; GPU)."""
     from lychee_bench.harness.records import read_records
@@ -368,6 +394,7 @@ def bench(
     from lychee_bench.tasks.latency.plot import latency_table
 
     options = _method_options(option, budget, roles)
+    tags = _tags(tag)
     try:
         contexts = [int(c) for c in ctx.split(",") if c.strip()]
         batches = [int(b) for b in batch.split(",") if b.strip()]
@@ -397,6 +424,7 @@ def bench(
             graphs=graphs,
             smoke=smoke,
             seed=seed,
+            tags=tags,
             log=lambda text: typer.echo(text, err=True),
         )
     except BenchError as error:
@@ -409,23 +437,39 @@ def bench(
 
 @app.command()
 def plot(
-    path: Annotated[Path, typer.Argument(help="a bench run folder or records .jsonl")],
-    out: Annotated[Path | None, typer.Option(help="folder for the PNGs (default: <path>/plots)")] = None,
+    paths: Annotated[
+        list[Path], typer.Argument(help="result folders (run, bench or suite folders, or folders of them)")
+    ],
+    out: Annotated[
+        Path | None, typer.Option(help="folder for the PNGs (default with one folder: <folder>/plots)")
+    ] = None,
 ) -> None:
-    """Latency, speedup over full and time/floor against context, as PNG files."""
+    """The paper figures of the given results, as PNG files: speedup over full (and over stock transformers where
+    timed), latency and time over the floor vs context, the decode-step breakdown, quality vs budget, quality vs
+    speed (joined across the folders, per model) and per-subtask bars. Writes figures.json beside them (title,
+    caption, sources, layout)."""
     from lychee_bench.harness.paths import unwritable_reason
-    from lychee_bench.tasks.latency.plot import plot_latency
+    from lychee_bench.regress.sources import ResultsError
+    from lychee_bench.report.figures import write_figures
 
-    if not path.exists():
-        _fail(f"{path} does not exist; give a bench run folder (see `bench --out`)")
-    folder = out or (path if path.is_dir() else path.parent) / "plots"
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        _fail(f"{', '.join(missing)} does not exist; give folders that `run`, `bench` or `suite` wrote")
+    if out is None and len(paths) > 1:
+        _fail(f"{len(paths)} folders given: say where the figures go with --out DIR")
+    folder = out or (paths[0] if paths[0].is_dir() else paths[0].parent) / "plots"
     if (unwritable := unwritable_reason(folder, "--out" if out else "the plots folder")) is not None:
         _fail(unwritable)
     try:
-        for written in plot_latency(path, folder):
-            typer.echo(str(written))
-    except ValueError as error:
+        written, absent = write_figures(paths, folder)
+    except ResultsError as error:
         _fail(str(error))
+    for path in written:
+        typer.echo(str(path))
+    for name, reason in absent:
+        typer.echo(f"not drawn: {name}: {reason}", err=True)
+    if not written:
+        _fail(f"no figure could be drawn from {', '.join(map(str, paths))} (reasons above)")
 
 
 @app.command()
@@ -473,7 +517,7 @@ def report(
         if block.problem:
             typer.echo(f"warning: {block.problem}", err=True)
     if format == "json":
-        found = rows + average_rows(rows) + latency + json_rows(blocks)
+        found = rows + average_rows(rows) + latency + json_rows(blocks) + _headline_rows(path)
         clean = [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()} for r in found]
         typer.echo(json.dumps(clean, indent=1))
     elif latency and not rows:  # a bench folder: the table `bench` prints
@@ -493,6 +537,18 @@ def report(
         except OSError as error:  # e.g. a folder that cannot be created there
             _fail(f"--html {html} cannot be written ({error}); pass a path in a folder you can write")
         typer.echo(f"html report: {written} ({plots} plots)", err=True)
+
+
+def _headline_rows(path: Path) -> list[dict]:
+    """The HTML page's headline numbers (rows with "summary": "headline"), from the same result sets."""
+    from lychee_bench.regress.sources import ResultsError
+    from lychee_bench.report.figures import load_sets
+    from lychee_bench.report.headline import headline_rows
+
+    try:
+        return headline_rows(load_sets([path]))
+    except ResultsError:
+        return []
 
 
 @app.command()

@@ -67,12 +67,16 @@ CASES = [
     (["report", SMOKE, "--html", "empty"], ["--html empty cannot be written", "pass a new .html path"]),
     (["report", SMOKE, "--html", "/proc/lychee-bench/x.html"], ["--html /proc/lychee-bench/x.html", "you can write"]),
     (["report"], ["Missing argument", CLICK]),
+    (["run", "--tag", "a b", "--tag", "", "--method", "full"], ["--tag 'a b', ''", "letters, digits"]),
+    (["bench", "--smoke", "--tag", "x/y"], ["--tag 'x/y'", "e.g. --tag tuning"]),
     # --- plot ---
-    (["plot", "nope"], ["nope does not exist", "give a bench run folder"]),
-    (["plot", "empty"], ["no latency records under empty", "run `lychee-bench bench`"]),
-    (["plot", SMOKE], ["no latency records under", "run `lychee-bench bench`"]),
-    (["plot", "a-file.txt"], ["no latency records under a-file.txt", "run `lychee-bench bench`"]),
-    (["plot", "bad.jsonl"], ["no latency records under bad.jsonl", "run `lychee-bench bench`"]),
+    (["plot", "nope"], ["nope does not exist", "give folders that `run`, `bench` or `suite` wrote"]),
+    (["plot", "empty"], ["empty", *NO_RECORDS]),
+    (["plot", "a-file.txt"], ["a-file.txt", *NO_RECORDS]),
+    (["plot", "bad.jsonl"], ["bad.jsonl", *NO_RECORDS]),
+    (["plot", LATENCY, SMOKE], ["2 folders given", "--out DIR"]),
+    (["plot", "one-subtask-run"], ["no figure could be drawn from one-subtask-run", "per-subtask bars"]),
+    (["plot"], ["Missing argument", CLICK]),
     (["plot", LATENCY, "--out", "a-file.txt"], ["--out a-file.txt is a file", "pass a folder"]),
     (["plot", LATENCY, "--out", "a-file.txt/plots"], ["--out a-file.txt/plots cannot be created", "another path"]),
     # --- suite ---
@@ -313,6 +317,9 @@ def make_fixtures(root: Path) -> None:
     (root / "unrelated" / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in moved))
     (root / "future-schema.jsonl").write_text(json.dumps(json.loads(smoke[0]) | {"schema": 99}) + "\n")
     (root / "bad-kernel.json").write_text('{"kernels": [')
+    (root / "one-subtask-run").mkdir()  # one method, one subtask, no budget, no timing: nothing to draw
+    single = [r for r in map(json.loads, smoke) if r.get("method") == "full" and r.get("subtask") == "vt"]
+    (root / "one-subtask-run" / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in single))
     shutil.copytree(SMOKE, root / "done-run")
     (root / "garbage-checkpoint").mkdir()
     (root / "garbage-checkpoint" / "checkpoint.pt").write_bytes(b"not a checkpoint")

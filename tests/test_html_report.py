@@ -155,34 +155,112 @@ def synthetic_results(root: Path) -> Path:
     return root
 
 
-def test_synthetic_report_draws_all_four_plots_and_renders(tmp_path):
+def test_synthetic_report_draws_every_figure_and_renders(tmp_path):
     root = synthetic_results(tmp_path / "results")
     out, images, problems = write_html([root], tmp_path / "report.html")
     text = out.read_text(encoding="utf-8")
-    assert images == 4 and not problems
-    for title in ("Latency vs context", "Speedup vs context", "Quality vs budget", "Quality vs speed"):
+    assert not problems
+    kinds = set(re.findall(r'<figure data-kind="([^"]+)"', text))
+    assert kinds == {"latency", "speedup", "quality-budget", "quality-speed", "subtasks"}, kinds
+    for title in ("Latency vs context", "Speedup vs context", "Quality vs budget", "Quality vs speed", "RULER per"):
         assert title in text
-    assert "Not drawn" not in text
     assert_self_contained(text)
     # provenance of every number: each set has a section; commits, fingerprints, method configs are shown
     for needle in ('id="prov-S1"', 'id="prov-S2"', "c0ffee", "beef", "sha256:tiny", "&quot;budget&quot;: 512"):
         assert needle in text, needle
     sizes = rendered_image_sizes(out, tmp_path)
-    assert len(sizes) == 4
+    assert len(sizes) == images
     assert all(complete and width > 0 and height > 0 for complete, width, height in sizes), sizes
 
 
-def test_report_of_committed_results_renders_and_says_what_is_absent(tmp_path):
+def headline_json(path: Path) -> dict[str, dict]:
+    """`report --format json`'s headline rows, by id."""
+    from typer.testing import CliRunner
+
+    from lychee_bench.cli import app
+
+    done = CliRunner().invoke(app, ["report", str(path), "--format", "json"])
+    assert done.exit_code == 0, done.output
+    rows = json.loads(done.stdout[done.stdout.index("[") :])
+    return {row["id"]: row for row in rows if row.get("summary") == "headline"}
+
+
+def check_rendered_page(page: Path, json_rows: dict[str, dict], tmp_path: Path) -> str:
+    """Render the page in Chromium; check every figure's layout, every image, every headline number and link."""
+    from tests.test_plot_style import layout_overlaps
+
+    for folder in ("dom", "probe"):
+        (tmp_path / folder).mkdir(exist_ok=True)
+    dom = rendered_dom(page, tmp_path / "dom")
+    figures = re.findall(r'<figure data-kind="([^"]+)" data-layout="([^"]+)">', dom)
+    assert figures, "no figure on the page"
+    for kind, layout in figures:
+        layout = json.loads(html.unescape(layout))
+        assert layout_overlaps(layout) == [], (kind, layout)  # no legend over data, one colour per method
+    sizes = rendered_image_sizes(page, tmp_path / "probe")
+    assert len(sizes) == len(figures)
+    assert all(complete and width > 0 and height > 0 for complete, width, height in sizes), sizes
+    cells = re.findall(r'<a class="headline" href="([^"]+)" title="[^"]*" data-id="([^"]+)" data-value="([^"]+)">'
+                       r"([^<]+)</a>", dom)  # fmt: skip
+    assert cells, "no headline number on the page"
+    seen = set()
+    for href, key, value, shown in cells:
+        key = html.unescape(key)
+        row = json_rows[key]  # every number on the page is a row of `report --format json`
+        seen.add(key)
+        assert float(value) == row["value"], key
+        digits = 1 if row["part"] == "quality" else 2
+        assert shown == f"{row['value']:.{digits}f}", (key, shown, row["value"])
+        target = (page.parent / html.unescape(href)).resolve()
+        assert target.is_file() and target == Path(row["records"]).resolve(), (href, row["records"])
+    assert seen == set(json_rows), set(json_rows) - seen  # and every row of the JSON is on the page
+    return dom
+
+
+@pytest.mark.slow  # Chromium three times: about 10 s
+def test_report_leads_with_the_headline_and_sends_tagged_sets_to_the_appendix(tmp_path):
+    from tests.test_plot_style import write_latency_records
+
+    root = synthetic_results(tmp_path / "results")
+    write_latency_records(root / "latency")  # eight methods, two batches, 4K-128K: the headline's speed table
+    write_manifest(root / "latency", {"plan": {"methods": ["full"]}})
+    tuning = root / "tuning"  # the same records again, tagged: they must not reach the headline
+    shutil.copytree(root / "latency", tuning)
+    manifest = json.loads((tuning / "manifest.json").read_text())
+    (tuning / "manifest.json").write_text(json.dumps({**manifest, "tags": ["tuning"]}))
+    page = tmp_path / "site" / "report.html"
+    out, _, problems = write_html([root], page)
+    assert not problems
+    rows = headline_json(root)
+    assert {row["part"] for row in rows.values()} == {"quality", "speed"}
+    assert all(not row["records"].startswith(str(tuning)) for row in rows.values())
+    speed = [row for row in rows.values() if row["part"] == "speed"]
+    assert {row["ctx"] for row in speed} == {131072} and {row["batch"] for row in speed} == {1, 4}
+    quality = {(row["method"], row["budget"]): row["value"] for row in rows.values() if row["part"] == "quality"}
+    assert quality[("lychee", 512.0)] == pytest.approx(81.0) and quality[("full", None)] == pytest.approx(91.0)
+    dom = check_rendered_page(out, rows, tmp_path)
+    text = html.unescape(re.sub(r"<[^>]+>", " ", dom))
+    order = [text.index(heading) for heading in ("Headline", "Details", "Appendix", "Provenance")]
+    assert order == sorted(order)
+    appendix = text[text.index("Appendix") : text.index("Provenance")]
+    assert str(tuning) in appendix and "tags: tuning" in appendix
+    top = dom[: dom.index('id="details"')]
+    assert re.findall(r'<figure data-kind="([^"]+)"', top)[:2] == ["speedup", "breakdown"]
+
+
+@pytest.mark.slow  # the whole results folder: about a minute
+def test_report_of_committed_results_leads_with_the_headline(tmp_path):
     out, images, _ = write_html([RESULTS], tmp_path / "report.html")
     text = out.read_text(encoding="utf-8")
     assert_self_contained(text)
-    assert images >= 3  # the H200 kernel bench: latency vs context and speedup; quality vs speed (below)
-    # The engine's run records time each method's own decode steps (results/engine/h200), so quality and speed
-    # of one method at one context now meet in the committed results.
+    assert images >= 10
+    # The engine's latency runs (results/engine/h200) time the default model's decode step at contexts where
+    # RULER ran on it, so quality and speed of one method at one context meet in the committed results.
     assert "Quality vs speed" in text and "<b>quality vs speed</b>" not in text
-    sizes = rendered_image_sizes(out, tmp_path)
-    assert len(sizes) == images
-    assert all(complete and width > 0 for complete, width, _ in sizes), sizes
+    dom = check_rendered_page(out, headline_json(RESULTS), tmp_path)
+    top = dom[: dom.index('id="details"')]
+    assert "ruler on qwen2.5-coder-0.5b" in top and "decode speed on llama3-8b-synthetic at 128K" in top
+    assert "h200-tuning" not in top and "h200-first" not in top  # tagged tuning / superseded
 
 
 def test_report_with_no_plot_data_lists_every_plot_as_absent(tmp_path):
@@ -192,7 +270,9 @@ def test_report_with_no_plot_data_lists_every_plot_as_absent(tmp_path):
     out, images, _ = write_html([tmp_path / "run"], tmp_path / "report.html")
     text = out.read_text(encoding="utf-8")
     assert images == 0
-    for name in ("latency vs context", "speedup", "quality vs budget", "quality vs speed"):
+    from lychee_bench.report.plots import BUILDERS
+
+    for name, _ in BUILDERS:
         assert f"<b>{name}</b>" in text
 
 

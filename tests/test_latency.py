@@ -15,9 +15,10 @@ from lychee_bench.harness.synthetic_models import build_synthetic, synthetic_con
 from lychee_bench.methods.base import Method, RunShape
 from lychee_bench.methods.full import FullAttention
 from lychee_bench.methods.lychee import LycheeConfig, LycheeDecode
+from lychee_bench.report.figures import write_figures
 from lychee_bench.tasks.latency.bench import SMOKE_LABEL, BenchError, run_bench
 from lychee_bench.tasks.latency.fixed_step import FixedContextStep
-from lychee_bench.tasks.latency.plot import latency_table, plot_latency
+from lychee_bench.tasks.latency.plot import latency_table
 from lychee_bench.tasks.latency.traffic import kv_bytes_read, weight_bytes_read
 from tests.conftest import NoHostReads
 
@@ -75,10 +76,15 @@ def test_smoke_bench_writes_complete_records(smoke_run):
 
 def test_plot_and_table(smoke_run, tmp_path):
     out, _ = smoke_run
-    paths = plot_latency(out, tmp_path / "plots")
-    assert len(paths) == 3
+    paths, _ = write_figures([out], tmp_path / "plots")
+    kinds = {path.name.rsplit("_", 1)[0] for path in paths}
+    assert {"latency_vs_context", "speedup_vs_context", "floor_vs_context"} <= kinds, kinds
+    assert any(path.name.startswith("step_breakdown_S1") for path in paths)  # the smoke bench times attention
     for path in paths:
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    index = json.loads((tmp_path / "plots" / "figures.json").read_text())
+    assert sorted(entry["file"] for entry in index) == sorted(path.name for path in paths)
+    assert all(entry["sources"] == {"S1": str(out)} for entry in index)
     table = latency_table(read_records(out))
     assert "lychee" in table and "time/floor" in table and SMOKE_LABEL in table
 

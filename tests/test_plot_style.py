@@ -1,8 +1,9 @@
 """One visual identity per method across every figure (issue 20), checked from matplotlib's layout, not pixels.
 
-Every figure the report and the latency plot draw from small record sets is caught as it is saved, and checked:
-no legend's window extent overlaps any axes' data area, no two methods share a colour, a method's variants share
-its colour, the context axis is labelled in K, and every saved PNG decodes.
+Every figure the report and `lychee-bench plot` draw from small record sets (every builder draws at least one) is
+caught as it is saved, and checked: no legend's window extent overlaps any axes' data area, no two methods share
+a colour, a method's variants share its colour, the context axis is labelled in K, and every saved PNG decodes.
+The layout each figure keeps (what the HTML report embeds) says the same.
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ from matplotlib.lines import Line2D  # noqa: E402
 from lychee_bench.harness.plot_style import METHOD_STYLES, context_label, figure_styles, method_of  # noqa: E402
 from lychee_bench.harness.records import RecordWriter  # noqa: E402
 from lychee_bench.regress.sources import load_results  # noqa: E402
-from lychee_bench.report.plots import build_plots  # noqa: E402
-from lychee_bench.tasks.latency.plot import plot_latency  # noqa: E402
+from lychee_bench.report.figures import write_figures  # noqa: E402
+from lychee_bench.report.plots import BUILDERS, build_plots, pareto_front  # noqa: E402
 from tests.test_html_report import synthetic_results  # noqa: E402
 
 METHODS = ["full", "lychee", "lychee[granularity=block]", "lychee[roles=uniform:3]", "tidal", "kascade", "quest",
@@ -41,7 +42,8 @@ def write_latency_records(folder) -> None:
                         "method_config": {"name": method_of(method), "budget": None if method == "full" else 4096},
                         "batch": batch, "ctx": ctx, "label": "synthetic weights", "device": {"name": "NVIDIA H200"},
                         "decode_ms": ms * batch, "speedup_vs_full": (ctx / 1e4) / ms, "time_over_floor": 1.5,
-                        "attention_ms_per_layer": ms / 32,
+                        "attention_ms_per_layer": ms / 32, "attention_total_ms": ms * batch / 3,
+                        "floor_ms": ms * batch / 1.5,
                     }
                 )  # fmt: skip
 
@@ -96,31 +98,79 @@ def assert_png(data: bytes) -> None:
     assert image.shape[0] > 50 and image.shape[1] > 50
 
 
-def test_latency_and_report_figures_keep_one_identity_per_method(tmp_path, saved_figures):
-    run = tmp_path / "results" / "latency"
-    write_latency_records(run)
-    written = plot_latency(run, tmp_path / "plots")
+def layout_overlaps(layout: dict) -> list[str]:
+    """The same checks from a figure's kept layout: legend boxes against axes boxes, colours per method."""
+
+    def overlap(a, b) -> bool:
+        return a[0] < b[0] + b[2] and b[0] < a[0] + a[2] and a[1] < b[1] + b[3] and b[1] < a[1] + a[3]
+
+    problems = [f"legend {legend} overlaps axes {axes}" for legend in layout["legends"] for axes in layout["axes"]
+                if overlap(legend, axes)]  # fmt: skip
+    owners: dict[str, list[str]] = {}
+    for method, colours in layout["colours"].items():
+        if len(colours) != 1:
+            problems.append(f"{method} drawn in {colours}")
+        for colour in colours:
+            owners.setdefault(colour, []).append(method)
+    return problems + [f"{m} share {c}" for c, m in owners.items() if len(m) > 1]
+
+
+def test_every_figure_keeps_one_identity_per_method(tmp_path, saved_figures):
+    write_latency_records(tmp_path / "results" / "latency")
     synthetic_results(tmp_path / "results" / "synthetic")
     plots, absent = build_plots(load_results(tmp_path / "results"))
-    assert {p.title.split(" (")[0] for p in plots} >= {"Latency vs context", "Speedup vs context",
-                                                       "Quality vs budget", "Quality vs speed"}, absent  # fmt: skip
-    assert len(saved_figures) == len(written) + len(plots)
-    for fig, png, problems in saved_figures:
-        assert problems == [], (fig.texts[0].get_text() if fig.texts else "", problems)
+    kinds = {plot.kind for plot in plots}
+    assert kinds == {"latency", "speedup", "floor", "breakdown", "quality-budget", "quality-speed", "subtasks"}, absent
+    assert len(BUILDERS) == 7 and not absent
+    assert len(saved_figures) == len(plots)
+    for (_, png, problems), plot in zip(saved_figures, plots, strict=True):
+        assert problems == [], (plot.title, problems)
+        assert layout_overlaps(plot.layout) == [], (plot.title, plot.layout)
+        assert plot.layout["legends"], plot.title  # every figure says what its marks are
         assert_png(png)
-    for path in written:
-        assert_png(path.read_bytes())
-    for plot in plots:
         assert_png(plot.png)
-    latency_fig = saved_figures[0][0]
-    ticks = [t.get_text() for t in latency_fig.axes[0].get_xticklabels()]
+    speedup = next(fig for (fig, _, _), plot in zip(saved_figures, plots, strict=True) if plot.kind == "speedup")
+    ticks = [t.get_text() for t in speedup.axes[0].get_xticklabels()]
     assert ticks == ["4K", "8K", "16K", "32K", "64K", "128K"]
-    title = latency_fig.texts[0].get_text()
+    title = speedup.texts[0].get_text()
     for needle in ("llama3-8b-synthetic", "batch 1, 4", "budget 4096", "NVIDIA H200"):
         assert needle in title, title
-    lychee = next(line for line in latency_fig.axes[0].get_lines() if line.get_label() == "lychee")
-    others = [line for line in latency_fig.axes[0].get_lines() if method_of(line.get_label()) != "lychee"]
+    lychee = next(line for line in speedup.axes[0].get_lines() if line.get_label() == "lychee")
+    others = [line for line in speedup.axes[0].get_lines() if method_of(line.get_label()) != "lychee"]
     assert all(lychee.get_linewidth() > o.get_linewidth() and lychee.get_zorder() > o.get_zorder() for o in others)
+
+
+def test_plot_command_writes_every_figure_with_its_index(tmp_path, saved_figures):
+    import json
+
+    from typer.testing import CliRunner
+
+    from lychee_bench.cli import app
+
+    write_latency_records(tmp_path / "latency")
+    writer = RecordWriter(tmp_path / "quality")  # scores of the latency run's model at one of its contexts
+    for method, score in (("full", 70.0), ("lychee", 65.0), ("tidal", 40.0)):
+        for subtask in ("niah_single_1", "vt"):
+            writer.append({"kind": "sample", "run_key": method, "method": method, "task": "ruler", "subtask": subtask,
+                           "ctx": 131072, "batch": 1, "model": "llama3-8b-synthetic", "index": 0,
+                           "metric": "string_match_all", "value": score})  # fmt: skip
+    done = CliRunner().invoke(app, ["plot", str(tmp_path / "latency"), str(tmp_path / "quality"), "--out",
+                                    str(tmp_path / "figures")])  # fmt: skip
+    assert done.exit_code == 0, done.output
+    written = sorted(p.name for p in (tmp_path / "figures").glob("*.png"))
+    index = json.loads((tmp_path / "figures" / "figures.json").read_text())
+    assert sorted(entry["file"] for entry in index) == written and len(written) == len(saved_figures)
+    # quality from one folder, speed from the other: the Pareto view joins them
+    joined = next(entry for entry in index if entry["kind"] == "quality-speed")
+    assert set(joined["sources"].values()) == {str(tmp_path / "latency"), str(tmp_path / "quality")}
+    assert set(joined["layout"]["colours"]) == {"full", "lychee", "tidal"}
+    again, _ = write_figures([tmp_path / "latency"], tmp_path / "figures")  # a second call overwrites its own
+    assert all(path.exists() for path in again) and (tmp_path / "figures" / "figures.json").exists()
+
+
+def test_pareto_front_keeps_the_points_nothing_beats():
+    points = [(9.0, 90.0), (4.0, 60.0), (5.0, 80.0), (3.0, 30.0), (6.0, 70.0), (4.0, 50.0)]
+    assert pareto_front(points) == [(3.0, 30.0), (4.0, 60.0), (5.0, 80.0), (9.0, 90.0)]
 
 
 def test_styles_are_fixed_by_name_and_variants_differ_by_line_style():
@@ -156,3 +206,8 @@ def test_the_layout_check_sees_a_legend_over_the_data_and_a_shared_colour():
     assert any("legend overlaps" in p for p in problems)
     assert any("share #ff0000" in p for p in problems)
     assert any("lychee's variants" in p for p in problems)
+    from lychee_bench.report.plots import figure_layout  # the layout the report keeps says the same
+
+    kept = layout_overlaps(figure_layout(fig))
+    assert any("overlaps" in p for p in kept) and any("share #ff0000" in p for p in kept)
+    assert any("lychee drawn in" in p for p in kept)

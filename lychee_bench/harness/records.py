@@ -273,6 +273,8 @@ def write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
     previous = read_manifest(folder) or {}
     history = previous.get("runs", [])
     data = {"schema": SCHEMA_VERSION, "kind": "lychee-bench-run", "runs": [*history, manifest]}
+    if previous.get("tags"):  # tags written by hand on the folder (the report's appendix reads them) stay
+        data["tags"] = previous["tags"]
     staging = path.with_suffix(".json.tmp")
     staging.write_text(json.dumps(data, indent=2, default=str))
     os.replace(staging, path)

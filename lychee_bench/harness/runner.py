@@ -56,6 +56,7 @@ class RunPlan:
     top_p: float | None = None
     out: Path | None = None
     tensor_parallel: bool = False  # split the model over the torchrun processes (harness/tensor_parallel.py)
+    tags: list[str] = field(default_factory=list)  # what the run is (`--tag`; the report's appendix reads them)
 
 
 def resolve_device(device: str) -> str:
@@ -676,6 +677,7 @@ def write_run_manifest(checked: CheckedRun, setting: RunSetting) -> None:
             "identity": run_identity(checked, setting),
             "provenance": setting.provenance,
             "parallel": setting.parallel,  # not part of the identity: any world size may resume a folder
+            "tags": list(checked.plan.tags),
         },
     )
 

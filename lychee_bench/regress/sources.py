@@ -28,6 +28,9 @@ KERNEL_BENCH_KIND = "lychee-kernel-bench"
 KERNEL_BENCH_TASK = "kernel-bench"
 KERNEL_METRICS = ("median_ms", "speedup_vs_sdpa")
 LATENCY_METRICS = ("decode_ms", "attention_ms_per_layer", "speedup_vs_full")
+# Tags that send a result set to the report's appendix: a knob or kernel tuning sweep, a run a later one replaces,
+# a correctness or parallelism check, an ablation beside the main result. Any other tag is only shown.
+APPENDIX_TAGS = frozenset({"tuning", "superseded", "check", "ablation"})
 
 
 class ResultsError(ValueError):
@@ -44,6 +47,24 @@ class ResultSet:
     manifest: dict[str, Any] | None = None
     bench: dict[str, Any] | None = None  # the kernel-bench file's content
     timings: list[dict[str, Any]] = field(default_factory=list)  # end-to-end latency records of a run folder
+
+    @property
+    def tags(self) -> list[str]:
+        """What the run's author said the set is (`run --tag`, `bench --tag`; a kernel-bench file's `tags`)."""
+        found: list[str] = []
+        if self.kind == "kernel-bench":
+            found += list((self.bench or {}).get("tags") or [])
+        else:
+            manifest = self.manifest or {}
+            found += list(manifest.get("tags") or [])
+            for run in manifest.get("runs") or []:
+                found += list((run or {}).get("tags") or []) if isinstance(run, dict) else []
+        return sorted({str(tag) for tag in found})
+
+    @property
+    def appendix(self) -> bool:
+        """Whether the report puts this set in its appendix (a tuning sweep, a superseded run, a check, ...)."""
+        return bool(APPENDIX_TAGS & set(self.tags))
 
     def provenance(self) -> dict[str, Any]:
         """Where the numbers came from, gathered from the manifest, the records and the bench file."""

@@ -76,6 +76,7 @@ SMOKE = Suite(
         method_options={"budget": "512"},
         temperature=0.0,
         top_p=1.0,
+        tags=["check"],  # a CI baseline, not a result: the report's appendix
     ),
     kernel_cases=(
         KernelCase("layer0_all_retrieval", 2, 2, 4, 64, 300, (True, True), 2, 1),
@@ -171,6 +172,7 @@ def run_suite(suite: Suite, out: Path, log: Any = print) -> Path:
         {
             "kind": "lychee-bench-suite",
             "suite": suite.name,
+            "tags": list(suite.plan.tags),
             "description": suite.description,
             "finished": datetime.now(UTC).isoformat(),
             "seconds": {"model": round(model_s, 1), "kernels": round(kernel_s, 1)},

@@ -16,8 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from lychee_bench.harness.task import SummaryTable
-from lychee_bench.regress.sources import KERNEL_BENCH_TASK, ResultSet, load_results
-from lychee_bench.report.plots import build_plots
+from lychee_bench.regress.sources import KERNEL_BENCH_TASK, ResultSet
+from lychee_bench.report.figures import load_sets
+from lychee_bench.report.headline import headline_rows, headline_text, quality_tables, relative_link, speed_tables
+from lychee_bench.report.plots import Plot, build_plots
 from lychee_bench.report.summaries import covered, task_blocks
 
 STYLE = """
@@ -32,6 +34,8 @@ pre { background: #f7f7f7; padding: 0.6em; overflow-x: auto; font-size: 0.8em; }
 .absent { color: #8a4b00; }
 table.summary td:first-child { text-align: left; }
 ul.notes { font-size: 0.8em; color: #555; margin-top: -1em; }
+table.headline td:first-child { font-weight: 600; }
+p.note { font-size: 0.85em; color: #555; }
 """
 
 
@@ -169,47 +173,113 @@ def provenance_html(result_set: ResultSet) -> str:
     )
 
 
-def render(sets: list[ResultSet], title: str = "lychee-bench report", problems: list[str] | None = None) -> str:
-    plots, absent = build_plots(sets)
+def _headline_cell(row: dict[str, Any] | None, page_dir: Path | None) -> str:
+    if row is None:
+        return "<td></td>"
+    link = relative_link(row["records"], page_dir)
+    title = f"{row['source']}: {row['records']} ({row.get('samples', row.get('batch'))})"
+    return (
+        f'<td><a class="headline" href="{_esc(link)}" title="{_esc(title)}" data-id="{_esc(row["id"])}" '
+        f'data-value="{row["value"]!r}">{headline_text(row)}</a></td>'
+    )
+
+
+def headline_html(rows: list[dict[str, Any]], page_dir: Path | None) -> str:
+    """The headline tables: quality per (model, task), speed per model; every number links to its records."""
+    parts = []
+    for title, headings, body in quality_tables(rows) + speed_tables(rows):
+        head = "<th>method</th>" + "".join(f"<th>{_esc(h)}</th>" for h in headings)
+        lines = "".join(
+            f"<tr><td>{_esc(method)}</td>" + "".join(_headline_cell(c, page_dir) for c in cells) + "</tr>"
+            for method, cells in body
+        )
+        parts.append(f"<table class='summary headline'><caption>{_esc(title)}</caption><thead><tr>{head}</tr>"
+                     f"</thead><tbody>{lines}</tbody></table>")  # fmt: skip
+    return "\n".join(parts)
+
+
+def figure_html(plot: Plot) -> str:
+    sources = ", ".join(_link(s) for s in plot.sources)
+    return (
+        f'<figure data-kind="{_esc(plot.kind)}" data-layout="{_esc(json.dumps(plot.layout))}">'
+        f'<img alt="{_esc(plot.title)}" src="{plot.data_uri()}">'
+        f"<figcaption><b>{_esc(plot.title)}.</b> {_esc(plot.caption)} Sources: {sources}.</figcaption></figure>"
+    )
+
+
+HEADLINE_FIGURES = ("speedup", "breakdown", "quality-budget", "quality-speed")
+
+
+def _is_headline_figure(plot: Plot, speed_sources: set[str]) -> bool:
+    """Speed figures of the latency sets the headline table quotes; every quality-budget and quality-speed one."""
+    if plot.kind in ("speedup", "breakdown"):
+        return set(plot.sources) <= speed_sources
+    return plot.kind in HEADLINE_FIGURES
+
+
+def render(
+    sets: list[ResultSet], title: str = "lychee-bench report", problems: list[str] | None = None,
+    page_dir: Path | None = None,
+) -> str:  # fmt: skip
+    """The page: the headline (tables and figures), then the details of the main result sets, then the appendix
+    (sets tagged tuning, superseded, check or ablation), then every set's provenance."""
+    main = [s for s in sets if not s.appendix]
+    appendix = [s for s in sets if s.appendix]
+    plots, absent = build_plots(main)  # the appendix's figures are drawn from its own sets only
+    tail = build_plots(appendix)[0] if appendix else []
+    headline = headline_rows(sets)
+    speed_sources = {r["source"] for r in headline if r["part"] == "speed"}
+    top = [p for p in plots if _is_headline_figure(p, speed_sources)]
+    details = [p for p in plots if p not in top]
     parts = [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
         f"<title>{_esc(title)}</title><style>{STYLE}</style></head><body>",
         f"<h1>{_esc(title)}</h1>",
-        f"<p>Written {datetime.now(UTC).isoformat(timespec='seconds')} from {len(sets)} result set(s). "
-        "Every table and plot names its sources; follow them to the provenance at the end.</p>",
-        "<h2>Result sets</h2><ul>",
-        *(f"<li>{_link(s.label)} — {s.kind}: {_esc(s.path)} ({len(s.rows)} rows)</li>" for s in sets),
-        "</ul>",
+        f"<p>Written {datetime.now(UTC).isoformat(timespec='seconds')} from {len(sets)} result set(s): "
+        f"{len(main)} in the headline and details, {len(appendix)} in the appendix by the tags in their manifests. "
+        "Every headline number links to its records file; every table and plot names its sources, which link "
+        "to their provenance at the end.</p>",
+        "<h2 id='headline'>Headline</h2>",
+        "<p class='note'>Quality: the mean over subtasks of each subtask's mean score (0-100); where two result "
+        "sets hold the same method, context and budget, the one with more samples stands. Speed: per model, the "
+        "latency run that times the most methods at its longest context; every number of a row comes from it. "
+        "A dense method's score stands under every budget of its context.</p>",
+        headline_html(headline, page_dir)
+        or "<p class='absent'>No result set outside the appendix has scores or decode timings.</p>",
+        *(figure_html(p) for p in top),
     ]
     if problems:
         parts.append("<h2>Unreadable input</h2><ul>" + "".join(f"<li>{_esc(p)}</li>" for p in problems) + "</ul>")
-    parts.append("<h2>Plots</h2>")
-    for plot in plots:
-        sources = ", ".join(_link(s) for s in plot.sources)
-        parts.append(
-            f'<figure><img alt="{_esc(plot.title)}" src="{plot.data_uri()}">'
-            f"<figcaption><b>{_esc(plot.title)}.</b> {_esc(plot.caption)} Sources: {sources}.</figcaption></figure>"
-        )
+    parts += _section("Details", "details", main, details)
     if absent:
         parts.append("<h3>Not drawn</h3><ul class='absent'>")
         parts += [f"<li><b>{_esc(name)}</b>: {_esc(reason)}</li>" for name, reason in absent]
         parts.append("</ul>")
-    parts.append("<h2>Tables</h2>")
-    for result_set in sets:
-        parts.append(run_tables(result_set) if result_set.kind == "run" else bench_tables(result_set))
+    if appendix:
+        parts += _section("Appendix: tuning sweeps, superseded runs, checks and ablations", "appendix", appendix, tail)
     parts.append("<h2>Provenance</h2>")
     parts += [provenance_html(s) for s in sets]
     parts.append("</body></html>")
     return "\n".join(parts)
 
 
+def _section(heading: str, anchor: str, sets: list[ResultSet], plots: list[Plot]) -> list[str]:
+    parts = [f"<h2 id='{anchor}'>{_esc(heading)}</h2><ul>"]
+    for s in sets:
+        tags = f" · tags: {_esc(', '.join(s.tags))}" if s.tags else ""
+        parts.append(f"<li>{_link(s.label)} — {s.kind}: {_esc(s.path)} ({len(s.rows)} rows){tags}</li>")
+    parts.append("</ul>")
+    parts += [figure_html(p) for p in plots]
+    for result_set in sets:
+        parts.append(run_tables(result_set) if result_set.kind == "run" else bench_tables(result_set))
+    return parts
+
+
 def write_html(paths: list[Path], out: Path, title: str = "lychee-bench report") -> tuple[Path, int, list[str]]:
     """Load every result set under `paths`, write the page to `out`. Returns (out, plots drawn, problems)."""
     problems: list[str] = []
-    sets: list[ResultSet] = []
-    for path in paths:
-        sets += load_results(path, problems, first_label=len(sets) + 1)
-    page = render(sets, title, problems)
+    sets = load_sets(paths, problems)
+    page = render(sets, title, problems, page_dir=out.parent)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(page, encoding="utf-8")
     return out, page.count("<img "), problems

@@ -1,12 +1,20 @@
-"""The report's figures. Each builder returns a Figure, or None with the reason its data is absent.
+"""The figures of `lychee-bench plot` and of the HTML report, each from result sets (committed records).
 
-- latency vs context and speedup: from kernel-bench sets (one decode layer) and run folders with end-to-end
-  latency records (one decode step), each when it times at least two contexts;
-- quality vs budget: from run sets whose sparse methods record a numeric `budget` in their method config
-  (the `full` method of the same set, context and model is drawn as the reference line);
-- quality vs speed: from run sets that hold a per-method latency metric (e.g. a latency task) for a method,
-  context and model that also has scores. `elapsed_s` in RULER sample records is not used: the runner times
-  all methods of a batch together, so it is the same number for every method.
+Each builder returns its figures, or none with the reason its data are absent:
+- latency, speedup over full and time over the byte floor vs context, one panel per batch: from kernel-bench
+  sets (one decode layer) and run folders with end-to-end latency records (one decode step), each when it times
+  at least two contexts. Stock transformers (`transformers`, timed by `bench` beside the engine) is drawn as a
+  second reference where the run timed it;
+- the decode-step breakdown at a run's largest context: attention (all layers) and the rest of the step per
+  method, with the byte floor marked;
+- quality vs budget: run sets whose sparse methods record a numeric `budget` in their method config (the dense
+  baseline of the same set, context and model is drawn as the reference line);
+- quality vs speed, the Pareto view: a method's mean score and its decode step at the same context and model,
+  joined across result sets (a quality run and a latency run may come from different folders);
+- per-subtask bars (RULER's subtasks, LongBench's datasets): one group per subtask, one bar per method.
+
+Every figure keeps its layout as matplotlib laid it out (axes' data areas, legend boxes, each method's colours)
+so tests and the report's checks read overlaps and colours from the layout, not from pixels.
 """
 
 from __future__ import annotations
@@ -14,16 +22,22 @@ from __future__ import annotations
 import base64
 import io
 import math
+import re
+import warnings
 from collections import defaultdict
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from lychee_bench.harness.plot_style import (
+    FIRST_CLASS,
     METHOD_STYLES,
+    VARIANT_LINESTYLES,
     context_axis,
     context_label,
     figure_styles,
     legend_outside,
+    method_of,
     records_title,
 )
 from lychee_bench.regress.compare import metric_kind
@@ -32,114 +46,249 @@ from lychee_bench.regress.sources import ResultSet
 
 @dataclass
 class Plot:
+    name: str  # file stem for `lychee-bench plot`, unique among one call's figures
+    kind: str  # the builder that drew it (see BUILDERS)
     title: str
     caption: str
     sources: list[str]
     png: bytes
+    layout: dict[str, Any] = field(default_factory=dict)
 
     def data_uri(self) -> str:
         return "data:image/png;base64," + base64.b64encode(self.png).decode()
 
 
-def _figure(columns: int):
+def _figure(columns: int, rows: int = 1, width: float = 4.2, height: float = 3.4):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, columns, figsize=(4.2 * columns, 3.4), squeeze=False)
-    return fig, axes[0]
+    fig, axes = plt.subplots(rows, columns, figsize=(width * columns, height * rows), squeeze=False)
+    return fig, [axis for row in axes for axis in row]
 
 
-def _png(fig) -> bytes:
+def figure_layout(fig) -> dict[str, Any]:
+    """Where matplotlib put things, in display pixels: each axes' data area, each legend's box, and the colours
+    each method is drawn in (lines and bars, by the method their label names)."""
+    import matplotlib.colors
+
+    renderer = fig.canvas.get_renderer()
+
+    def box(artist) -> list[float]:
+        return [round(float(v), 1) for v in artist.get_window_extent(renderer).bounds]  # x, y, width, height
+
+    legends = [axis.get_legend() for axis in fig.axes if axis.get_legend()] + list(fig.legends)
+    colours: dict[str, set[str]] = defaultdict(set)
+    for axis in fig.axes:
+        for line in axis.get_lines():
+            if not str(line.get_label()).startswith("_"):
+                colours[method_of(line.get_label())].add(matplotlib.colors.to_hex(line.get_color()))
+        for container in axis.containers:
+            label = str(container.get_label())
+            if not label.startswith("_") and container.patches:
+                colours[method_of(label)].add(matplotlib.colors.to_hex(container.patches[0].get_facecolor()))
+    return {
+        "axes": [box(axis) for axis in fig.axes if axis.get_visible()],
+        "legends": [box(legend) for legend in legends],
+        "colours": {method: sorted(found) for method, found in sorted(colours.items())},
+    }
+
+
+def _render(fig) -> tuple[bytes, dict[str, Any]]:
     import matplotlib.pyplot as plt
 
     buffer = io.BytesIO()
-    fig.tight_layout()
+    with warnings.catch_warnings():  # tight_layout gives up on wide tick labels: the outside legend still fits
+        warnings.simplefilter("ignore", UserWarning)
+        fig.tight_layout()
     fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
+    layout = figure_layout(fig)
     plt.close(fig)
-    return buffer.getvalue()
+    return buffer.getvalue(), layout
 
 
-# Per result-set kind: the latency metric and the speedup metric that the two timing plots draw.
-TIMING_METRICS = {"kernel-bench": ("median_ms", "speedup_vs_sdpa"), "run": ("decode_ms", "speedup_vs_full")}
+def _plot(name: str, kind: str, title: str, caption: str, sources: list[str], fig) -> Plot:
+    png, layout = _render(fig)
+    return Plot(re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_"), kind, title, caption, sources, png, layout)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and not math.isnan(value)
+
+
+# ---- timing against context -------------------------------------------------------------------------------------
+
+# metric -> (kernel-bench row metric, run-folder latency record field, y label, what it is)
+TIMING = {
+    "latency": ("median_ms", "decode_ms", "ms (median)", "Latency vs context"),
+    "speedup": ("speedup_vs_sdpa", "speedup_vs_full", "speedup (×)", "Speedup vs context"),
+    "floor": (None, "time_over_floor", "time / byte floor (1 = copy bandwidth)", "Time over the floor vs context"),
+}
 TIMING_WHAT = {
-    "kernel-bench": ("One decode layer (kernel bench)", "SDPA median time / LycheeDecode layer median time"),
-    "run": ("One whole decode step (end-to-end bench)", "full's decode step / the method's, same run"),
+    "kernel-bench": "One decode layer (kernel bench); speedup = SDPA median / LycheeDecode layer median",
+    "run": "One whole decode step (end-to-end bench); speedup = full's step / the method's, same run",
 }
 
 
-def _timing_rows(result_set: ResultSet, which: int) -> list[dict[str, Any]]:
-    metric = TIMING_METRICS[result_set.kind][which]
-    rows = [r for r in result_set.rows if r["metric"] == metric and not str(r["method"]).startswith("step:")]
-    return rows if len({r["ctx"] for r in rows}) >= 2 else []
+def _timing_points(result_set: ResultSet, which: str) -> list[dict[str, Any]]:
+    """(label, batch, ctx, value) points of one timing metric; empty unless two or more contexts are timed."""
+    from lychee_bench.tasks.latency.plot import latest_points
+
+    row_metric, record_field, _, _ = TIMING[which]
+    points = []
+    if result_set.kind == "kernel-bench" and row_metric:
+        for row in result_set.rows:
+            if row["metric"] == row_metric and not str(row["method"]).startswith("step:"):
+                label = str(row["method"]) + ("" if row["subtask"] == "-" else f" ({row['subtask']})")
+                points.append({"label": label, "batch": row["batch"], "ctx": row["ctx"], "value": row["value"]})
+    elif result_set.kind == "run":
+        for record in latest_points(result_set.timings):
+            if _number(record.get(record_field)):
+                points.append({"label": str(record["method"]), "batch": record["batch"], "ctx": record["ctx"],
+                               "value": float(record[record_field])})  # fmt: skip
+    return points if len({p["ctx"] for p in points}) >= 2 else []
 
 
-def _timing_plot(result_set: ResultSet, rows: list[dict[str, Any]], which: int) -> Plot:
-    batches = sorted({r["batch"] for r in rows}, key=str)
+def _timing_plot(result_set: ResultSet, points: list[dict[str, Any]], which: str) -> Plot:
+    _, _, ylabel, heading = TIMING[which]
+    batches = sorted({p["batch"] for p in points}, key=str)
     fig, axes = _figure(len(batches))
-
-    def label(row: dict[str, Any]) -> str:
-        return str(row["method"]) + ("" if row["subtask"] == "-" else f" ({row['subtask']})")
-
-    styles = figure_styles(label(row) for row in rows)
+    styles = figure_styles(p["label"] for p in points)
     for axis, batch in zip(axes, batches, strict=True):
         lines = defaultdict(list)
-        for row in rows:
-            if row["batch"] == batch:
-                lines[label(row)].append((row["ctx"], row["value"]))
-        for name, points in sorted(lines.items()):
-            points.sort()
-            axis.plot([p[0] for p in points], [p[1] for p in points], **styles[name])
-        context_axis(axis, [row["ctx"] for row in rows])
-        if which == 0:
-            axis.set(yscale="log", ylabel=f"{rows[0]['metric']} (median)")
+        for point in points:
+            if point["batch"] == batch:
+                lines[point["label"]].append((point["ctx"], point["value"]))
+        for label, series in sorted(lines.items()):
+            series.sort()
+            axis.plot([p[0] for p in series], [p[1] for p in series], **styles[label])
+        context_axis(axis, [p["ctx"] for p in points])
+        if which == "latency":
+            axis.set_yscale("log")
         else:
             axis.axhline(1.0, color="grey", linestyle="--", linewidth=1)
-            axis.set(ylabel=f"{rows[0]['metric']} (×)")
-        axis.set(title=f"batch {batch}")
+        axis.set(ylabel=ylabel, title=f"batch {batch}")
         axis.grid(alpha=0.3)
-    legend_outside(fig, list(axes))
-    what = TIMING_WHAT[result_set.kind][which]
-    models = ", ".join(sorted({str(r["model"]) for r in rows}))
-    title = ("Latency vs context" if which == 0 else "Speedup vs context") + f" ({result_set.label})"
-    # Run folders: model, batch, budget and hardware from the latency records; the kernel bench's model name
-    # already states its device, shape and budget.
-    timed = [t for t in result_set.timings if t.get("method") in {r["method"] for r in rows}]
-    fig.suptitle(records_title(what, timed) if timed else f"{what}: {models}", fontsize=8)
-    return Plot(title, f"{what}; {models}.", [result_set.label], _png(fig))
+    legend_outside(fig, axes)
+    what = TIMING_WHAT[result_set.kind]
+    if result_set.kind == "run":
+        labels = {p["label"] for p in points}
+        fig.suptitle(records_title(what, [t for t in result_set.timings if t.get("method") in labels]), fontsize=8)
+        models = ", ".join(sorted({str(t.get("model")) for t in result_set.timings}))
+    else:  # the kernel bench's model name states its device, shape and budget
+        models = ", ".join(sorted({str(r["model"]) for r in result_set.rows}))
+        fig.suptitle(f"{what}: {models}", fontsize=8)
+    caption = f"{what}; {models}."
+    if which == "speedup" and any(method_of(p["label"]) == "transformers" for p in points):
+        caption += " The grey line is stock transformers (DynamicCache + SDPA, eager), timed in the same run."
+    return _plot(f"{which}_vs_context_{result_set.label}", which, f"{heading} ({result_set.label})", caption,
+                 [result_set.label], fig)  # fmt: skip
 
 
-def latency_vs_context(sets: list[ResultSet]) -> tuple[list[Plot], str | None]:
-    plots = [_timing_plot(s, rows, 0) for s in sets if (rows := _timing_rows(s, 0))]
+def _timing_builder(which: str) -> Callable[[list[ResultSet]], tuple[list[Plot], str | None]]:
+    def build(sets: list[ResultSet]) -> tuple[list[Plot], str | None]:
+        plots = [_timing_plot(s, points, which) for s in sets if (points := _timing_points(s, which))]
+        if not plots:
+            return [], f"no kernel-bench or end-to-end latency result set has {TIMING[which][1]} at two contexts"
+        return plots, None
+
+    return build
+
+
+# ---- the decode step, broken down ------------------------------------------------------------------------------
+
+
+def step_breakdown(sets: list[ResultSet]) -> tuple[list[Plot], str | None]:
+    """Per run set with latency records that time attention alone: at its largest context, per batch, each
+    method's step as attention + the rest, and its byte floor."""
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    from lychee_bench.tasks.latency.plot import latest_points
+
+    plots = []
+    for result_set in (s for s in sets if s.kind == "run" and s.timings):
+        points = [
+            p for p in latest_points(result_set.timings)
+            if _number(p.get("decode_ms")) and _number(p.get("attention_total_ms"))
+        ]  # fmt: skip
+        if not points:
+            continue
+        for model in sorted({str(p.get("model")) for p in points}):
+            mine = [p for p in points if str(p.get("model")) == model]
+            ctx = max(p["ctx"] for p in mine)
+            mine = [p for p in mine if p["ctx"] == ctx]
+            batches = sorted({p["batch"] for p in mine})
+            labels = sorted({p["method"] for p in mine}, key=lambda m: (m != "full", method_of(m) != "lychee", m))
+            styles = figure_styles(labels)
+            fig, axes = _figure(len(batches), width=4.6, height=0.45 * len(labels) + 1.4)
+            for axis, batch in zip(axes, batches, strict=True):
+                for row, label in enumerate(labels):
+                    point = next((p for p in mine if p["method"] == label and p["batch"] == batch), None)
+                    if point is None:
+                        continue
+                    attention = point["attention_total_ms"]
+                    rest = max(point["decode_ms"] - attention, 0.0)
+                    colour = styles[label]["color"]
+                    axis.barh([row], [attention], color=colour, label=label)
+                    axis.barh([row], [rest], left=[attention], color=colour, alpha=0.35, hatch="//",
+                              edgecolor=colour, label="_rest")  # fmt: skip
+                    if _number(point.get("floor_ms")):
+                        axis.plot([point["floor_ms"]], [row], marker="|", markersize=16, color="black",
+                                  markeredgewidth=2, label="_floor")  # fmt: skip
+                axis.set_yticks(range(len(labels)), labels, fontsize=7)
+                axis.invert_yaxis()
+                axis.set(xlabel="ms per decode step", title=f"batch {batch}")
+                axis.grid(alpha=0.3, axis="x")
+            key = [Patch(facecolor="grey", label="attention, all layers"),
+                   Patch(facecolor="grey", alpha=0.35, hatch="//", label="rest of the step"),
+                   Line2D([], [], color="black", marker="|", linestyle="none", markersize=12, markeredgewidth=2,
+                          label="byte floor (bytes read / copy bandwidth)")]  # fmt: skip
+            axes[-1].legend(handles=key, loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=7, frameon=False)
+            fig.suptitle(records_title(f"Decode step at {context_label(ctx)}", mine), fontsize=8)
+            plots.append(
+                _plot(
+                    f"step_breakdown_{result_set.label}_{model}",
+                    "breakdown",
+                    f"Decode-step breakdown ({result_set.label}, {model}, {context_label(ctx)})",
+                    "Attention is all layers' attention calls timed alone (one graph); the rest is the step minus "
+                    "that; the floor is the bytes the step must read over the measured copy bandwidth.",
+                    [result_set.label],
+                    fig,
+                )
+            )
     if not plots:
-        return [], "no kernel-bench or end-to-end latency result set times two or more contexts"
+        return [], "no run result set has latency records that time attention alone (attention_total_ms)"
     return plots, None
 
 
-def speedup(sets: list[ResultSet]) -> tuple[list[Plot], str | None]:
-    plots = [_timing_plot(s, rows, 1) for s in sets if (rows := _timing_rows(s, 1))]
-    if not plots:
-        return [], "no kernel-bench or end-to-end latency result set has a speedup at two or more contexts"
-    return plots, None
+# ---- quality ----------------------------------------------------------------------------------------------------
 
 
-def _subtask_means(samples: list[dict[str, Any]], key) -> dict[tuple, float]:
-    """Mean over subtasks of the per-subtask mean score, per key(sample) (None keys are skipped)."""
+def subtask_means(samples: list[dict[str, Any]], key) -> dict[tuple, tuple[float, int]]:
+    """(mean over subtasks of the per-subtask mean score, samples) per key(sample); None keys are skipped."""
     per_subtask: dict[tuple, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for sample in samples:
         group = key(sample)
-        if group is not None and metric_kind(sample.get("metric", "")) == "quality":
+        if group is not None and metric_kind(sample.get("metric", "")) == "quality" and _number(sample.get("value")):
             per_subtask[group][str(sample.get("subtask"))].append(float(sample["value"]))
-    return {g: sum(sum(v) / len(v) for v in subs.values()) / len(subs) for g, subs in per_subtask.items()}
+    return {
+        group: (sum(sum(v) / len(v) for v in subs.values()) / len(subs), sum(len(v) for v in subs.values()))
+        for group, subs in per_subtask.items()
+    }
 
 
-def _budget(sample: dict[str, Any]) -> float | None:
+def budget_of(sample: dict[str, Any]) -> float | None:
     budget = (sample.get("method_config") or {}).get("budget")
-    return float(budget) if isinstance(budget, int | float) and not isinstance(budget, bool) else None
+    return float(budget) if _number(budget) else None
 
 
-def _dense_baseline(method: Any) -> bool:
+def label_of(sample: dict[str, Any]) -> str:
+    return str(sample.get("label") or sample.get("method"))
+
+
+def dense_baseline(method: Any) -> bool:
     """Whether a record's method is the dense reference (its class says so: `Method.is_dense_baseline`)."""
     from lychee_bench.harness.catalog import METHODS
 
@@ -153,79 +302,174 @@ def quality_vs_budget(sets: list[ResultSet]) -> tuple[list[Plot], str | None]:
     plots = []
     for result_set in (s for s in sets if s.kind == "run"):
         samples = result_set.samples
-        sparse = _subtask_means(
+        sparse = subtask_means(
             samples,
-            lambda s: (s.get("method"), s.get("ctx"), s.get("model"), _budget(s)) if _budget(s) is not None else None,
+            lambda s: (label_of(s), s.get("ctx"), s.get("model"), budget_of(s)) if budget_of(s) is not None else None,
         )
-        if not sparse:
+        if len({b for (*_, b) in sparse}) < 2:  # one budget is a point, not a curve
             continue
-        full = _subtask_means(
-            samples, lambda s: (s.get("ctx"), s.get("model")) if _dense_baseline(s.get("method")) else None
+        full = subtask_means(
+            samples, lambda s: (s.get("ctx"), s.get("model")) if dense_baseline(s.get("method")) else None
         )
         panels = sorted({(ctx, model) for (_, ctx, model, _) in sparse}, key=str)
         styles = figure_styles(m for (m, _, _, _) in sparse)
         fig, axes = _figure(len(panels))
         for axis, (ctx, model) in zip(axes, panels, strict=True):
             for method in sorted({m for (m, c, mo, _) in sparse if (c, mo) == (ctx, model)}):
-                points = sorted((b, v) for (m, c, mo, b), v in sparse.items() if (m, c, mo) == (method, ctx, model))
+                mine = [(b, v) for (m, c, mo, b), (v, _) in sparse.items() if (m, c, mo) == (method, ctx, model)]
+                points = sorted(mine)
                 axis.plot([p[0] for p in points], [p[1] for p in points], **styles[method])
             if (ctx, model) in full:
                 colour = METHOD_STYLES["full"][0]
-                axis.axhline(full[(ctx, model)], color=colour, linestyle="--", linewidth=1, label="full (dense)")
+                axis.axhline(full[(ctx, model)][0], color=colour, linestyle="--", linewidth=1, label="full (dense)")
             context_axis(axis, [b for (_, c, mo, b) in sparse if (c, mo) == (ctx, model)], "budget (tokens)")
             axis.set(ylabel="mean score over subtasks", title=f"{model}, ctx {_k(ctx)}")
             axis.set_ylim(-2, 102)
             axis.grid(alpha=0.3)
-        legend_outside(fig, list(axes))
-        batches = sorted({s.get("batch") for s in samples if s.get("batch") is not None}, key=str)
-        if batches:
-            fig.suptitle("batch " + ", ".join(map(str, batches)), fontsize=8)
+        legend_outside(fig, axes)
+        fig.suptitle(records_title("Quality vs budget", samples), fontsize=8)
         plots.append(
-            Plot(
+            _plot(
+                f"quality_vs_budget_{result_set.label}",
+                "quality-budget",
                 f"Quality vs budget ({result_set.label})",
                 "Unweighted mean over the subtasks each method ran; budget from the method config.",
                 [result_set.label],
-                _png(fig),
+                fig,
             )
         )
     if not plots:
-        return [], "no run result set has a sparse method with a numeric budget in its method config"
+        return [], "no run result set has a sparse method at two or more numeric budgets"
     return plots, None
 
 
+def _batch(batch: Any) -> float:
+    return float(batch) if _number(batch) else math.inf
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The points no other point beats on both latency (lower) and score (higher), by latency."""
+    front, best = [], -math.inf
+    for latency, score in sorted(points, key=lambda p: (p[0], -p[1])):
+        if score > best:
+            front.append((latency, score))
+            best = score
+    return front
+
+
 def quality_vs_speed(sets: list[ResultSet]) -> tuple[list[Plot], str | None]:
-    scores: dict[tuple, tuple[float, str]] = {}
-    speeds: dict[tuple, tuple[float, str, str]] = {}
+    """One panel per (model, ctx) where some method has both a score and a decode-step time; sets are joined:
+    the score from the quality set with the most samples, the time from the latency set (batch 1 where timed)."""
+    scores: dict[tuple, tuple[float, int, str]] = {}
+    speeds: dict[tuple, tuple[float, Any, str, str]] = {}  # value, batch, source, metric
     for result_set in (s for s in sets if s.kind == "run"):
-        for key, value in _subtask_means(
-            result_set.samples, lambda s: (s.get("method"), s.get("ctx"), s.get("model"))
+        for key, (value, count) in subtask_means(
+            result_set.samples, lambda s: (label_of(s), s.get("ctx"), s.get("model"))
         ).items():
-            scores[key] = (value, result_set.label)
+            if key not in scores or count >= scores[key][1]:
+                scores[key] = (value, count, result_set.label)
         for row in result_set.rows:
+            if metric_kind(row["metric"]) != "latency" or not _number(row["value"]):
+                continue
             key = (row["method"], row["ctx"], row["model"])
-            # A whole decode step is the speed a user feels; other latency metrics stand in only without it.
-            if metric_kind(row["metric"]) == "latency" and not math.isnan(row["value"]):
-                if key not in speeds or row["metric"] == "decode_ms":
-                    speeds[key] = (row["value"], row["metric"], result_set.label)
+            # A whole decode step is the speed a user feels (other latency metrics stand in only without it);
+            # of several batches, the smallest.
+            rank = (row["metric"] != "decode_ms", _batch(row["batch"]))
+            if key not in speeds or rank < (speeds[key][3] != "decode_ms", _batch(speeds[key][1])):
+                speeds[key] = (row["value"], row["batch"], result_set.label, row["metric"])
     joined = sorted(set(scores) & set(speeds), key=str)
     if not joined:
-        return [], "no method has both quality scores and a per-method latency metric at the same context and model"
-    fig, axes = _figure(1)
+        return [], "no method has both quality scores and a latency metric at the same context and model"
+    panels = sorted({(key[2], key[1]) for key in joined}, key=str)
+    fig, axes = _figure(len(panels))
     styles = figure_styles(str(key[0]) for key in joined)
-    for key in joined:
-        latency, metric, _ = speeds[key]
-        axes[0].plot([latency], [scores[key][0]], **{**styles[str(key[0])], "linestyle": "none"})
-        axes[0].annotate(f"{_k(key[1])}", (latency, scores[key][0]), fontsize=6, xytext=(3, 3),
-                         textcoords="offset points")  # fmt: skip
-    legend_outside(fig, list(axes))
-    models = sorted({str(key[2]) for key in joined})
-    fig.suptitle("model " + ", ".join(models) + " · labels: context", fontsize=8)
-    metrics = sorted({speeds[k][1] for k in joined})
-    axes[0].set(xlabel=" / ".join(metrics) + " (lower is faster)", ylabel="mean score over subtasks")
-    axes[0].grid(alpha=0.3)
-    sources = sorted({scores[k][1] for k in joined} | {speeds[k][2] for k in joined})
-    caption = "Each point: one method at one context and model; score and latency matched on method, ctx, model."
-    return [Plot("Quality vs speed", caption, sources, _png(fig))], None
+    for axis, (model, ctx) in zip(axes, panels, strict=True):
+        mine = [key for key in joined if (key[2], key[1]) == (model, ctx)]
+        for key in mine:
+            style = {**styles[str(key[0])], "linestyle": "none", "markersize": 8}
+            axis.plot([speeds[key][0]], [scores[key][0]], **style)
+        front = pareto_front([(speeds[k][0], scores[k][0]) for k in mine])
+        axis.plot([p[0] for p in front], [p[1] for p in front], color="grey", linewidth=1, linestyle=":",
+                  drawstyle="steps-post", zorder=1, label="_front")  # fmt: skip
+        batches = sorted({str(speeds[k][1]) for k in mine})
+        metrics = sorted({speeds[k][3] for k in mine})
+        axis.set(xlabel=f"{' / '.join(metrics)}, batch {', '.join(batches)} (lower is faster)",
+                 ylabel="mean score over subtasks", title=f"{model}, ctx {_k(ctx)}")  # fmt: skip
+        axis.grid(alpha=0.3)
+    legend_outside(fig, axes)
+    fig.suptitle("Quality vs speed; the dotted line joins the Pareto-optimal methods", fontsize=8)
+    sources = sorted({scores[k][2] for k in joined} | {speeds[k][2] for k in joined}, key=lambda s: int(s[1:]))
+    caption = ("Each point: one method at one context and model; its mean score and its decode step matched on "
+               "method, context and model, possibly from two result sets (the sources).")  # fmt: skip
+    return [_plot("quality_vs_speed", "quality-speed", "Quality vs speed", caption, sources, fig)], None
+
+
+MAX_BARS = 10  # bars per subtask group before a figure is split by budget
+HATCHES = (None, "///", "...", "xxx", "\\\\\\", "+++", "ooo", "---")  # a method's variants, in figure_styles' order
+
+
+def subtask_bars(sets: list[ResultSet]) -> tuple[list[Plot], str | None]:
+    """Per run set and (task, model, ctx) with two or more subtasks: grouped bars, one per method (and budget,
+    where a method ran several); split into one figure per budget when there would be too many bars."""
+    plots = []
+    for result_set in (s for s in sets if s.kind == "run"):
+        groups: dict[tuple, dict[tuple, dict[str, list[float]]]] = defaultdict(
+            lambda: defaultdict(lambda: defaultdict(list))
+        )
+        for sample in result_set.samples:
+            if metric_kind(sample.get("metric", "")) == "quality" and _number(sample.get("value")):
+                series = (label_of(sample), budget_of(sample))
+                group = (str(sample.get("task")), str(sample.get("model")), sample.get("ctx"))
+                groups[group][series][str(sample.get("subtask"))].append(float(sample["value"]))
+        for (task, model, ctx), by_series in sorted(groups.items(), key=str):
+            subtasks = sorted({sub for per in by_series.values() for sub in per})
+            if len(subtasks) < 2:
+                continue
+            budgets = sorted({b for (_, b) in by_series if b is not None})
+            splits = [None] if len(by_series) <= MAX_BARS or not budgets else budgets
+            for budget in splits:
+                chosen = sorted(s for s in by_series if budget is None or s[1] in (None, budget))
+                plots.append(_bars(result_set, task, model, ctx, budget, subtasks, chosen, by_series))
+    if not plots:
+        return [], "no run result set scores two or more subtasks of a task"
+    return plots, None
+
+
+def _bars(result_set, task, model, ctx, budget, subtasks, chosen, by_series) -> Plot:
+    def name(series: tuple) -> str:
+        label, b = series
+        return label if b is None or (budget is not None) or len({s[1] for s in chosen if s[0] == label}) < 2 \
+            else f"{label} (budget {b:g})"  # fmt: skip
+
+    chosen = sorted(chosen, key=lambda s: (not dense_baseline(method_of(s[0])), method_of(s[0]) != FIRST_CLASS, s))
+    names = [name(s) for s in chosen]
+    styles = figure_styles(names)
+    width = 0.8 / max(len(chosen), 1)
+    fig, axes = _figure(1, width=max(6.0, 0.32 * len(subtasks) * max(len(chosen), 2) / 2 + 2), height=3.6)
+    axis = axes[0]
+    for index, (series, label) in enumerate(zip(chosen, names, strict=True)):
+        per = by_series[series]
+        heights = [sum(per[s]) / len(per[s]) if per.get(s) else 0.0 for s in subtasks]
+        positions = [i + (index - (len(chosen) - 1) / 2) * width for i in range(len(subtasks))]
+        style = styles[label]
+        hatch = HATCHES[VARIANT_LINESTYLES.index(style["linestyle"]) % len(HATCHES)]
+        axis.bar(positions, heights, width=width, color=style["color"], label=label, hatch=hatch,
+                 edgecolor="white", linewidth=0.3)  # fmt: skip
+    axis.set_xticks(range(len(subtasks)), subtasks, rotation=40, ha="right", fontsize=7)
+    axis.set(ylabel="score (0-100)", ylim=(0, 102))
+    axis.grid(alpha=0.3, axis="y")
+    legend_outside(fig, axes)
+    what = {"ruler": "RULER per subtask", "longbench": "LongBench per task"}.get(task, f"{task} per subtask")
+    budget_text = f", budget {budget:g}" if budget is not None else ""
+    fig.suptitle(records_title(f"{what} at {_k(ctx)}{budget_text}", result_set.samples[:1]), fontsize=8)
+    return _plot(
+        f"{task}_subtasks_{result_set.label}_{model}_{ctx}" + (f"_budget{budget:g}" if budget is not None else ""),
+        "subtasks",
+        f"{what} ({result_set.label}, {model}, {_k(ctx)}{budget_text})",
+        "Mean score per subtask; a method's variants share its colour, each with its own hatching.",
+        [result_set.label],
+        fig,
+    )
 
 
 def _k(ctx: Any) -> str:
@@ -233,10 +477,13 @@ def _k(ctx: Any) -> str:
 
 
 BUILDERS = (
-    ("latency vs context", latency_vs_context),
-    ("speedup", speedup),
+    ("latency vs context", _timing_builder("latency")),
+    ("speedup", _timing_builder("speedup")),
+    ("time over the floor", _timing_builder("floor")),
+    ("decode-step breakdown", step_breakdown),
     ("quality vs budget", quality_vs_budget),
     ("quality vs speed", quality_vs_speed),
+    ("per-subtask bars", subtask_bars),
 )
 
 

@@ -115,6 +115,7 @@ class BenchPlan:
     tensor_parallel: bool = False  # split the model over the processes torchrun started (harness/tensor_parallel.py)
     skip_unfit: bool = False  # record the points that do not fit the GPUs as refused and run the others
     graphs: bool = True  # capture each decode step in a CUDA graph (off: time eager steps)
+    tags: list[str] = dataclasses.field(default_factory=list)  # what the run is (`--tag`; read by the report)
 
 
 def run_bench(
@@ -345,6 +346,7 @@ class Bench:
                     "started": started,
                     "run_key": run_key,
                     "plan": {**dataclasses.asdict(plan), "out": str(plan.out)},
+                    "tags": list(plan.tags),
                     "model": model_info,
                     "provenance": prov,
                     "timing": self._timing_mode(),

@@ -1,19 +1,9 @@
-"""Plots and a table of latency records: latency, speedup over full, and time over the byte floor vs context."""
+"""Latency records as a table (what `bench` and `report` print); their figures are report/plots.py's."""
 
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any
-
-from lychee_bench.harness.plot_style import context_axis, figure_styles, legend_outside, records_title
-from lychee_bench.harness.records import read_records
-
-PLOTS = {
-    "latency_vs_context.png": ("decode_ms", "decode step (ms, median)"),
-    "speedup_vs_context.png": ("speedup_vs_full", "speedup over full (same run)"),
-    "floor_ratio_vs_context.png": ("time_over_floor", "time / byte floor (1 = copy bandwidth)"),
-}
 
 
 def latest_points(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -23,47 +13,6 @@ def latest_points(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if record.get("kind") == "latency":
             latest[(record.get("model"), record["method"], record["batch"], record["ctx"])] = record
     return sorted(latest.values(), key=lambda r: (str(r.get("model")), r["method"], r["batch"], r["ctx"]))
-
-
-def plot_latency(records_path: Path | str, out_dir: Path | str) -> list[Path]:
-    """Write the three PNGs (one panel per batch size, one line per method) and return their paths."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    points = latest_points(read_records(Path(records_path)))
-    if not points:
-        raise ValueError(f"no latency records under {records_path}; run `lychee-bench bench` first")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    batches = sorted({p["batch"] for p in points})
-    methods = sorted({p["method"] for p in points}, key=lambda m: (m != "full", m))
-    labels = sorted({str(p.get("label", "")) for p in points})
-    styles = figure_styles(methods)
-    written = []
-    for filename, (field, ylabel) in PLOTS.items():
-        fig, axes = plt.subplots(1, len(batches), figsize=(4.6 * len(batches), 3.8), squeeze=False)
-        for axis, batch in zip(axes[0], batches, strict=True):
-            for method in methods:
-                series = [p for p in points if p["batch"] == batch and p["method"] == method and _ok(p.get(field))]
-                if series:
-                    axis.plot([p["ctx"] for p in series], [p[field] for p in series], **styles[method])
-            if field != "decode_ms":
-                axis.axhline(1.0, color="grey", linewidth=0.8, linestyle="--")
-            context_axis(axis, [p["ctx"] for p in points])
-            axis.set_ylabel(ylabel)
-            axis.set_title(f"batch {batch}")
-            axis.grid(True, alpha=0.3)
-        legend_outside(fig, list(axes[0]))
-        title = records_title(ylabel.split(" (")[0], points)
-        fig.suptitle(title + (f" ({'; '.join(labels)})" if any(labels) else ""), fontsize=9)
-        fig.tight_layout()
-        path = out / filename
-        fig.savefig(path, dpi=120, bbox_inches="tight")
-        plt.close(fig)
-        written.append(path)
-    return written
 
 
 def _ok(value: Any) -> bool:
