@@ -211,3 +211,21 @@ def test_the_layout_check_sees_a_legend_over_the_data_and_a_shared_colour():
     kept = layout_overlaps(figure_layout(fig))
     assert any("overlaps" in p for p in kept) and any("share #ff0000" in p for p in kept)
     assert any("lychee drawn in" in p for p in kept)
+
+
+def test_training_plot_keeps_its_legends_off_the_curves(tmp_path, saved_figures):
+    import torch
+
+    from lychee_bench.training.plot import plot_training
+
+    records = [
+        {"step": s, "loss": 1.0 / s, "distill": 0.5 / s, "density": 0.9 / s, "target": 0.1, "z_mean": 0.5,
+         "lambda": 2.0 + s / 10, "lr": 0.01, "kept_fraction": 0.3, "score": [[0.5, 0.2], [0.1, 0.9], [0.3, 0.4]]}
+        for s in range(1, 6)
+    ]  # fmt: skip
+    roles = torch.tensor([[True, False], [False, True], [False, False]])
+    plot_training(records, roles, "kuma_mean", tmp_path / "training.png")
+    ((fig, png, problems),) = saved_figures
+    assert [p for p in problems if "legend overlaps" in p] == []
+    assert len([a for a in fig.axes if a.get_legend()]) == 4
+    assert_png(png)

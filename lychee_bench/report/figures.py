@@ -35,7 +35,9 @@ def write_figures(paths: list[Path], out: Path) -> tuple[list[Path], list[tuple[
     where = {s.label: str(s.path) for s in sets}
     written, index = [], []
     for plot in plots:
-        path = out / f"{plot.name}.png"
+        # one result set: no need to tell sets apart in the file names
+        name = plot.name.replace(f"_{sets[0].label}", "", 1) if len(sets) == 1 else plot.name
+        path = out / f"{name}.png"
         path.write_bytes(plot.png)
         written.append(path)
         index.append({"file": path.name, "kind": plot.kind, "title": plot.title, "caption": plot.caption,

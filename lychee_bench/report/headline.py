@@ -20,7 +20,7 @@ from typing import Any
 from lychee_bench.harness import records
 from lychee_bench.harness.plot_style import context_label, method_of
 from lychee_bench.regress.sources import ResultSet
-from lychee_bench.report.plots import budget_of, dense_baseline, label_of, subtask_means
+from lychee_bench.report.plots import budget_of, dense_baseline, label_of, subtask_means, without_budget
 
 SPEED_METRICS = (
     ("speedup_vs_full", "× full"),
@@ -62,15 +62,6 @@ def quality_rows(sets: list[ResultSet]) -> list[dict[str, Any]]:
             best[key] = _row("quality", result_set, model=model, task=task, ctx=ctx, budget=budget, method=method,
                              metric="mean score over subtasks", value=value, samples=count)  # fmt: skip
     return sorted(best.values(), key=lambda r: (r["model"], r["task"], r["ctx"], _order(r["method"]), str(r["budget"])))
-
-
-def without_budget(label: str) -> str:
-    """`kascade[budget=1024;anchors=x]` -> `kascade[anchors=x]`, `quest[budget=256]` -> `quest`."""
-    name, bracket, rest = label.partition("[")
-    if not bracket:
-        return label
-    kept = [item for item in rest.rstrip("]").split(";") if item and not item.startswith("budget=")]
-    return f"{name}[{';'.join(kept)}]" if kept else name
 
 
 def speed_set(sets: list[ResultSet], model: str) -> ResultSet | None:

@@ -288,6 +288,15 @@ def label_of(sample: dict[str, Any]) -> str:
     return str(sample.get("label") or sample.get("method"))
 
 
+def without_budget(label: str) -> str:
+    """`kascade[budget=1024;anchors=x]` -> `kascade[anchors=x]`, `quest[budget=256]` -> `quest`."""
+    name, bracket, rest = label.partition("[")
+    if not bracket:
+        return label
+    kept = [item for item in rest.rstrip("]").split(";") if item and not item.startswith("budget=")]
+    return f"{name}[{';'.join(kept)}]" if kept else name
+
+
 def dense_baseline(method: Any) -> bool:
     """Whether a record's method is the dense reference (its class says so: `Method.is_dense_baseline`)."""
     from lychee_bench.harness.catalog import METHODS
@@ -304,7 +313,11 @@ def quality_vs_budget(sets: list[ResultSet]) -> tuple[list[Plot], str | None]:
         samples = result_set.samples
         sparse = subtask_means(
             samples,
-            lambda s: (label_of(s), s.get("ctx"), s.get("model"), budget_of(s)) if budget_of(s) is not None else None,
+            lambda s: (
+                (without_budget(label_of(s)), s.get("ctx"), s.get("model"), budget_of(s))
+                if budget_of(s) is not None
+                else None
+            ),
         )
         if len({b for (*_, b) in sparse}) < 2:  # one budget is a point, not a curve
             continue
@@ -418,7 +431,7 @@ def subtask_bars(sets: list[ResultSet]) -> tuple[list[Plot], str | None]:
         )
         for sample in result_set.samples:
             if metric_kind(sample.get("metric", "")) == "quality" and _number(sample.get("value")):
-                series = (label_of(sample), budget_of(sample))
+                series = (without_budget(label_of(sample)), budget_of(sample))
                 group = (str(sample.get("task")), str(sample.get("model")), sample.get("ctx"))
                 groups[group][series][str(sample.get("subtask"))].append(float(sample["value"]))
         for (task, model, ctx), by_series in sorted(groups.items(), key=str):

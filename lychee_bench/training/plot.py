@@ -8,6 +8,12 @@ from typing import Any
 import torch
 
 
+def _legend_below(ax, handles: list | None = None) -> None:
+    """The legend under the axes (below its x label), never over the curves."""
+    handles = handles if handles is not None else ax.get_legend_handles_labels()[0]
+    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, fontsize=8, frameon=False)
+
+
 def plot_training(records: list[dict[str, Any]], roles: torch.Tensor, rule: str, path: Path) -> Path:
     """Loss and distillation, density vs target, λ and lr over steps; per-head gate scores; the final roles."""
     import matplotlib
@@ -22,7 +28,8 @@ def plot_training(records: list[dict[str, Any]], roles: torch.Tensor, rule: str,
     ax.plot(steps, [r["distill"] for r in records], label="distill (MSE of final hidden states)")
     ax.set_yscale("log")
     ax.set_title("loss")
-    ax.legend(fontsize=8)
+    ax.set_xlabel("step")
+    _legend_below(ax)
 
     ax = axes[0, 1]
     ax.plot(steps, [r["density"] for r in records], label="expected density P(z≠0), layers 1..")
@@ -30,15 +37,16 @@ def plot_training(records: list[dict[str, Any]], roles: torch.Tensor, rule: str,
     ax.plot(steps, [r["z_mean"] for r in records], alpha=0.4, label="sampled z, mean over layers 1..")
     ax.set_ylim(0, 1)
     ax.set_title("density")
-    ax.legend(fontsize=8)
+    ax.set_xlabel("step")
+    _legend_below(ax)
 
     ax = axes[0, 2]
     ax.plot(steps, [r["lambda"] for r in records], label="λ")
     ax.set_title("Lagrange multiplier λ and learning rate")
     twin = ax.twinx()
-    twin.plot(steps, [r["lr"] for r in records], color="tab:orange", alpha=0.6, label="lr")
-    ax.legend(loc="upper left", fontsize=8)
-    twin.legend(loc="upper right", fontsize=8)
+    twin.plot(steps, [r["lr"] for r in records], color="tab:orange", alpha=0.6, label="lr (right axis)")
+    ax.set_xlabel("step")
+    _legend_below(ax, ax.get_lines() + twin.get_lines())
 
     scores = torch.tensor([r["score"] for r in records], dtype=torch.float32)  # [records, L, H]
     num_layers, num_kv_heads = scores.shape[1], scores.shape[2]
@@ -65,7 +73,7 @@ def plot_training(records: list[dict[str, Any]], roles: torch.Tensor, rule: str,
     ax.set_title(f"final score ({rule}) and roles")
     ax.set_xlabel("layer")
     ax.set_ylabel("KV head")
-    ax.legend(fontsize=8)
+    _legend_below(ax)
     fig.colorbar(image, ax=ax)
 
     ax = axes[1, 2]
@@ -77,6 +85,33 @@ def plot_training(records: list[dict[str, Any]], roles: torch.Tensor, rule: str,
     fig.suptitle(f"head-role training: {len(records)} logged steps, {int(roles.sum())} retrieval heads")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
+
+
+def replot(folder: Path) -> Path:
+    """Draw a training folder's `training.png` again from its log (`train_log.jsonl`, or `.gz`) and `roles.json`."""
+    import gzip
+    import json
+
+    log = folder / "train_log.jsonl"
+    opener = open if log.exists() else gzip.open
+    log = log if log.exists() else folder / "train_log.jsonl.gz"
+    if not log.exists() or not (folder / "roles.json").exists():
+        raise FileNotFoundError(f"{folder} has no train_log.jsonl(.gz) and roles.json: give a train-heads --out folder")
+    with opener(log, "rt", encoding="utf-8") as lines:
+        records = [json.loads(line) for line in lines if line.strip()]
+    document = json.loads((folder / "roles.json").read_text())
+    info = document["model"]
+    roles = torch.zeros(info["num_layers"], info["num_kv_heads"], dtype=torch.bool)
+    for layer, heads in enumerate(document["retrieval"]):
+        roles[layer, heads] = True
+    return plot_training(records, roles, document["threshold_rule"]["name"], folder / "training.png")
+
+
+if __name__ == "__main__":
+    import sys
+
+    for name in sys.argv[1:] or ["."]:
+        print(replot(Path(name)))
