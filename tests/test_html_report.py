@@ -214,6 +214,10 @@ def check_rendered_page(page: Path, json_rows: dict[str, dict], tmp_path: Path) 
         target = (page.parent / html.unescape(href)).resolve()
         assert target.is_file() and target == Path(row["records"]).resolve(), (href, row["records"])
     assert seen == set(json_rows), set(json_rows) - seen  # and every row of the JSON is on the page
+    # every table and figure names its sources; each source's provenance links to its records file
+    records = re.findall(r'<p>records: <a href="([^"]+)">', dom)
+    assert len(records) == dom.count('<section id="prov-S')
+    assert all((page.parent / html.unescape(href)).resolve().is_file() for href in records)
     return dom
 
 

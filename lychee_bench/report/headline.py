@@ -59,8 +59,9 @@ def quality_rows(sets: list[ResultSet]) -> list[dict[str, Any]]:
             key = (model, task, ctx, budget, method)
             if key in best and count < best[key]["samples"]:
                 continue
-            best[key] = _row("quality", result_set, model=model, task=task, ctx=ctx, budget=budget, method=method,
-                             metric="mean score over subtasks", value=value, samples=count)  # fmt: skip
+            best[key] = _row("quality", result_set, model=model, task=task, subtask="mean over subtasks", ctx=ctx,
+                             budget=budget, method=method, metric="mean score over subtasks", value=value,
+                             samples=count)  # fmt: skip
     return sorted(best.values(), key=lambda r: (r["model"], r["task"], r["ctx"], _order(r["method"]), str(r["budget"])))
 
 
@@ -92,13 +93,15 @@ def speed_rows(sets: list[ResultSet]) -> list[dict[str, Any]]:
         for point in sorted((t for t in mine if t["ctx"] == longest), key=lambda t: (_order(t["method"]), t["batch"])):
             for metric, _ in SPEED_METRICS:
                 if _number(point.get(metric)):
-                    rows.append(_row("speed", chosen, model=model, ctx=longest, batch=point["batch"],
-                                     method=point["method"], metric=metric, value=float(point[metric])))  # fmt: skip
+                    rows.append(_row("speed", chosen, model=model, task="latency", subtask="-", ctx=longest,
+                                     batch=point["batch"], method=point["method"], metric=metric,
+                                     value=float(point[metric])))  # fmt: skip
     return rows
 
 
 def headline_rows(sets: list[ResultSet]) -> list[dict[str, Any]]:
-    """Every headline number, as rows (JSON-ready: NaN never occurs, every row has an `id`)."""
+    """Every headline number, as rows shaped like `report`'s others (method, task, subtask, ctx, model, metric,
+    value) plus `summary: headline`, `part`, `budget` or `batch`, `source`, `records` and an `id`; JSON-ready."""
     main = [s for s in sets if not s.appendix]
     return quality_rows(main) + speed_rows(main)
 

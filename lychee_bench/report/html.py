@@ -18,7 +18,14 @@ from typing import Any
 from lychee_bench.harness.task import SummaryTable
 from lychee_bench.regress.sources import KERNEL_BENCH_TASK, ResultSet
 from lychee_bench.report.figures import load_sets
-from lychee_bench.report.headline import headline_rows, headline_text, quality_tables, relative_link, speed_tables
+from lychee_bench.report.headline import (
+    headline_rows,
+    headline_text,
+    quality_tables,
+    records_file,
+    relative_link,
+    speed_tables,
+)
 from lychee_bench.report.plots import Plot, build_plots
 from lychee_bench.report.summaries import covered, task_blocks
 
@@ -138,7 +145,8 @@ def _table_html(table, caption: str) -> str:
     return body.replace('<table class="dataframe">', f"<table><caption>{caption}</caption>", 1)
 
 
-def provenance_html(result_set: ResultSet) -> str:
+def provenance_html(result_set: ResultSet, page_dir: Path | None = None) -> str:
+    """What a set's numbers rest on, with a link to its records file (the tables and plots link here)."""
     prov = result_set.provenance()
     code = prov.get("code") or (prov.get("provenance") or {}).get("code")
     packages = prov.get("packages") or (prov.get("provenance") or {}).get("packages")
@@ -165,9 +173,12 @@ def provenance_html(result_set: ResultSet) -> str:
         )
     rest = {k: v for k, v in prov.items() if k not in ("code", "packages", "device", "model", "methods", "provenance")}
     items = "".join(f"<tr><th>{_esc(k)}</th><td style='text-align:left'>{_esc(v)}</td></tr>" for k, v in facts)
+    file = str(records_file(result_set))
+    link = f'<a href="{_esc(relative_link(file, page_dir))}">{_esc(file)}</a>'
+    tags = f" · tags: {_esc(', '.join(result_set.tags))}" if result_set.tags else ""
     return (
         f'<section id="prov-{result_set.label}"><h3>{result_set.label}: {_esc(result_set.path)}</h3>'
-        f"<table>{items}</table>"
+        f"<p>records: {link}{tags}</p><table>{items}</table>"
         f"<details><summary>everything else recorded</summary><pre>{_esc(json.dumps(rest, indent=1, default=str))}"
         f"</pre></details></section>"
     )
@@ -258,7 +269,7 @@ def render(
     if appendix:
         parts += _section("Appendix: tuning sweeps, superseded runs, checks and ablations", "appendix", appendix, tail)
     parts.append("<h2>Provenance</h2>")
-    parts += [provenance_html(s) for s in sets]
+    parts += [provenance_html(s, page_dir) for s in sets]
     parts.append("</body></html>")
     return "\n".join(parts)
 
