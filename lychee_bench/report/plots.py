@@ -340,7 +340,7 @@ def quality_vs_budget(sets: list[ResultSet]) -> tuple[list[Plot], str | None]:
             axis.set_ylim(-2, 102)
             axis.grid(alpha=0.3)
         legend_outside(fig, axes)
-        fig.suptitle(records_title("Quality vs budget", samples), fontsize=8)
+        fig.suptitle(records_title("Quality vs budget", _with_hardware(samples, result_set)), fontsize=8)
         plots.append(
             _plot(
                 f"quality_vs_budget_{result_set.label}",
@@ -474,7 +474,8 @@ def _bars(result_set, task, model, ctx, budget, subtasks, chosen, by_series) -> 
     legend_outside(fig, axes)
     what = {"ruler": "RULER per subtask", "longbench": "LongBench per task"}.get(task, f"{task} per subtask")
     budget_text = f", budget {budget:g}" if budget is not None else ""
-    fig.suptitle(records_title(f"{what} at {_k(ctx)}{budget_text}", result_set.samples[:1]), fontsize=8)
+    first = _with_hardware(result_set.samples[:1], result_set)
+    fig.suptitle(records_title(f"{what} at {_k(ctx)}{budget_text}", first), fontsize=8)
     return _plot(
         f"{task}_subtasks_{result_set.label}_{model}_{ctx}" + (f"_budget{budget:g}" if budget is not None else ""),
         "subtasks",
@@ -483,6 +484,14 @@ def _bars(result_set, task, model, ctx, budget, subtasks, chosen, by_series) -> 
         [result_set.label],
         fig,
     )
+
+
+def _with_hardware(samples: list[dict[str, Any]], result_set: ResultSet) -> list[dict[str, Any]]:
+    """Sample records with the device their run's manifest names (sample records do not carry it), for titles."""
+    device = ((result_set.provenance().get("provenance") or {}).get("device") or {}).get("name")
+    if not device:
+        return samples
+    return [{**sample, "device": sample.get("device") or device} for sample in samples]
 
 
 def _k(ctx: Any) -> str:
