@@ -17,7 +17,7 @@ matplotlib.use("Agg")
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
-from lychee_bench.harness.plot_style import METHOD_STYLES, context_label, figure_styles, method_of  # noqa: E402
+from lychee_bench.harness.plot_style import EXTRA_COLOURS, context_label, figure_styles, method_of, method_styles  # noqa: E402
 from lychee_bench.harness.records import RecordWriter  # noqa: E402
 from lychee_bench.regress.sources import load_results  # noqa: E402
 from lychee_bench.report.figures import write_figures  # noqa: E402
@@ -175,10 +175,12 @@ def test_pareto_front_keeps_the_points_nothing_beats():
 
 def test_styles_are_fixed_by_name_and_variants_differ_by_line_style():
     styles = figure_styles(METHODS)
-    builtin = {colour for colour, _ in METHOD_STYLES.values()}
-    assert len(builtin) == len(METHOD_STYLES)
-    for name in METHOD_STYLES:
-        assert styles[name]["color"] == METHOD_STYLES[name][0]
+    declared = method_styles()  # from the method classes (Method.plot_style) and the stock reference
+    assert set(declared) >= {"full", "lychee", "tidal", "kascade", "quest", "duo", "streaming", "transformers"}
+    builtin = {colour for colour, _ in declared.values()}
+    assert len(builtin) == len(declared) and not builtin & set(EXTRA_COLOURS)
+    for name in declared:
+        assert styles.get(name, figure_styles([name])[name])["color"] == declared[name][0]
     assert styles["myplugin"]["color"] not in builtin
     assert styles["myplugin"]["color"] == styles["myplugin[k=2]"]["color"] == figure_styles(["myplugin"])[
         "myplugin"]["color"]  # fmt: skip

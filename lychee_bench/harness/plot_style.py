@@ -1,6 +1,7 @@
 """One visual identity per method across every figure: colour and marker fixed by the method's name.
 
-A variant of a method (its bracket options, `lychee[granularity=block]`, or a trailing ` (subtask)`) keeps its
+Each method's colour and marker is declared on its class (`Method.plot_style`, methods/base.py); a variant of a
+method (its bracket options, `lychee[granularity=block]`, or a trailing ` (subtask)`) keeps its
 method's colour and marker and gets its own line style. lychee is drawn first-class: thicker, on top. A method
 this file does not know (a plugin) gets a colour picked from its name's hash among colours no built-in uses.
 Also: the log-2 context axis labelled in K, a legend outside the axes, and a title built from the records.
@@ -12,24 +13,30 @@ import hashlib
 from collections.abc import Iterable
 from typing import Any
 
-# name -> (colour, marker). `transformers` is stock transformers' decode step, timed as a second reference.
-METHOD_STYLES: dict[str, tuple[str, str]] = {
-    "full": ("#000000", "s"),
-    "lychee": ("#d62728", "o"),
-    "tidal": ("#1f77b4", "^"),
-    "kascade": ("#2ca02c", "v"),
-    "quest": ("#9467bd", "D"),
-    "duo": ("#ff7f0e", "P"),
-    "streaming": ("#8c564b", "X"),
-    "transformers": ("#7f7f7f", "*"),
-}
+# Lines that are not a method: stock transformers' decode step, timed by `bench` as a second reference.
+REFERENCE_STYLES: dict[str, tuple[str, str]] = {"transformers": ("#7f7f7f", "*")}
 # Names other files write for the same thing (the kernel bench's rows): drawn as the method they stand for.
 ALIASES = {"lychee_layer": "lychee", "sdpa_enable_gqa": "full", "sdpa": "full"}
-# For methods not above: none of these is a built-in's colour.
+# For methods that declare no style: none of these is a built-in's colour (tests/test_plot_style.py checks).
 EXTRA_COLOURS = ("#17becf", "#bcbd22", "#e377c2", "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd")
 EXTRA_MARKERS = ("h", "p", "<", ">", "d", "8", "H")
 VARIANT_LINESTYLES = ("-", "--", ":", "-.", (0, (5, 1, 1, 1, 1, 1)), (0, (1, 3)), (0, (8, 2)), (0, (3, 1, 1, 1)))
 FIRST_CLASS = "lychee"
+
+
+def method_styles() -> dict[str, tuple[str, str]]:
+    """name -> (colour, marker): every registered method that declares one, and the non-method references."""
+    from lychee_bench.harness.catalog import METHODS
+
+    found = dict(REFERENCE_STYLES)
+    for name in METHODS.names():
+        try:
+            style = getattr(METHODS.get(name), "plot_style", None)
+        except ImportError:  # a plugin that does not load here: drawn in a picked colour
+            continue
+        if style is not None:
+            found[name] = (str(style[0]), str(style[1]))
+    return found
 
 
 def method_of(label: str) -> str:
@@ -50,10 +57,11 @@ def figure_styles(labels: Iterable[str]) -> dict[str, dict[str, Any]]:
     """Matplotlib keyword arguments (color, marker, linestyle, linewidth, zorder, label) for every label of a
     figure. The plain method gets a solid line; its variants, in sorted order, the next line styles."""
     unique = sorted(set(map(str, labels)), key=lambda label: (method_of(label), label != method_of(label), label))
+    declared = method_styles()
     colours: dict[str, tuple[str, str]] = {}
     for method in dict.fromkeys(method_of(label) for label in unique):
-        if method in METHOD_STYLES:
-            colours[method] = METHOD_STYLES[method]
+        if method in declared:
+            colours[method] = declared[method]
     for method in dict.fromkeys(method_of(label) for label in unique):
         if method not in colours:
             taken = {colour for colour, _ in colours.values()}

@@ -121,6 +121,7 @@ class Method(ABC):
     - `is_dense_baseline`: the bench takes its fastest such row as the reference for speedups.
     - `graph_safe` / `graph_refusal()`, `check()` / `check_config()`: CUDA-graph safety and refusals.
     - `calibration`: how `lychee-bench calibrate` calibrates it (None: it needs no calibration).
+    - `plot_style`: its colour and marker in every figure (None: a colour no built-in uses, from its name).
     """
 
     name: ClassVar[str]
@@ -140,6 +141,8 @@ class Method(ABC):
     # How it runs under tensor parallelism, where each process holds a slice of the KV heads (methods/head_shard.py):
     # what, if anything, it gathers from the other processes. None: undeclared, and a tensor-parallel run refuses it.
     tensor_parallel: ClassVar[str | None] = None
+    # (colour, marker) in every figure (harness/plot_style.py); None: one picked from the name among unused colours.
+    plot_style: ClassVar[tuple[str, str] | None] = None
     # The KV heads this process holds (None: all of them); set by the harness through `set_head_shard`.
     head_shard: HeadShard | None = None
 

@@ -68,6 +68,7 @@ class DuoAttention(KernelPath, Method):
     path: one launch of the shared kernel, retrieval heads as dense rows, streaming heads over the window)."""
 
     name: ClassVar[str] = "duo"
+    plot_style: ClassVar[tuple[str, str]] = ("#ff7f0e", "P")  # colour, marker in every figure
     description: ClassVar[str] = "DuoAttention: retrieval heads full, streaming heads 128 sink + 256 recent"
     Config: ClassVar[type] = DuoConfig
     graph_safe: ClassVar[bool] = True

@@ -39,6 +39,7 @@ class FullAttention(KernelPath, Method):
     """Dense decode through the dense Triton kernel or torch SDPA."""
 
     name: ClassVar[str] = "full"
+    plot_style: ClassVar[tuple[str, str]] = ("#000000", "s")  # colour, marker in every figure
     description: ClassVar[str] = "dense attention over the whole cache (Triton split-KV or torch SDPA); the baseline"
     Config: ClassVar[type] = FullConfig
     graph_safe: ClassVar[bool] = True

@@ -107,6 +107,7 @@ class Kascade(KernelPath, Method):
     """Anchor layers select top-k by pooled post-softmax probability; reuse layers borrow it via a head map."""
 
     name: ClassVar[str] = "kascade"
+    plot_style: ClassVar[tuple[str, str]] = ("#2ca02c", "v")  # colour, marker in every figure
     description: ClassVar[str] = "Kascade: anchor layers pick top-k by post-softmax mass, others reuse via a head map"
     Config: ClassVar[type] = KascadeConfig
     graph_safe: ClassVar[bool] = True

@@ -105,6 +105,7 @@ class LycheeDecode(KernelPath, Method):
     """Retrieval heads: full attention + selection into their slot. Sparse heads: attention over their slot."""
 
     name: ClassVar[str] = "lychee"
+    plot_style: ClassVar[tuple[str, str]] = ("#d62728", "o")  # colour, marker in every figure
     description: ClassVar[str] = (
         "LycheeDecode: retrieval heads pick tokens (top-k), sparse heads reuse them; granularity token (default, "
         "128 sink + 256 recent inside the budget) or block (64-token blocks, the fast kernel)"

@@ -82,6 +82,7 @@ class QuestAttention(KernelPath, Method):
     efficient path: kept page bounds and the shared kernel over the chosen pages)."""
 
     name: ClassVar[str] = "quest"
+    plot_style: ClassVar[tuple[str, str]] = ("#9467bd", "D")  # colour, marker in every figure
     description: ClassVar[str] = "Quest: pages of 16 tokens ranked by a min/max key bound; top pages per head"
     Config: ClassVar[type] = QuestConfig
     graph_safe: ClassVar[bool] = True

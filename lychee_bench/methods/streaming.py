@@ -36,6 +36,7 @@ class StreamingAttention(KernelPath, Method):
     shared kernel over the window's positions)."""
 
     name: ClassVar[str] = "streaming"
+    plot_style: ClassVar[tuple[str, str]] = ("#8c564b", "X")  # colour, marker in every figure
     description: ClassVar[str] = "StreamingLLM: every head sees 128 sink + 256 recent tokens only"
     Config: ClassVar[type] = StreamingConfig
     graph_safe: ClassVar[bool] = True

@@ -70,6 +70,7 @@ class TidalDecode(KernelPath, Method):
     the shared kernel, dense in the dense and selection layers, over the selected positions elsewhere)."""
 
     name: ClassVar[str] = "tidal"
+    plot_style: ClassVar[tuple[str, str]] = ("#1f77b4", "^")  # colour, marker in every figure
     description: ClassVar[str] = "TidalDecode: layer 2 and one re-selection layer pick top-k tokens, others reuse"
     Config: ClassVar[type] = TidalConfig
     graph_safe: ClassVar[bool] = True

@@ -31,7 +31,6 @@ from typing import Any
 
 from lychee_bench.harness.plot_style import (
     FIRST_CLASS,
-    METHOD_STYLES,
     VARIANT_LINESTYLES,
     context_axis,
     context_label,
@@ -333,7 +332,7 @@ def quality_vs_budget(sets: list[ResultSet]) -> tuple[list[Plot], str | None]:
                 points = sorted(mine)
                 axis.plot([p[0] for p in points], [p[1] for p in points], **styles[method])
             if (ctx, model) in full:
-                colour = METHOD_STYLES["full"][0]
+                colour = figure_styles(["full"])["full"]["color"]
                 axis.axhline(full[(ctx, model)][0], color=colour, linestyle="--", linewidth=1, label="full (dense)")
             context_axis(axis, [b for (_, c, mo, b) in sparse if (c, mo) == (ctx, model)], "budget (tokens)")
             axis.set(ylabel="mean score over subtasks", title=f"{model}, ctx {_k(ctx)}")
