@@ -11,11 +11,11 @@ lb_setup() {  # the carried wheels, once per machine (carry .carry/w)
 }
 
 lb_piece() {  # append GGUF piece NN (carry .carry/q/qNN), in order; a piece already taken is not taken twice
-  local n=$1 done
+  local n=$((10#$1)) done
   done=$(cat /tmp/qwen.pieces 2>/dev/null || echo -1)
   if [ "$n" -le "$done" ]; then echo "piece $n already in"; return; fi
   [ "$n" -eq $((done + 1)) ] || { echo "piece $n out of order (have up to $done)"; return 1; }
-  cat ".carry/q/q$n" >> /tmp/qwen.gguf && echo "$n" > /tmp/qwen.pieces && ls -la /tmp/qwen.gguf
+  cat ".carry/q/q$(printf %02d "$n")" >> /tmp/qwen.gguf && echo "$n" > /tmp/qwen.pieces && ls -la /tmp/qwen.gguf
 }
 
 lb_qwen() {  # the assembled GGUF, checked, where lychee-bench looks for it (then `resolve_model` converts it)
