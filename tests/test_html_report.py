@@ -328,7 +328,9 @@ def test_longbench_records_render_datasets_averages_and_buckets(tmp_path):
     folder = longbench_folder(tmp_path / "longbench")
     out, _, problems = write_html([folder], tmp_path / "report.html")
     assert not problems
-    assert_self_contained(out.read_text(encoding="utf-8"))
+    text = out.read_text(encoding="utf-8")
+    assert_self_contained(text)
+    assert '<figure data-kind="subtasks"' in text and "LongBench per task" in text  # one bar group per dataset
     dom = rendered_dom(out, tmp_path)
     datasets = table_cells(dom, "per dataset (eval.py")
     assert datasets[0] == ["dataset", "category", "metric", "n", "full", "lychee"]
