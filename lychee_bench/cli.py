@@ -525,6 +525,11 @@ def report(
 
         typer.echo(latency_table(latency))
     else:
+        from lychee_bench.report.headline import headline_tables_text
+
+        headline = headline_tables_text(_headline_rows(path), markdown=format == "markdown")
+        if headline:  # several runs: the answer first, then every table
+            typer.echo(headline + "\n")
         typer.echo(score_text(rows, blocks, markdown=format == "markdown"))
     if html is not None:
         from lychee_bench.regress.sources import ResultsError

@@ -243,6 +243,13 @@ def test_report_leads_with_the_headline_and_sends_tagged_sets_to_the_appendix(tm
     quality = {(row["method"], row["budget"]): row["value"] for row in rows.values() if row["part"] == "quality"}
     assert quality[("lychee", 512.0)] == pytest.approx(81.0) and quality[("full", None)] == pytest.approx(91.0)
     dom = check_rendered_page(out, rows, tmp_path)
+    from typer.testing import CliRunner
+
+    from lychee_bench.cli import app
+
+    printed = CliRunner().invoke(app, ["report", str(root)]).stdout  # the terminal report leads with it too
+    assert printed.startswith("headline · ruler on tiny") and "decode speed on llama3-8b-synthetic" in printed
+    assert printed.index("headline ·") < printed.index("ruler · ctx 1024")
     text = html.unescape(re.sub(r"<[^>]+>", " ", dom))
     order = [text.index(heading) for heading in ("Headline", "Details", "Appendix", "Provenance")]
     assert order == sorted(order)

@@ -184,3 +184,19 @@ def relative_link(path: str, page_dir: Path | None) -> str:
     if page_dir is None:
         return target.as_uri()
     return Path(os.path.relpath(target, page_dir.resolve())).as_posix()
+
+
+def headline_tables_text(rows: list[dict[str, Any]], markdown: bool = False) -> str:
+    """The headline tables for `report`'s text and markdown output, when the rows come from two or more result
+    sets (for one run the tables below say the same); empty otherwise."""
+    if len({row["source"] for row in rows}) < 2:
+        return ""
+    from lychee_bench.harness.task import SummaryTable
+    from lychee_bench.report.summaries import table_markdown, table_text
+
+    parts = []
+    for title, headings, body in quality_tables(rows) + speed_tables(rows):
+        cells = [[method, *(headline_text(c) if c else "" for c in line)] for method, line in body]
+        table = SummaryTable(name="headline", title=title, columns=["method", *headings], cells=cells, rows=[])
+        parts.append((table_markdown if markdown else table_text)(table, "headline"))
+    return "\n\n".join(parts)
