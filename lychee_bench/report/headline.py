@@ -12,7 +12,6 @@ Which numbers stand:
 
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ from typing import Any
 from lychee_bench.harness import records
 from lychee_bench.harness.plot_style import context_label, method_of
 from lychee_bench.regress.sources import ResultSet
-from lychee_bench.report.plots import budget_of, dense_baseline, label_of, subtask_means, without_budget
+from lychee_bench.report.plots import budget_of, dense_baseline, is_number, label_of, subtask_means, without_budget
 
 SPEED_METRICS = (
     ("speedup_vs_full", "× full"),
@@ -69,7 +68,7 @@ def speed_set(sets: list[ResultSet], model: str) -> ResultSet | None:
     """The latency set that stands for `model`'s speed (see the module note)."""
     scored = []
     for result_set in sets:
-        mine = [t for t in result_set.timings if str(t.get("model")) == model and _number(t.get("decode_ms"))]
+        mine = [t for t in result_set.timings if str(t.get("model")) == model and is_number(t.get("decode_ms"))]
         if not mine:
             continue
         longest = max(t["ctx"] for t in mine)
@@ -82,17 +81,17 @@ def speed_rows(sets: list[ResultSet]) -> list[dict[str, Any]]:
     from lychee_bench.tasks.latency.plot import latest_points
 
     rows = []
-    models = sorted({str(t.get("model")) for s in sets if s.kind == "run" for t in s.timings})
-    for model in models:
-        chosen = speed_set([s for s in sets if s.kind == "run"], model)
+    runs = [s for s in sets if s.kind == "run"]
+    for model in sorted({str(t.get("model")) for s in runs for t in s.timings}):
+        chosen = speed_set(runs, model)
         if chosen is None:
             continue
         timed = latest_points(chosen.timings)
-        mine = [t for t in timed if str(t.get("model")) == model and _number(t.get("decode_ms"))]
+        mine = [t for t in timed if str(t.get("model")) == model and is_number(t.get("decode_ms"))]
         longest = max(t["ctx"] for t in mine)
         for point in sorted((t for t in mine if t["ctx"] == longest), key=lambda t: (_order(t["method"]), t["batch"])):
             for metric, _ in SPEED_METRICS:
-                if _number(point.get(metric)):
+                if is_number(point.get(metric)):
                     rows.append(_row("speed", chosen, model=model, task="latency", subtask="-", ctx=longest,
                                      batch=point["batch"], method=point["method"], metric=metric,
                                      value=float(point[metric])))  # fmt: skip
@@ -104,10 +103,6 @@ def headline_rows(sets: list[ResultSet]) -> list[dict[str, Any]]:
     value) plus `summary: headline`, `part`, `budget` or `batch`, `source`, `records` and an `id`; JSON-ready."""
     main = [s for s in sets if not s.appendix]
     return quality_rows(main) + speed_rows(main)
-
-
-def _number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and not math.isnan(value)
 
 
 def _order(method: str) -> tuple:
@@ -133,7 +128,7 @@ def _columns(rows: list[dict[str, Any]]) -> list[tuple[Any, Any]]:
 
 
 def column_heading(ctx: Any, budget: Any) -> str:
-    text = context_label(ctx) if _number(ctx) else str(ctx)
+    text = context_label(ctx) if is_number(ctx) else str(ctx)
     return f"{text} · budget {budget:g}" if budget is not None else f"{text} · no budget"
 
 

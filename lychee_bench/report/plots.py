@@ -112,7 +112,8 @@ def _plot(name: str, kind: str, title: str, caption: str, sources: list[str], fi
     return Plot(re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_"), kind, title, caption, sources, png, layout)
 
 
-def _number(value: Any) -> bool:
+def is_number(value: Any) -> bool:
+    """A real number (not a bool, not NaN): what a figure or a headline cell can show."""
     return isinstance(value, int | float) and not isinstance(value, bool) and not math.isnan(value)
 
 
@@ -143,7 +144,7 @@ def _timing_points(result_set: ResultSet, which: str) -> list[dict[str, Any]]:
                 points.append({"label": label, "batch": row["batch"], "ctx": row["ctx"], "value": row["value"]})
     elif result_set.kind == "run":
         for record in latest_points(result_set.timings):
-            if _number(record.get(record_field)):
+            if is_number(record.get(record_field)):
                 points.append({"label": str(record["method"]), "batch": record["batch"], "ctx": record["ctx"],
                                "value": float(record[record_field])})  # fmt: skip
     return points if len({p["ctx"] for p in points}) >= 2 else []
@@ -210,7 +211,7 @@ def step_breakdown(sets: list[ResultSet]) -> tuple[list[Plot], str | None]:
     for result_set in (s for s in sets if s.kind == "run" and s.timings):
         points = [
             p for p in latest_points(result_set.timings)
-            if _number(p.get("decode_ms")) and _number(p.get("attention_total_ms"))
+            if is_number(p.get("decode_ms")) and is_number(p.get("attention_total_ms"))
         ]  # fmt: skip
         if not points:
             continue
@@ -233,7 +234,7 @@ def step_breakdown(sets: list[ResultSet]) -> tuple[list[Plot], str | None]:
                     axis.barh([row], [attention], color=colour, label=label)
                     axis.barh([row], [rest], left=[attention], color=colour, alpha=0.35, hatch="//",
                               edgecolor=colour, label="_rest")  # fmt: skip
-                    if _number(point.get("floor_ms")):
+                    if is_number(point.get("floor_ms")):
                         axis.plot([point["floor_ms"]], [row], marker="|", markersize=16, color="black",
                                   markeredgewidth=2, label="_floor")  # fmt: skip
                 axis.set_yticks(range(len(labels)), labels, fontsize=7)
@@ -270,7 +271,7 @@ def subtask_means(samples: list[dict[str, Any]], key) -> dict[tuple, tuple[float
     per_subtask: dict[tuple, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for sample in samples:
         group = key(sample)
-        if group is not None and metric_kind(sample.get("metric", "")) == "quality" and _number(sample.get("value")):
+        if group is not None and metric_kind(sample.get("metric", "")) == "quality" and is_number(sample.get("value")):
             per_subtask[group][str(sample.get("subtask"))].append(float(sample["value"]))
     return {
         group: (sum(sum(v) / len(v) for v in subs.values()) / len(subs), sum(len(v) for v in subs.values()))
@@ -280,7 +281,7 @@ def subtask_means(samples: list[dict[str, Any]], key) -> dict[tuple, tuple[float
 
 def budget_of(sample: dict[str, Any]) -> float | None:
     budget = (sample.get("method_config") or {}).get("budget")
-    return float(budget) if _number(budget) else None
+    return float(budget) if is_number(budget) else None
 
 
 def label_of(sample: dict[str, Any]) -> str:
@@ -356,7 +357,7 @@ def quality_vs_budget(sets: list[ResultSet]) -> tuple[list[Plot], str | None]:
 
 
 def _batch(batch: Any) -> float:
-    return float(batch) if _number(batch) else math.inf
+    return float(batch) if is_number(batch) else math.inf
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
@@ -381,7 +382,7 @@ def quality_vs_speed(sets: list[ResultSet]) -> tuple[list[Plot], str | None]:
             if key not in scores or count >= scores[key][1]:
                 scores[key] = (value, count, result_set.label)
         for row in result_set.rows:
-            if metric_kind(row["metric"]) != "latency" or not _number(row["value"]):
+            if metric_kind(row["metric"]) != "latency" or not is_number(row["value"]):
                 continue
             key = (row["method"], row["ctx"], row["model"])
             # A whole decode step is the speed a user feels (other latency metrics stand in only without it);
@@ -429,7 +430,7 @@ def subtask_bars(sets: list[ResultSet]) -> tuple[list[Plot], str | None]:
             lambda: defaultdict(lambda: defaultdict(list))
         )
         for sample in result_set.samples:
-            if metric_kind(sample.get("metric", "")) == "quality" and _number(sample.get("value")):
+            if metric_kind(sample.get("metric", "")) == "quality" and is_number(sample.get("value")):
                 series = (without_budget(label_of(sample)), budget_of(sample))
                 group = (str(sample.get("task")), str(sample.get("model")), sample.get("ctx"))
                 groups[group][series][str(sample.get("subtask"))].append(float(sample["value"]))

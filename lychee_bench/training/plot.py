@@ -95,6 +95,8 @@ def replot(folder: Path) -> Path:
     import gzip
     import json
 
+    from lychee_bench.methods.roles import load_roles_file
+
     log = folder / "train_log.jsonl"
     opener = open if log.exists() else gzip.open
     log = log if log.exists() else folder / "train_log.jsonl.gz"
@@ -102,12 +104,8 @@ def replot(folder: Path) -> Path:
         raise FileNotFoundError(f"{folder} has no train_log.jsonl(.gz) and roles.json: give a train-heads --out folder")
     with opener(log, "rt", encoding="utf-8") as lines:
         records = [json.loads(line) for line in lines if line.strip()]
-    document = json.loads((folder / "roles.json").read_text())
-    info = document["model"]
-    roles = torch.zeros(info["num_layers"], info["num_kv_heads"], dtype=torch.bool)
-    for layer, heads in enumerate(document["retrieval"]):
-        roles[layer, heads] = True
-    return plot_training(records, roles, document["threshold_rule"]["name"], folder / "training.png")
+    roles = load_roles_file(folder / "roles.json", str(folder))  # checked like any roles file
+    return plot_training(records, roles.retrieval, roles.info["threshold_rule"]["name"], folder / "training.png")
 
 
 if __name__ == "__main__":
