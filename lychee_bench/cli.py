@@ -484,7 +484,10 @@ def report(
     (AIME pass@1 per problem, LongBench averages and length buckets), a bench folder's latency table, or
     machine-readable rows (json; a task table's rows carry a `summary` field)."""
     from lychee_bench.harness.records import average_rows, read_records, summarize
-    from lychee_bench.report.summaries import blocks_of, json_rows, score_text
+    from lychee_bench.regress.sources import ResultsError
+    from lychee_bench.report.figures import load_sets
+    from lychee_bench.report.headline import headline_rows
+    from lychee_bench.report.summaries import json_rows, score_text, task_blocks
 
     if format not in ("table", "markdown", "json"):
         _fail(f"unknown --format {format!r}; use table, markdown or json")
@@ -500,24 +503,26 @@ def report(
     for problem in problems:
         typer.echo(f"warning: {problem}", err=True)
     latency = [r for r in records if r.get("kind") == "latency"]
-    if not rows and not latency:  # perhaps kernel-bench files only (the HTML page shows those): ask sources
-        from lychee_bench.regress.sources import ResultsError, load_results
-
-        try:
-            load_results(path)
-        except ResultsError as error:
-            _fail(str(error))
+    # The result sets, read once: the task tables, the headline and the HTML page all come from them.
+    set_problems: list[str] = []
+    sets, unreadable = [], None
+    try:
+        sets = load_sets([path], set_problems)
+    except ResultsError as error:
+        unreadable = error
+    if not rows and not latency and unreadable:  # kernel-bench files only would have given sets
+        _fail(str(unreadable))
     if html is not None and (html.is_dir() or any(parent.is_file() for parent in html.parents)):
         _fail(
             f"--html {html} cannot be written (it is a folder, or a file stands where a folder is needed); "
             "pass a new .html path"
         )
-    blocks = blocks_of(path) if rows else []
+    blocks = task_blocks(sets) if rows else []
     for block in blocks:
         if block.problem:
             typer.echo(f"warning: {block.problem}", err=True)
     if format == "json":
-        found = rows + average_rows(rows) + latency + json_rows(blocks) + _headline_rows(path)
+        found = rows + average_rows(rows) + latency + json_rows(blocks) + headline_rows(sets)
         clean = [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()} for r in found]
         typer.echo(json.dumps(clean, indent=1))
     elif latency and not rows:  # a bench folder: the table `bench` prints
@@ -527,33 +532,20 @@ def report(
     else:
         from lychee_bench.report.headline import headline_tables_text
 
-        headline = headline_tables_text(_headline_rows(path), markdown=format == "markdown")
+        headline = headline_tables_text(headline_rows(sets), markdown=format == "markdown")
         if headline:  # several runs: the answer first, then every table
             typer.echo(headline + "\n")
         typer.echo(score_text(rows, blocks, markdown=format == "markdown"))
     if html is not None:
-        from lychee_bench.regress.sources import ResultsError
-        from lychee_bench.report.html import write_html
+        from lychee_bench.report.html import write_page
 
+        if unreadable:
+            _fail(str(unreadable))
         try:
-            written, plots, _ = write_html([path], html)
-        except ResultsError as error:
-            _fail(str(error))
+            written, plots = write_page(sets, html, problems=set_problems)
         except OSError as error:  # e.g. a folder that cannot be created there
             _fail(f"--html {html} cannot be written ({error}); pass a path in a folder you can write")
         typer.echo(f"html report: {written} ({plots} plots)", err=True)
-
-
-def _headline_rows(path: Path) -> list[dict]:
-    """The HTML page's headline numbers (rows with "summary": "headline"), from the same result sets."""
-    from lychee_bench.regress.sources import ResultsError
-    from lychee_bench.report.figures import load_sets
-    from lychee_bench.report.headline import headline_rows
-
-    try:
-        return headline_rows(load_sets([path]))
-    except ResultsError:
-        return []
 
 
 @app.command()

@@ -286,11 +286,18 @@ def _section(heading: str, anchor: str, sets: list[ResultSet], plots: list[Plot]
     return parts
 
 
+def write_page(
+    sets: list[ResultSet], out: Path, title: str = "lychee-bench report", problems: list[str] | None = None
+) -> tuple[Path, int]:
+    """Write the page of these result sets to `out`. Returns (out, plots drawn)."""
+    page = render(sets, title, problems, page_dir=out.parent)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(page, encoding="utf-8")
+    return out, page.count("<img ")
+
+
 def write_html(paths: list[Path], out: Path, title: str = "lychee-bench report") -> tuple[Path, int, list[str]]:
     """Load every result set under `paths`, write the page to `out`. Returns (out, plots drawn, problems)."""
     problems: list[str] = []
     sets = load_sets(paths, problems)
-    page = render(sets, title, problems, page_dir=out.parent)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(page, encoding="utf-8")
-    return out, page.count("<img "), problems
+    return *write_page(sets, out, title, problems), problems
