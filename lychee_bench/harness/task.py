@@ -43,7 +43,8 @@ class Task(Protocol):
       instance): the task's own tables of one (task, ctx, model) group of sample records, `config` being the
       task config the run folder recorded (`{}` when none is known). A task that returns tables (SummaryTable)
       replaces the generic subtasks-by-methods table for that group in `run`, `report` and the HTML page;
-      returning [] keeps the generic one.
+      returning [] keeps the generic one;
+    - `bars_title`: the title of its per-subtask bar figure (default "<name> per subtask").
     """
 
     name: str

@@ -307,6 +307,17 @@ def dense_baseline(method: Any) -> bool:
         return False
 
 
+def bars_title(task: str) -> str:
+    """The task's title for its per-subtask bars (its class's `bars_title`, harness/task.py)."""
+    from lychee_bench.harness.catalog import TASKS
+
+    try:
+        title = getattr(TASKS.get(task), "bars_title", None) if task in TASKS else None
+    except ImportError:  # a plugin task that no longer loads
+        title = None
+    return str(title) if title else f"{task} per subtask"
+
+
 def quality_vs_budget(sets: list[ResultSet]) -> tuple[list[Plot], str | None]:
     plots = []
     for result_set in (s for s in sets if s.kind == "run"):
@@ -472,7 +483,7 @@ def _bars(result_set, task, model, ctx, budget, subtasks, chosen, by_series) -> 
     axis.set(ylabel="score (0-100)", ylim=(0, 102))
     axis.grid(alpha=0.3, axis="y")
     legend_outside(fig, axes)
-    what = {"ruler": "RULER per subtask", "longbench": "LongBench per task"}.get(task, f"{task} per subtask")
+    what = bars_title(task)
     budget_text = f", budget {budget:g}" if budget is not None else ""
     first = _with_hardware(result_set.samples[:1], result_set)
     fig.suptitle(records_title(f"{what} at {_k(ctx)}{budget_text}", first), fontsize=8)

@@ -60,6 +60,7 @@ def dataset_of(subtask: str) -> str:
 class LongBenchTask:
     name = "longbench"
     description = "LongBench v1: 21 real long-context datasets (QA, summaries, few-shot, synthetic, code) + LongBench-E"
+    bars_title = "LongBench per task"  # its subtasks are the datasets
 
     def __init__(self, data_dir: str | os.PathLike[str] | None = None, zh_tokenizer: str | None = None):
         self.data_dir = data.resolve_data_dir(data_dir)

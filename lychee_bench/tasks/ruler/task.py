@@ -30,6 +30,7 @@ LENGTH_FIT = {
 class RulerTask:
     name = "ruler"
     description = "RULER: 13 synthetic long-context tasks (needle retrieval, tracing, aggregation, QA)"
+    bars_title = "RULER per subtask"
 
     def __init__(self, sizing: str | None = None):
         """sizing: "nvidia" (NVIDIA's haystack sizes, comparable with published RULER tables) or "tight" (the
