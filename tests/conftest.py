@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import random
@@ -104,9 +105,12 @@ def fresh_seed() -> int:
 
 
 def read_jsonl(path: Path, kind: str | None = None) -> list[dict[str, Any]]:
-    """The records of a JSON-lines file (records.jsonl, train_log.jsonl), blank lines skipped; only those of
-    `kind` when given. Strict on purpose: a line the code under test wrote badly fails the test."""
-    records = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    """The records of a JSON-lines file (records.jsonl, train_log.jsonl, either gzip-compressed), blank lines
+    skipped; only those of `kind` when given. Strict on purpose: a line the code under
+    test wrote badly fails the test."""
+    path = Path(path)
+    text = gzip.decompress(path.read_bytes()).decode() if path.suffix == ".gz" else path.read_text()
+    records = [json.loads(line) for line in text.splitlines() if line.strip()]
     return [r for r in records if kind is None or r.get("kind") == kind]
 
 

@@ -72,7 +72,7 @@ def test_committed_run_folders_keep_their_method_keys():
     from lychee_bench.methods.base import RunShape
 
     committed = {}
-    for record in read_jsonl("results/ruler/smollm2-135m_ctx4096_h200/records.jsonl", kind="sample"):
+    for record in read_jsonl("results/ruler/smollm2-135m_ctx4096_h200/records.jsonl.gz", kind="sample"):
         config = dict(record["method_config"])
         if "path_option" in config:  # newer records keep the path that ran beside the option asked for
             config["path"] = config.pop("path_option")
