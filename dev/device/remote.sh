@@ -24,3 +24,8 @@ lb_qwen() {  # the assembled GGUF, checked, where lychee-bench looks for it (the
   echo "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32  /tmp/qwen.gguf" | sha256sum -c - || return 1
   mkdir -p "$(dirname "$target")" && mv /tmp/qwen.gguf "$target"
 }
+
+lb_samples() {  # RULER samples generated here beforehand (carry .carry/s.tgz: a tar of samples/ruler/ files and
+  # their manifest from this machine's cache), so a run on that machine does not spend its minutes generating them
+  mkdir -p "$LYCHEE_BENCH_CACHE" && tar xzf .carry/s.tgz -C "$LYCHEE_BENCH_CACHE" && ls "$LYCHEE_BENCH_CACHE/samples/ruler" | wc -l
+}
