@@ -36,7 +36,7 @@ lb_convert() {  # convert the GGUF once (about 106 s on that CPU), so the jobs t
 # continuous-gate roles (same samples as results/qwen2.5-coder-0.5b/sweep_16384).
 lb_train() {
   lb_bg train_hk "$LB train-heads --model $Q --retrieval-heads 6 --steps ${STEPS:-2000} --checkpoint-every 50 \
-    --time-limit ${TRAIN_MINUTES:-15} --out /tmp/res/train_hk"
+    --time-limit ${TRAIN_MINUTES:-14} --out /tmp/res/train_hk"
 }
 lb_sweep() {
   local entries=(--method full) b
@@ -49,14 +49,31 @@ lb_sweep() {
 # 3. The headline: RULER 13 x 10 at 131072 with YaRN x4, full and lychee (continuous-gate roles, token).
 lb_headline() {
   lb_bg headline "$LB run --model $Q --task ruler --samples 10 --seed 42 --ctx 131072 --rope-scaling yarn:4 \
-    --batch-size ${HEADLINE_BATCH:-8} --budget 16384 --method full --method 'lychee[roles=$Q-continuous]' \
+    --batch-size ${HEADLINE_BATCH:-16} --budget 16384 --method full --method 'lychee[roles=$Q-continuous]' \
     --out /tmp/res/ruler_131072"
 }
-# 4. RULER with the newly trained HardKuma roles, budget 1/8, token and block.
+# 4. Needle recall per layer of the continuous-gate roles (the best trained roles: where do they lose the needle?).
+lb_recall() {
+  local methods="'lychee[roles=$Q-continuous],lychee[roles=$Q-continuous;granularity=block]'"
+  lb_bg recall "for c in 16384 32768; do python3 -m lychee_bench.tools.needle_recall --model $Q --ctx \$c \
+    --samples 2 --steps 2 --budget \$((c / 8)) --method $methods --out /tmp/res/recall_\${c}_continuous; done"
+}
+# 5 follows the training: started now, it waits for the training's exit code.
+lb_after_training() {
+  lb_bg trained "while [ ! -f /tmp/res/train_hk.rc ]; do sleep 5; done; source dev/device/issue18_runs.sh; lb_trained"
+}
+# 5. RULER with the newly trained HardKuma roles, budget 1/8: token first (16384, 32768, 8192), then block, then
+# their needle recall.
 lb_trained() {
   local roles=/tmp/res/train_hk/roles.json c
   for c in 16384 32768 8192; do
     $RUN --ctx $c --batch-size 16 --budget $((c / 8)) --method "lychee[roles=$roles]" \
-      --method "lychee[roles=$roles;granularity=block]" --out /tmp/res/ruler_${c}_hardkuma || return
+      --out /tmp/res/ruler_${c}_hardkuma || return
   done
+  for c in 16384 32768; do
+    $RUN --ctx $c --batch-size 16 --budget $((c / 8)) --method "lychee[roles=$roles;granularity=block]" \
+      --out /tmp/res/ruler_${c}_hardkuma_block || return
+  done
+  python3 -m lychee_bench.tools.needle_recall --model $Q --ctx 16384 --samples 2 --steps 2 --budget 2048 \
+    --method "lychee[roles=$roles]" --out /tmp/res/recall_16384_hardkuma
 }
