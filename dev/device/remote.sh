@@ -25,7 +25,7 @@ lb_qwen() {  # the assembled GGUF, checked, where lychee-bench looks for it (the
   mkdir -p "$(dirname "$target")" && mv /tmp/qwen.gguf "$target"
 }
 
-lb_samples() {  # RULER samples generated here beforehand (carry .carry/s.tgz: a tar of samples/ruler/ files and
+lb_samples() {  # RULER samples generated here beforehand (carry .carry/s.tar.xz: a tar of samples/ruler/ files and
   # their manifest from this machine's cache), so a run on that machine does not spend its minutes generating them
-  mkdir -p "$LYCHEE_BENCH_CACHE" && tar xzf .carry/s.tgz -C "$LYCHEE_BENCH_CACHE" && ls "$LYCHEE_BENCH_CACHE/samples/ruler" | wc -l
+  mkdir -p "$LYCHEE_BENCH_CACHE" && tar xf .carry/s.tar.xz -C "$LYCHEE_BENCH_CACHE" && ls "$LYCHEE_BENCH_CACHE/samples/ruler" | wc -l
 }
