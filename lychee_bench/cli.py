@@ -119,9 +119,12 @@ def _task_lines(name: str, task: object) -> list[str]:
 @app.command()
 def run(
     method: Annotated[
-        str,
-        typer.Option(help="method name, or a comma list (see `list`); name[key=value;...] sets one entry's options"),
-    ] = "full",
+        list[str] | None,
+        typer.Option(
+            help="method name, or a comma list (see `list`); name[key=value;...] sets one entry's options; "
+            "repeatable (--method full --method lychee runs both) [default: full]"
+        ),
+    ] = None,
     task: Annotated[
         str,
         typer.Option(
@@ -193,7 +196,7 @@ def run(
     tags = _tags(tag)
     try:
         plan = RunPlan(
-            methods=split_methods(method),
+            methods=[entry for spec in (method or ["full"]) for entry in split_methods(spec)],
             task=task,
             ctx=ctx,
             model=model,

@@ -58,3 +58,13 @@ def test_lychee_runs_on_the_default_model(tmp_path):
     record = read_jsonl(out / "records.jsonl", kind="sample")[0]
     assert record["method_config"]["roles_used"]["retrieval_heads"] == 11
     assert record["path"] == "reference" and record["method_config"]["granularity"] == "token"  # the default
+
+
+def test_a_repeated_method_option_runs_every_entry(tmp_path):
+    """`--method full --method streaming` runs both (a repeated option once kept only the last, silently)."""
+    out = tmp_path / "both"
+    args = ["--task", "ruler/niah_single_1", "--ctx", "1024", "--samples", "1", "--budget", "512"]
+    result = cli("run", "--method", "full", "--method", "streaming,quest", *args, "--out", str(out))
+    assert result.exit_code == 0, result.output
+    labels = {record["label"] for record in read_jsonl(out / "records.jsonl", kind="sample")}
+    assert labels == {"full", "streaming", "quest"}

@@ -68,3 +68,12 @@ def test_version_1_files_still_load(tmp_path):
     data = {**_good(), "version": 1}
     data["sha256"] = roles_checksum(LAYERS, HEADS, data["retrieval"])
     assert resolve_roles(_write(tmp_path, data), LAYERS, HEADS, "m").num_retrieval == 4
+
+
+def test_a_model_without_default_roles_is_told_which_roles_ship_for_it():
+    with pytest.raises(RolesError) as refused:
+        resolve_roles(None, 24, 2, "qwen2.5-coder-0.5b")
+    message = str(refused.value)
+    assert "no default LycheeDecode head roles ship for model 'qwen2.5-coder-0.5b'" in message
+    assert "qwen2.5-coder-0.5b-hardkuma" in message and "qwen2.5-coder-0.5b-continuous" in message
+    assert "uniform:N" in message

