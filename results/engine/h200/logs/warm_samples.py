@@ -19,8 +19,8 @@ def build(subtask: str) -> str:
 
 
 if __name__ == "__main__":
-    from lychee_bench.harness.catalog import TASKS
     from lychee_bench.harness import models
+    from lychee_bench.harness.catalog import TASKS
 
     models.resolve_model(MODEL)  # convert once before the workers start
     with Pool(13) as pool:
