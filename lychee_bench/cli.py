@@ -259,6 +259,13 @@ def train_heads_cmd(
         float | None,
         typer.Option(help="minutes for this command: stop after a checkpoint, write roles.json; rerun to continue"),
     ] = None,
+    lambda_lr: Annotated[
+        float,
+        typer.Option(
+            help="step size of the density constraint's multiplier λ (λ <- λ·exp(η·c)); raise it when "
+            "the final density stays above the target"
+        ),
+    ] = 0.001,
     out: Annotated[Path, typer.Option(help="training folder; rerunning with the same folder resumes")] = Path(
         "runs/train-heads"
     ),
@@ -289,12 +296,15 @@ def train_heads_cmd(
             corpus=corpus,
             selection_scores=selection_scores,
             time_limit=time_limit,
+            lambda_lr=lambda_lr,
         )
     except PlanError as error:
         _fail("training cannot start:\n" + str(error))
     except (ModelError, ValueError) as error:
         _fail(str(error))
     typer.echo(f"roles: {result.roles_path}")
+    if result.warning:
+        typer.echo(f"warning: {result.warning}")
     if result.stopped_by == "time_limit":
         typer.echo(
             f"stopped by --time-limit after step {result.steps} of {steps} (checkpointed; roles.json from that "

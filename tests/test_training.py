@@ -27,7 +27,7 @@ from lychee_bench.training.hybrid import (
     select_keys,
     sparse_attention,
 )
-from lychee_bench.training.trainer import final_roles, lr_factor
+from lychee_bench.training.trainer import final_roles, lr_factor, top_n_warning
 from tests.conftest import read_jsonl, tiny_model
 
 DRAWS = 40_000
@@ -122,6 +122,38 @@ def test_density_target_and_final_roles_give_exactly_n():
     table, selection, counted = final_roles(scores.clone(), 4)
     assert selection == "top-n" and counted == 5 and int(table.sum()) == 4
     assert table[0].all() and table[1, 0] and table[2, 1] and not table[3, 0]
+
+
+def test_top_n_among_near_ties_is_reported():
+    """The Qwen2.5-Coder-0.5B case: more heads above the threshold than places, scores within 0.05."""
+    tied = torch.tensor([[0.5, 0.5], [0.95, 0.01], [0.01, 0.96], [0.97, 0.94]])
+    table, selection, _ = final_roles(tied.clone(), 4)
+    warning = top_n_warning(tied, table, final_density=0.5, target=0.33)
+    assert selection == "top-n" and warning is not None
+    assert "4 heads of layers 1.. are above the threshold for 2 places" in warning
+    assert "0.960 against 0.950" in warning and "--lambda-lr" in warning and "0.500, target 0.330" in warning
+    separated = torch.tensor([[0.5, 0.5], [0.99, 0.01], [0.01, 0.98], [0.6, 0.55]])
+    table, _, _ = final_roles(separated.clone(), 4)
+    assert top_n_warning(separated, table, 0.5, 0.33) is None  # 0.98 against 0.6: training chose
+    exact = torch.tensor([[0.5, 0.5], [0.95, 0.01], [0.01, 0.96], [0.1, 0.2]])
+    table, selection, _ = final_roles(exact.clone(), 4)
+    assert selection == "threshold"
+
+
+@pytest.mark.parametrize(
+    ("name", "tied"),
+    [("qwen2.5-coder-0.5b-hardkuma", True), ("qwen2.5-coder-0.5b-continuous", True), ("smollm2-135m", False)],
+)
+def test_shipped_roles_say_whether_training_chose_them(name, tied):
+    """Measured on the shipped files' recorded gate scores: both Qwen trainings kept 4 of 9-10 near-tied heads."""
+    from lychee_bench.methods.artifacts import shipped_path
+
+    document = json.loads(shipped_path("roles", name).read_text())
+    training = document["training"]
+    roles = resolve_roles(name, len(document["retrieval"]), len(training["scores"][0]), document["model"]["name"])
+    scores = torch.tensor(training["scores"])
+    warning = top_n_warning(scores, roles.retrieval, training["final_density"], training["target_density"])
+    assert (warning is not None) == tied, warning
 
 
 def test_lr_schedule_warms_up_holds_and_decays():

@@ -36,6 +36,7 @@ def run_train_heads_cli(
     time_limit: float | None = None,
     corpus: str | None = None,
     selection_scores: str | None = None,
+    lambda_lr: float | None = None,
 ) -> TrainResult:
     """Train head roles for a model; the result's `roles_path` is the roles JSON (loadable with `roles=<path>`).
 
@@ -43,7 +44,8 @@ def run_train_heads_cli(
     an unsupported architecture or a ctx_max past the model's context (the message names the --rope-scaling that
     fixes it). Rerunning with the same `out` resumes. `time_limit` (minutes) counts from this call's start, model
     loading included: the training stops after the step that uses it up (`stopped_by` in the result). `corpus`
-    and `selection_scores` (query_head or kv_group) override those fields of `data` and `sparse`.
+    and `selection_scores` (query_head or kv_group) override those fields of `data` and `sparse`; `lambda_lr`
+    (None: TrainConfig's) is the density multiplier's step size.
     """
     from lychee_bench.harness import models
     from lychee_bench.harness.paths import unwritable_reason
@@ -123,6 +125,7 @@ def run_train_heads_cli(
         gate=gate,
         threshold_rule=threshold_rule,
         lr=lr,
+        **({} if lambda_lr is None else {"lambda_lr": lambda_lr}),
         seed=seed,
         checkpoint_every=checkpoint_every,
         device=device,
