@@ -232,6 +232,7 @@ CASES = [
     # --- train-heads ---
     (["train-heads", "--gate", "nope"], ["--gate 'nope' is not a gate", "exactly one of --retrieval-heads"]),
     (["train-heads", "--steps", "5"], ["give exactly one of --retrieval-heads N", "--density D"]),
+    ([*TRAIN, "--lambda-lr", "-1"], ["--lambda-lr -1.0", "must be >= 0"]),
     (["train-heads", "--retrieval-heads", "11", "--density", "0.1"], ["give exactly one of --retrieval-heads N"]),
     (["train-heads", "--retrieval-heads", "11", "--ctx-max", "10000"], ["context 10000 exceeds", "yarn:2"]),
     (["train-heads", "--retrieval-heads", "11", "--ctx-min", "9000"], ["--ctx-min 9000 is above", "or less"]),

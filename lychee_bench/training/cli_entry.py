@@ -58,6 +58,8 @@ def run_train_heads_cli(
     problems = []  # every bad input at once, in the command's own option names
     if steps < 1:
         problems.append(f"--steps {steps}: train at least 1 step")
+    if lambda_lr is not None and not lambda_lr >= 0.0:
+        problems.append(f"--lambda-lr {lambda_lr}: the multiplier's step must be >= 0 (0 keeps λ fixed), e.g. 0.01")
     if (retrieval_heads is None) == (density is None):
         problems.append("give exactly one of --retrieval-heads N (layer 0's KV heads included) and --density D")
     if gate not in GATES:
