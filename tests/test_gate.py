@@ -82,6 +82,11 @@ def test_other_prompts_are_not_paired(tmp_path):
     comparison = compare_paths(_folder(tmp_path / "a", before), _folder(tmp_path / "b", after), Rules())
     [row] = comparison.rows
     assert "pairs" not in row and row["status"] == "ok"  # 2 samples, se 50: the unpaired rule cannot tell
+    [warning] = comparison.warnings
+    assert "2 of NEW's 2 samples have no twin in BASE" in warning and "judged on its means, unpaired" in warning
+    assert "wonderwords" in warning
+    same = compare_paths(tmp_path / "a", tmp_path / "a", Rules())
+    assert same.warnings == []  # the same prompts: nothing to say
 
 
 def _methods(folder: Path) -> set[str]:

@@ -270,6 +270,7 @@ def compare_rows(
     rules = rules or Rules()
     base_samples, new_samples = base_samples or {}, new_samples or {}
     notes: list[str] = []
+    other_prompts: list[str] = []  # shown first: they say the comparison itself is weaker than it looks
     old_index, new_index = _index(base, "BASE", notes), _index(new, "NEW", notes)
     out = []
     for key in sorted(old_index.keys() | new_index.keys(), key=lambda k: tuple(str(v) for v in k)):
@@ -288,11 +289,20 @@ def compare_rows(
         else:
             before, after = base_samples.get(key, {}), new_samples.get(key, {})
             pairs = [(before[sample], after[sample]) for sample in sorted(before.keys() & after.keys(), key=str)]
+            unmatched = len(after) - len(pairs)
+            if before and unmatched and metric_kind(ident["metric"]) == "quality":
+                other_prompts.append(
+                    f"{' / '.join(str(v) for v in key)}: {unmatched} of NEW's {len(after)} samples have no twin in "
+                    "BASE (same index, input length and answers): the two ran other prompts there, and the row is "
+                    + (f"judged on the {len(pairs)} pairs alone" if pairs else "judged on its means, unpaired")
+                    + "; compare the task's identity in both manifests (its generator and asset hashes, e.g. the "
+                    "wonderwords version)"
+                )
             if pairs and metric_kind(ident["metric"]) == "quality":
                 out.append({**ident, **judge_paired(old, fresh, pairs, rules)})
             else:
                 out.append({**ident, **judge(old, fresh, rules)})
-    return Comparison(out, notes, rules)
+    return Comparison(out, other_prompts + notes, rules)
 
 
 def _blank(status: str) -> dict[str, Any]:
