@@ -59,11 +59,11 @@ lb_recall() {
   lb_bg recall "for c in 16384 32768; do python3 -m lychee_bench.tools.needle_recall --model $Q --ctx \$c \
     --samples 2 --steps 2 --budget \$((c / 8)) --method $methods --out /tmp/res/recall_\${c}_continuous; done"
 }
-# 5 follows the training: started now, it waits for the training's exit code.
+# 5. started with the others, it waits for the training's exit code, then runs lb_trained.
 lb_after_training() {
   lb_bg trained "while [ ! -f /tmp/res/train_hk.rc ]; do sleep 5; done; source dev/device/issue18_runs.sh; lb_trained"
 }
-# 5. RULER with the newly trained HardKuma roles, budget 1/8: token first (16384, 32768, 8192), then block, then
+# RULER with the newly trained HardKuma roles, budget 1/8: token first (16384, 32768, 8192), then block, then
 # their needle recall.
 lb_trained() {
   local roles=/tmp/res/train_hk/roles.json c

@@ -144,9 +144,9 @@ def load_roles_file(path: Path, source: str) -> HeadRoles:
 def resolve_roles(spec: str | None, num_layers: int, num_kv_heads: int, model_name: str) -> HeadRoles:
     """`spec`: None (the model's shipped roles), "uniform:N", "all", a shipped name, or a file path."""
     if spec is None:
-        path = shipped_roles_path(Path(model_name).name)
+        model = Path(model_name).name
+        path = shipped_roles_path(model)
         if path is None:
-            model = Path(model_name).name
             named = [name for name in shipped_names("roles") if name.startswith(f"{model}-")] if model else []
             shipped = f"Shipped for this model (--roles NAME): {', '.join(named)}. " if named else ""
             raise RolesError(
@@ -154,7 +154,7 @@ def resolve_roles(spec: str | None, num_layers: int, num_kv_heads: int, model_na
                 f"(see `lychee-bench train-heads`), or --roles uniform:N for N retrieval heads spread "
                 f"evenly (layer 0's {num_kv_heads} included)."
             )
-        roles = load_roles_file(path, f"shipped:{Path(model_name).name}")
+        roles = load_roles_file(path, f"shipped:{model}")
     elif spec == "all":
         table = torch.ones(num_layers, num_kv_heads, dtype=torch.bool)
         roles = HeadRoles(table, spec, roles_checksum(num_layers, num_kv_heads, _as_lists(table)))

@@ -236,9 +236,12 @@ def lr_factor(step: int, steps: int, min_ratio: float) -> float:
     return max(min_ratio, min(1.0, (step + 1) / phase, (steps - step) / phase))
 
 
+THRESHOLD = 0.5  # every rule's scores are in [0, 1] and a head above this is a retrieval head (RULE_TEXT)
+
+
 def final_roles(scores: torch.Tensor, num_retrieval_heads: int | None) -> tuple[torch.Tensor, str, int]:
-    """(roles, selection, threshold count): score > 0.5 with layer 0 forced; top-N by score when N is asked."""
-    table = scores > 0.5
+    """(roles, selection, threshold count): score > THRESHOLD with layer 0 forced; top-N by score when N is asked."""
+    table = scores > THRESHOLD
     table[0] = True
     counted = int(table.sum())
     if num_retrieval_heads is None or counted == num_retrieval_heads:
@@ -260,7 +263,7 @@ def top_n_warning(scores: torch.Tensor, table: torch.Tensor, final_density: floa
     heads (measured on Qwen2.5-Coder-0.5B: ten heads at 0.94-0.98 for four places, and which four decided RULER
     between 12.7 and 55.9; results/qwen2.5-coder-0.5b/NOTES.md)."""
     learned, kept = scores[1:], table[1:]
-    above = int((learned > 0.5).sum())
+    above = int((learned > THRESHOLD).sum())
     places = int(kept.sum())
     if above <= places or places == 0:
         return None
@@ -589,7 +592,7 @@ def _finish(
         scores = state.gates.score(config.rule).detach().cpu()
         final_density = float(state.gates.prob_nonzero()[1:].mean())
     roles, selection, threshold_count = final_roles(scores, config.num_retrieval_heads)
-    warning = top_n_warning(scores, roles, final_density, run["target_density"]) if selection == "top-n" else None
+    warning = top_n_warning(scores, roles, final_density, run["target_density"])  # None unless top-n chose
     last = records[-max(1, len(records) // 10) :] if records else []
     training = {
         **{k: v for k, v in run.items() if k not in ("model", "threshold_rule")},
