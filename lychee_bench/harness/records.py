@@ -299,6 +299,11 @@ def label_of(record: dict[str, Any]) -> str:
 GROUP_FIELDS = ("method", "task", "subtask", "ctx", "batch", "model", "metric")
 
 
+def is_number(value: Any) -> bool:
+    """A real number (not a bool, not NaN): what a table cell, a figure or a headline cell can show."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and not math.isnan(value)
+
+
 def summarize(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per (method label, task, subtask, ctx, batch, model, metric): mean, standard error, count.
 

@@ -18,8 +18,9 @@ from typing import Any
 
 from lychee_bench.harness import records
 from lychee_bench.harness.plot_style import context_label, method_of
+from lychee_bench.harness.records import is_number
 from lychee_bench.regress.sources import ResultSet
-from lychee_bench.report.plots import budget_of, dense_baseline, is_number, label_of, subtask_means, without_budget
+from lychee_bench.report.plots import budget_of, dense_baseline, label_of, subtask_means, without_budget
 
 SPEED_METRICS = (
     ("speedup_vs_full", "× full"),

@@ -39,6 +39,7 @@ from lychee_bench.harness.plot_style import (
     method_of,
     records_title,
 )
+from lychee_bench.harness.records import is_number
 from lychee_bench.regress.compare import metric_kind
 from lychee_bench.regress.sources import ResultSet
 
@@ -110,11 +111,6 @@ def _render(fig) -> tuple[bytes, dict[str, Any]]:
 def _plot(name: str, kind: str, title: str, caption: str, sources: list[str], fig) -> Plot:
     png, layout = _render(fig)
     return Plot(re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_"), kind, title, caption, sources, png, layout)
-
-
-def is_number(value: Any) -> bool:
-    """A real number (not a bool, not NaN): what a figure or a headline cell can show."""
-    return isinstance(value, int | float) and not isinstance(value, bool) and not math.isnan(value)
 
 
 # ---- timing against context -------------------------------------------------------------------------------------

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
+
+from lychee_bench.harness.records import is_number
 
 
 def latest_points(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -13,10 +14,6 @@ def latest_points(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if record.get("kind") == "latency":
             latest[(record.get("model"), record["method"], record["batch"], record["ctx"])] = record
     return sorted(latest.values(), key=lambda r: (str(r.get("model")), r["method"], r["batch"], r["ctx"]))
-
-
-def _ok(value: Any) -> bool:
-    return isinstance(value, int | float) and not math.isnan(value)
 
 
 def latency_table(records: list[dict[str, Any]]) -> str:
@@ -44,7 +41,7 @@ def latency_table(records: list[dict[str, Any]]) -> str:
             value = point.get(key)
             if key == "bytes_per_step" and value is not None:
                 value = value / 1e9
-            row.append("-" if value is None else format(value, spec) if _ok(value) or spec == "s" else str(value))
+            row.append("-" if value is None else format(value, spec) if is_number(value) or spec == "s" else str(value))
         if point.get("error"):
             row[4] = "error"
         rows.append(row)
