@@ -7,7 +7,7 @@ import torch
 
 from lychee_bench.harness.synthetic_models import synthetic_config
 from lychee_bench.tasks.latency.bench import synthetic_defaults
-from lychee_bench.tools.path_check import _ConfigHolder, check_method, method_pairs
+from lychee_bench.tools.path_check import _ConfigHolder, check_method, check_paths, method_pairs
 
 ENTRIES = ["lychee[granularity=token;sink=8;recent=16]", "quest"]
 
@@ -38,3 +38,9 @@ def test_an_efficient_path_that_is_off_fails():
     pair["triton"].decode_attention = off_by_a_little
     row = check_method(pair, config, 211, 3, torch.float32, torch.device("cpu"), 0)
     assert not row["ok"] and row["relative"] > 0.01
+
+
+def test_dense_entries_alone_are_checked_without_a_budget_error():
+    """The tool's --budget default goes only to entries whose method takes a budget: `--methods full` runs."""
+    table = check_paths("llama3-8b-synthetic", ["full"], 150, 2, 96, "float32", device="cpu")
+    assert list(table["method"]) == ["full"] and bool(table["ok"].all())

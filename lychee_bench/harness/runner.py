@@ -213,6 +213,16 @@ def method_label(name: str, options: dict[str, str]) -> str:
     return f"{name}[{';'.join(f'{key}={value}' for key, value in options.items())}]"
 
 
+def takes_option(entry: str, key: str) -> bool:
+    """Whether the method an entry names has the option `key` (a tool's default then applies to it; a name that
+    is not a method is reported by build_methods)."""
+    try:
+        cls = METHODS.get(parse_method_entry(entry)[0])
+    except (PlanError, UnknownNameError):
+        return False
+    return key in {f.name for f in dataclasses.fields(cls.Config)}
+
+
 def build_methods(entries: list[str], shared: dict[str, Any]) -> list[Method]:
     """One labelled method instance per `--method` entry. Shared options (--budget, --roles, -o) go to every
     method that has them; an entry's bracket options override them. All problems are raised at once."""

@@ -3,7 +3,8 @@
 Two paths (SPEC §4: the fast path must be the best dense kernel available). `reference`: torch's
 scaled_dot_product_attention (its cuDNN / flash backends) when every row's context fills the cache exactly, as in
 the latency bench's fixed-context steps; anything else (left padding, a static cache longer than the context)
-needs a mask, which sends SDPA to its slow masked kernels. `triton`: the dense split-KV kernel
+needs a mask, and a masked call runs SDPA's math backend on CUDA (`common.masked_sdpa`: the masked GQA call's
+cuDNN kernel is not reproducible run to run there). `triton`: the dense split-KV kernel
 (kernels/sparse_decode.py), which reads each row's own length and start on the device, so the engine's growing
 context needs no mask; on the H200 it is within 1-4% of SDPA's fastest backend (results/kernels/h200-dense). The
 default on CUDA; the latency bench times both and takes the faster as the reference for speedups.
@@ -15,9 +16,9 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
-import torch.nn.functional as F
 
 from lychee_bench.methods.base import Method, RunShape
+from lychee_bench.methods.common import masked_sdpa
 from lychee_bench.methods.efficient import KernelPath, attend, check_path, step_geometry
 from lychee_bench.methods.naive import naive_rows
 from lychee_bench.methods.state import DecodeState
@@ -53,14 +54,6 @@ class FullAttention(KernelPath, Method):
     def prepare(self, model: torch.nn.Module) -> None:
         self.resolve_path_for(model)
 
-    def graph_refusal(self) -> str | None:
-        if self.path == "reference":  # measured, not understood: see results/engine/h200/NOTES.md
-            return (
-                "full's reference path (torch SDPA with a mask over the static cache) gave other tokens when "
-                "captured than when stepped eagerly on the H200 (engine_check); it runs eagerly"
-            )
-        return None
-
     def bytes_read_per_step(self, shape: RunShape, ctx: int, batch: int) -> int:
         """Every token of every KV head in every layer."""
         return full_kv_bytes(shape, ctx, batch)
@@ -92,4 +85,4 @@ class FullAttention(KernelPath, Method):
         if self.path == "triton":
             return attend(query, key, value, scaling, geometry, None)
         mask = None if geometry.shortest == key.shape[2] else valid[:, None, None, :]
-        return F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scaling, enable_gqa=True)
+        return masked_sdpa(query, key, value, mask, scaling)

@@ -161,21 +161,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ctx", type=int, default=6000)
     parser.add_argument("--batch", type=int, default=3)
     parser.add_argument("--new-tokens", type=int, default=24)
-    parser.add_argument("--budget", type=int, default=2048)
+    parser.add_argument("--budget", type=int, default=2048, help="for the entries whose method takes one")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print("engine_check runs the engine's CUDA graphs and compiled kernels: it needs a CUDA GPU")
         return 2
-    from lychee_bench.harness.runner import build_methods, split_methods
+    from lychee_bench.harness.runner import build_methods, split_methods, takes_option
     from lychee_bench.tasks.latency.bench import synthetic_defaults
 
     config = synthetic_config(MODEL)
     config.num_hidden_layers = args.layers
     model = build_synthetic(MODEL, "cuda", torch.bfloat16, args.seed, config=config)
     entries = split_methods(args.methods)
-    methods = build_methods(entries, synthetic_defaults(MODEL, config, entries, {"budget": args.budget}))
+    shared = {"budget": args.budget} if any(takes_option(entry, "budget") for entry in entries) else {}
+    methods = build_methods(entries, synthetic_defaults(MODEL, config, entries, shared))
     for method in methods:
         method.prepare(model)
     inputs = _inputs(config.vocab_size, args.ctx, args.batch, args.seed)
