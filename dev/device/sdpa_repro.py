@@ -32,6 +32,6 @@ for name, backend in [
         continue
     same = sum(bool(torch.equal(o, outs[0])) for o in outs)
     rows_differ = [int(r) for r in range(B) if any(not torch.equal(o[r], outs[0][r]) for o in outs)]
-    err = max(float(((o.float() - ref).abs().max() / ref.abs().max())) for o in outs)
+    err = max(float((o.float() - ref).abs().max() / ref.abs().max()) for o in outs)
     nan = any(bool(o.isnan().any()) for o in outs)
     print(f"{name:10s} identical {same}/20  rows differing {rows_differ}  max rel err vs fp32 {err:.4f}  nan {nan}")
