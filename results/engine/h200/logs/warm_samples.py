@@ -1,5 +1,6 @@
 """Session tool: build the RULER samples of one (ctx, samples, seed) for every subtask in parallel processes, so the
 runs that follow find them in the sample cache (the device machine has 16 cores; each subtask is one process)."""
+
 import sys
 from multiprocessing import Pool
 
