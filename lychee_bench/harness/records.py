@@ -27,7 +27,7 @@ import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 SCHEMA_VERSION = 1
 RECORDS_FILE = "records.jsonl"
@@ -90,6 +90,13 @@ class BadLine:
         return f"{self.path}:{self.line}: unreadable record skipped ({self.reason})"
 
 
+def open_text(file: Path) -> IO[str]:
+    """A text file for reading, gzip-compressed where its name ends in .gz (committed records and logs)."""
+    if file.name.endswith(".gz"):
+        return gzip.open(file, "rt", encoding="utf-8", errors="replace")
+    return open(file, encoding="utf-8", errors="replace")
+
+
 def read_records(path: Path, problems: list[BadLine] | None = None) -> list[dict[str, Any]]:
     """All records of a file, or of every records file under a folder. Bad lines are reported, not fatal."""
     if path.is_file():
@@ -98,8 +105,7 @@ def read_records(path: Path, problems: list[BadLine] | None = None) -> list[dict
         files = sorted([*path.rglob("*.jsonl"), *path.rglob("records*.jsonl.gz")], key=_file_order)
     records: list[dict[str, Any]] = []
     for file in files:
-        opener = gzip.open if file.name.endswith(".gz") else open
-        with opener(file, "rt", encoding="utf-8", errors="replace") as handle:
+        with open_text(file) as handle:
             for number, line in enumerate(handle, start=1):
                 if not line.strip():
                     continue

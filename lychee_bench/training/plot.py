@@ -92,17 +92,16 @@ def plot_training(records: list[dict[str, Any]], roles: torch.Tensor, rule: str,
 
 def replot(folder: Path) -> Path:
     """Draw a training folder's `training.png` again from its log (`train_log.jsonl`, or `.gz`) and `roles.json`."""
-    import gzip
     import json
 
+    from lychee_bench.harness.records import open_text
     from lychee_bench.methods.roles import load_roles_file
 
     log = folder / "train_log.jsonl"
-    opener = open if log.exists() else gzip.open
     log = log if log.exists() else folder / "train_log.jsonl.gz"
     if not log.exists() or not (folder / "roles.json").exists():
         raise FileNotFoundError(f"{folder} has no train_log.jsonl(.gz) and roles.json: give a train-heads --out folder")
-    with opener(log, "rt", encoding="utf-8") as lines:
+    with open_text(log) as lines:
         records = [json.loads(line) for line in lines if line.strip()]
     roles = load_roles_file(folder / "roles.json", str(folder))  # checked like any roles file
     return plot_training(records, roles.retrieval, roles.info["threshold_rule"]["name"], folder / "training.png")
@@ -112,4 +111,7 @@ if __name__ == "__main__":
     import sys
 
     for name in sys.argv[1:] or ["."]:
-        print(replot(Path(name)))
+        try:
+            print(replot(Path(name)))
+        except FileNotFoundError as error:
+            sys.exit(f"error: {error}")
