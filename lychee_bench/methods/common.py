@@ -12,7 +12,7 @@ def masked_sdpa(
 ) -> torch.Tensor:
     """torch's SDPA with `enable_gqa`, as the reference paths call it. With a mask on CUDA it runs the math backend:
     a masked GQA call otherwise lands on cuDNN's attention, whose output for left-padded rows changes from call to
-    call on the H200 (17 of 20 identical repeats; the math backend 20 of 20, at the same error against float32;
+    call on the H200 (17-19 of 20 identical repeats; the math backend 20 of 20, at the same error against float32;
     results/engine/h200/NOTES.md, the recheck), and a reference must give the same tokens every time."""
     if mask is not None and query.is_cuda:
         with sdpa_kernel(SDPBackend.MATH):
