@@ -347,3 +347,34 @@ def test_longbench_records_render_datasets_averages_and_buckets(tmp_path):
     buckets = table_cells(dom, "LongBench-E by length")
     assert buckets[0][3:6] == ["full 0-4k", "full 4-8k", "full 8k+"]
     assert ["hotpotqa_e", "qa_f1_score (F1)", "2/2/0", "50.00", "100.00", "-", "50.00", "100.00", "-"] in buckets
+
+
+def test_headline_shows_one_configuration_once_however_its_runs_named_the_artifacts(tmp_path):
+    """`duo` (its default roles) and `duo[roles=<file>]` over the same roles are one row, under the label that
+    names no file; other roles, or another option, stay rows of their own."""
+    from lychee_bench.regress.sources import ResultSet
+    from lychee_bench.report.headline import quality_rows
+
+    def sample(label, roles_sha, budget, value):
+        config = {
+            "name": "duo",
+            "budget": budget,
+            "recent": budget - 128,
+            "roles_used": {"source": "x", "sha256": roles_sha},
+        }
+        return {"kind": "sample", "method": "duo", "label": label, "task": "ruler", "subtask": "vt", "ctx": 8192,
+                "model": "m", "metric": "string_match_all", "value": value, "method_config": config}  # fmt: skip
+
+    first = [
+        sample("duo[roles=/tmp/a/roles.json]", "aaa", 1024, 40.0),
+        sample("duo[roles=/tmp/a/roles.json]", "aaa", 1024, 60.0),
+    ]
+    second = [sample("duo", "aaa", 2048, 70.0), sample("duo[roles=/tmp/b.json]", "bbb", 2048, 10.0),
+              sample("duo[sink=4]", "aaa", 2048, 30.0)]  # fmt: skip
+    sets = [
+        ResultSet("S1", tmp_path / "a", "run", [], samples=first),
+        ResultSet("S2", tmp_path / "b", "run", [], samples=second),
+    ]
+    rows = {(row["method"], row["budget"]): row["value"] for row in quality_rows(sets)}
+    assert rows == {("duo", 1024.0): 50.0, ("duo", 2048.0): 70.0, ("duo[roles=/tmp/b.json]", 2048.0): 10.0,
+                    ("duo[sink=4]", 2048.0): 30.0}  # fmt: skip

@@ -5,7 +5,9 @@ headline tables and `report --format json` (rows with `"summary": "headline"`), 
 Which numbers stand:
 - Result sets tagged for the appendix (sources.APPENDIX_TAGS: tuning, superseded, check, ablation) are left out.
 - Quality: the unweighted mean over subtasks of the per-subtask mean score, per (model, task, context, budget,
-  method). Where two sets hold the same entry, the one with more samples stands (a tie: the later path).
+  method). A method configuration that runs named differently (an artifact by its file or by its shipped name, a
+  default spelled out or left out) is one row, under its shortest label (`configuration_key`). Where two sets hold
+  the same entry, the one with more samples stands (a tie: the later path).
 - Speed: per model one latency set, the one that times the most (method, batch) points at its longest context
   (then: more contexts, then the later path), so every speedup in a row comes from one run on one machine.
 """
@@ -18,7 +20,7 @@ from typing import Any
 
 from lychee_bench.harness import records
 from lychee_bench.harness.plot_style import context_label, method_of
-from lychee_bench.harness.records import is_number
+from lychee_bench.harness.records import config_hash, is_number
 from lychee_bench.regress.sources import ResultSet
 from lychee_bench.report.plots import budget_of, dense_baseline, label_of, subtask_means, without_budget
 
@@ -45,17 +47,59 @@ def _row(part: str, result_set: ResultSet, **fields: Any) -> dict[str, Any]:
     return row
 
 
+def configuration_key(sample: dict[str, Any]) -> str | None:
+    """Which configuration a sample ran, whatever its label called the artifacts: the method, the options its label
+    gives (the budget left out: it has its own column), and for each option the record resolved to an artifact
+    (`roles_used`, `anchors_used`, `reselect_layer_used`) the artifact's checksum or value instead of how the
+    label named it. So `duo`, `duo[roles=<a file>]` and `duo[roles=<shipped name>]` over the same roles are one
+    configuration. None for records without a config."""
+    config = sample.get("method_config")
+    if not isinstance(config, dict):
+        return None
+    name, _, rest = without_budget(label_of(sample)).partition("[")
+    options = dict(item.split("=", 1) for item in rest.rstrip("]").split(";") if "=" in item)
+    resolved = {}
+    for key, value in config.items():
+        if key.endswith("_used"):
+            option = key.removesuffix("_used")
+            options.pop(option, None)
+            resolved[option] = value.get("sha256", value) if isinstance(value, dict) else value
+    return config_hash([name, options, resolved])
+
+
+def display_labels(sets: list[ResultSet]) -> dict[str, str]:
+    """Per configuration (`configuration_key`), the one label the headline shows it under (budget left out):
+    one that names no file if it has one, the shortest of those."""
+    labels: dict[str, str] = {}
+    for result_set in sets:
+        for sample in result_set.samples if result_set.kind == "run" else []:
+            config = configuration_key(sample)
+            if config is not None:
+                label = without_budget(label_of(sample))
+                labels[config] = min(labels.get(config, label), label, key=_label_preference)
+    return labels
+
+
+def _label_preference(label: str) -> tuple:
+    """A label without a file path first (a shipped name reads the same on every machine), then the shortest."""
+    return ("/" in label, len(label), label)
+
+
 def quality_rows(sets: list[ResultSet]) -> list[dict[str, Any]]:
     best: dict[tuple, dict[str, Any]] = {}
+    labels = display_labels(sets)
+
+    def method_of_sample(sample: dict[str, Any]) -> str:  # the budget has its own column
+        return labels.get(configuration_key(sample) or "", without_budget(label_of(sample)))
+
     for result_set in sets:
         if result_set.kind != "run":
             continue
         means = subtask_means(
             result_set.samples,
-            lambda s: (str(s.get("model")), str(s.get("task")), s.get("ctx"), budget_of(s), label_of(s)),
+            lambda s: (str(s.get("model")), str(s.get("task")), s.get("ctx"), budget_of(s), method_of_sample(s)),
         )
-        for (model, task, ctx, budget, label), (value, count) in means.items():
-            method = without_budget(label)  # the budget has its own column
+        for (model, task, ctx, budget, method), (value, count) in means.items():
             key = (model, task, ctx, budget, method)
             if key in best and count < best[key]["samples"]:
                 continue
