@@ -53,6 +53,13 @@ lb_headline() {
     --batch-size ${HEADLINE_BATCH:-16} --budget 16384 --method 'full,lychee[roles=$Q-continuous]' \
     --out /tmp/res/ruler_131072"
 }
+# 3b. The other methods at 131072 on the same samples (each with the model's shipped artifacts); run in the
+# foreground with its records under $OUT, so a call cut short by the device budget still brings back what finished.
+lb_headline_baselines() {
+  timeout "${SECONDS_LEFT:-465}" $LB run --model $Q --task ruler --samples 10 --seed 42 --ctx 131072 \
+    --rope-scaling yarn:4 --batch-size 16 --budget 16384 \
+    --method 'quest,tidal,kascade,duo,streaming,lychee[roles=uniform:6]' --out "$OUT/ruler_131072_baselines"
+}
 # 4. Needle recall per layer of the continuous-gate roles (the best trained roles: where do they lose the needle?).
 lb_recall() {
   local methods="'lychee[roles=$Q-continuous],lychee[roles=$Q-continuous;granularity=block]'"
