@@ -378,3 +378,14 @@ def test_headline_shows_one_configuration_once_however_its_runs_named_the_artifa
     rows = {(row["method"], row["budget"]): row["value"] for row in quality_rows(sets)}
     assert rows == {("duo", 1024.0): 50.0, ("duo", 2048.0): 70.0, ("duo[roles=/tmp/b.json]", 2048.0): 10.0,
                     ("duo[sink=4]", 2048.0): 30.0}  # fmt: skip
+
+
+def test_a_figure_of_a_tagged_set_says_so_in_its_title(tmp_path):
+    from lychee_bench.regress.sources import ResultSet
+    from lychee_bench.report.plots import tagged
+
+    superseded = ResultSet("S1", tmp_path, "run", [], manifest={"runs": [{"tags": ["superseded"]}]})
+    assert tagged("Quality vs budget", superseded) == "Quality vs budget [tagged superseded]"
+    assert tagged("Quality vs budget", ResultSet("S2", tmp_path, "run", [], manifest={"runs": [{}]})) == (
+        "Quality vs budget"
+    )

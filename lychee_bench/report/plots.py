@@ -170,7 +170,10 @@ def _timing_plot(result_set: ResultSet, points: list[dict[str, Any]], which: str
     what = TIMING_WHAT[result_set.kind]
     if result_set.kind == "run":
         labels = {p["label"] for p in points}
-        fig.suptitle(records_title(what, [t for t in result_set.timings if t.get("method") in labels]), fontsize=8)
+        fig.suptitle(
+            records_title(tagged(what, result_set), [t for t in result_set.timings if t.get("method") in labels]),
+            fontsize=8,
+        )
         models = ", ".join(sorted({str(t.get("model")) for t in result_set.timings}))
     else:  # the kernel bench's model name states its device, shape and budget
         models = ", ".join(sorted({str(r["model"]) for r in result_set.rows}))
@@ -347,7 +350,9 @@ def quality_vs_budget(sets: list[ResultSet]) -> tuple[list[Plot], str | None]:
             axis.set_ylim(-2, 102)
             axis.grid(alpha=0.3)
         legend_outside(fig, axes)
-        fig.suptitle(records_title("Quality vs budget", _with_hardware(samples, result_set)), fontsize=8)
+        fig.suptitle(
+            records_title(tagged("Quality vs budget", result_set), _with_hardware(samples, result_set)), fontsize=8
+        )
         plots.append(
             _plot(
                 f"quality_vs_budget_{result_set.label}",
@@ -482,7 +487,7 @@ def _bars(result_set, task, model, ctx, budget, subtasks, chosen, by_series) -> 
     what = bars_title(task)
     budget_text = f", budget {budget:g}" if budget is not None else ""
     first = _with_hardware(result_set.samples[:1], result_set)
-    fig.suptitle(records_title(f"{what} at {_k(ctx)}{budget_text}", first), fontsize=8)
+    fig.suptitle(records_title(tagged(f"{what} at {_k(ctx)}{budget_text}", result_set), first), fontsize=8)
     return _plot(
         f"{task}_subtasks_{result_set.label}_{model}_{ctx}" + (f"_budget{budget:g}" if budget is not None else ""),
         "subtasks",
@@ -491,6 +496,12 @@ def _bars(result_set, task, model, ctx, budget, subtasks, chosen, by_series) -> 
         [result_set.label],
         fig,
     )
+
+
+def tagged(what: str, result_set: ResultSet) -> str:
+    """A figure's subject with the tags its run's author gave the set (`superseded`, `tuning`, ...), so a figure
+    drawn from such a set says so wherever it is shown."""
+    return f"{what} [tagged {', '.join(result_set.tags)}]" if result_set.tags else what
 
 
 def _with_hardware(samples: list[dict[str, Any]], result_set: ResultSet) -> list[dict[str, Any]]:
