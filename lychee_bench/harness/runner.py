@@ -223,6 +223,12 @@ def takes_option(entry: str, key: str) -> bool:
     return key in {f.name for f in dataclasses.fields(cls.Config)}
 
 
+def options_taken(entries: list[str], options: dict[str, Any]) -> dict[str, Any]:
+    """A tool's own default options, kept where some entry's method takes them (build_methods refuses a shared
+    option no method has: right for what the user gave, wrong for a tool's defaults, e.g. `--methods full`)."""
+    return {key: value for key, value in options.items() if any(takes_option(entry, key) for entry in entries)}
+
+
 def build_methods(entries: list[str], shared: dict[str, Any]) -> list[Method]:
     """One labelled method instance per `--method` entry. Shared options (--budget, --roles, -o) go to every
     method that has them; an entry's bracket options override them. All problems are raised at once."""

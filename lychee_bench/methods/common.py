@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -14,10 +16,9 @@ def masked_sdpa(
     a masked GQA call otherwise lands on cuDNN's attention, whose output for left-padded rows changes from call to
     call on the H200 (17-19 of 20 identical repeats; the math backend 20 of 20, at the same error against float32;
     results/engine/h200/NOTES.md, the recheck), and a reference must give the same tokens every time."""
-    if mask is not None and query.is_cuda:
-        with sdpa_kernel(SDPBackend.MATH):
-            return F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scaling, enable_gqa=True)
-    return F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scaling, enable_gqa=True)
+    backend = sdpa_kernel(SDPBackend.MATH) if mask is not None and query.is_cuda else nullcontext()
+    with backend:
+        return F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scaling, enable_gqa=True)
 
 
 def masked_decode_attention(

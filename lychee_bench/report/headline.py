@@ -67,17 +67,21 @@ def configuration_key(sample: dict[str, Any]) -> str | None:
     return config_hash([name, options, resolved])
 
 
-def display_labels(sets: list[ResultSet]) -> dict[str, str]:
-    """Per configuration (`configuration_key`), the one label the headline shows it under (budget left out):
-    one that names no file if it has one, the shortest of those."""
-    labels: dict[str, str] = {}
-    for result_set in sets:
-        for sample in result_set.samples if result_set.kind == "run" else []:
-            config = configuration_key(sample)
-            if config is not None:
-                label = without_budget(label_of(sample))
-                labels[config] = min(labels.get(config, label), label, key=_label_preference)
-    return labels
+def display_labels(sets: list[ResultSet]) -> dict[int, str]:
+    """The method label the headline shows each sample of the run sets under (keyed by the sample's `id`; budget
+    left out): per configuration (`configuration_key`), one of its labels that names no file if it has one, the
+    shortest of those; a sample without a config keeps its own label."""
+    keyed = [
+        (sample, configuration_key(sample), without_budget(label_of(sample)))
+        for result_set in sets
+        if result_set.kind == "run"
+        for sample in result_set.samples
+    ]
+    best: dict[str, str] = {}
+    for _, config, label in keyed:
+        if config is not None:
+            best[config] = min(best.get(config, label), label, key=_label_preference)
+    return {id(sample): best.get(config, label) for sample, config, label in keyed}
 
 
 def _label_preference(label: str) -> tuple:
@@ -87,17 +91,13 @@ def _label_preference(label: str) -> tuple:
 
 def quality_rows(sets: list[ResultSet]) -> list[dict[str, Any]]:
     best: dict[tuple, dict[str, Any]] = {}
-    labels = display_labels(sets)
-
-    def method_of_sample(sample: dict[str, Any]) -> str:  # the budget has its own column
-        return labels.get(configuration_key(sample) or "", without_budget(label_of(sample)))
-
+    labels = display_labels(sets)  # the budget has its own column
     for result_set in sets:
         if result_set.kind != "run":
             continue
         means = subtask_means(
             result_set.samples,
-            lambda s: (str(s.get("model")), str(s.get("task")), s.get("ctx"), budget_of(s), method_of_sample(s)),
+            lambda s: (str(s.get("model")), str(s.get("task")), s.get("ctx"), budget_of(s), labels[id(s)]),
         )
         for (model, task, ctx, budget, method), (value, count) in means.items():
             key = (model, task, ctx, budget, method)

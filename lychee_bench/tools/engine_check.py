@@ -168,14 +168,14 @@ def main(argv: list[str] | None = None) -> int:
     if not torch.cuda.is_available():
         print("engine_check runs the engine's CUDA graphs and compiled kernels: it needs a CUDA GPU")
         return 2
-    from lychee_bench.harness.runner import build_methods, split_methods, takes_option
+    from lychee_bench.harness.runner import build_methods, options_taken, split_methods
     from lychee_bench.tasks.latency.bench import synthetic_defaults
 
     config = synthetic_config(MODEL)
     config.num_hidden_layers = args.layers
     model = build_synthetic(MODEL, "cuda", torch.bfloat16, args.seed, config=config)
     entries = split_methods(args.methods)
-    shared = {"budget": args.budget} if any(takes_option(entry, "budget") for entry in entries) else {}
+    shared = options_taken(entries, {"budget": args.budget})
     methods = build_methods(entries, synthetic_defaults(MODEL, config, entries, shared))
     for method in methods:
         method.prepare(model)

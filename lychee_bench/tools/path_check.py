@@ -19,7 +19,7 @@ from typing import Any
 import pandas as pd
 import torch
 
-from lychee_bench.harness.runner import build_methods, parse_method_entry, takes_option
+from lychee_bench.harness.runner import build_methods, options_taken, parse_method_entry
 from lychee_bench.harness.synthetic_models import synthetic_config
 from lychee_bench.methods.base import Method, head_dim_of
 from lychee_bench.methods.state import DecodeState
@@ -132,8 +132,7 @@ def check_paths(
     target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     torch_dtype = getattr(torch, dtype)
     entries = efficient_entries(entries)
-    shared = {"budget": budget} if any(takes_option(entry, "budget") for entry in entries) else {}
-    options = synthetic_defaults(model, config, entries, shared)
+    options = synthetic_defaults(model, config, entries, options_taken(entries, {"budget": budget}))
     rows = []
     for offset, pair in enumerate(method_pairs(entries, options, _ConfigHolder(config, target))):
         rows.append(check_method(pair, config, ctx, batch, torch_dtype, target, seed + offset))

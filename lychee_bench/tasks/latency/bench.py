@@ -221,17 +221,15 @@ class Bench:
     def _full_budget_entries(self) -> list[str]:
         """SPEC §4: beside `full`, each sparse method's own kernel at a budget that holds the whole (longest)
         context, e.g. `tidal[budget=131072]`: what its path costs when it selects everything."""
-        from lychee_bench.harness.catalog import METHODS
-        from lychee_bench.harness.runner import method_label, parse_method_entry
+        from lychee_bench.harness.runner import method_label, parse_method_entry, takes_option
 
         if not self.plan.full_budget:
             return []
         entries = []
         for entry in self.plan.methods:
-            name, options = parse_method_entry(entry)
-            if name not in METHODS:  # reported when the methods are built
-                continue
-            if "budget" in {f.name for f in dataclasses.fields(METHODS.get(name).Config)}:  # dense: no budget to fill
+            # an unknown name is reported when the methods are built; a dense method has no budget to fill
+            if takes_option(entry, "budget"):
+                name, options = parse_method_entry(entry)
                 entries.append(method_label(name, {**options, "budget": str(max(self.plan.contexts))}))
         return entries
 
